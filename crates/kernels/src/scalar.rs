@@ -1,0 +1,189 @@
+//! Scalar reference kernels. Straightforward loops, written so the compiler can vectorise the
+//! inner products; they define the numerics every other implementation is checked against.
+
+/// Sum of `a[i] * b[i]`, accumulated in eight lanes so the loop vectorises and so the rounding
+/// does not depend on one long serial chain.
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "dot: length mismatch");
+    let mut acc = [0.0f32; 8];
+    let chunks = a.len() / 8;
+    for c in 0..chunks {
+        let (x, y) = (&a[c * 8..c * 8 + 8], &b[c * 8..c * 8 + 8]);
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    let mut tail = 0.0f32;
+    for i in chunks * 8..a.len() {
+        tail += a[i] * b[i];
+    }
+    let pairs = [acc[0] + acc[4], acc[1] + acc[5], acc[2] + acc[6], acc[3] + acc[7]];
+    (pairs[0] + pairs[2]) + (pairs[1] + pairs[3]) + tail
+}
+
+/// `out[t, n] = sum_k x[t, k] * w[n, k]` — PyTorch's `x @ w.T` for `x: [t, k]`, `w: [n, k]`.
+pub fn matmul_f32(x: &[f32], w: &[f32], out: &mut [f32], t: usize, k: usize, n: usize) {
+    assert_eq!(x.len(), t * k, "matmul: x is not [t, k]");
+    assert_eq!(w.len(), n * k, "matmul: w is not [n, k]");
+    assert_eq!(out.len(), t * n, "matmul: out is not [t, n]");
+    // Rows of w are visited once per block of activations so that a block of weight rows stays
+    // in cache while it meets every activation row.
+    const ROW_BLOCK: usize = 64;
+    for n0 in (0..n).step_by(ROW_BLOCK) {
+        let n1 = (n0 + ROW_BLOCK).min(n);
+        for ti in 0..t {
+            let xr = &x[ti * k..(ti + 1) * k];
+            let or = &mut out[ti * n..(ti + 1) * n];
+            for ni in n0..n1 {
+                or[ni] = dot(xr, &w[ni * k..(ni + 1) * k]);
+            }
+        }
+    }
+}
+
+/// `y = x / sqrt(mean(x^2) + eps) * w`. Zero-centred norms pass `w = 1 + weight`, folded at load.
+pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    assert!(x.len() == w.len() && x.len() == out.len(), "rms_norm: length mismatch");
+    let inv = 1.0 / (dot(x, x) / x.len() as f32 + eps).sqrt();
+    for ((o, &xi), &wi) in out.iter_mut().zip(x).zip(w) {
+        *o = xi * inv * wi;
+    }
+}
+
+/// Gated RMSNorm of the DeltaNet output: `w * (x / rms(x)) * silu(gate)`, in place on `x`.
+pub fn rms_norm_gated(x: &mut [f32], gate: &[f32], w: &[f32], eps: f32) {
+    assert!(x.len() == w.len() && x.len() == gate.len(), "rms_norm_gated: length mismatch");
+    let inv = 1.0 / (dot(x, x) / x.len() as f32 + eps).sqrt();
+    for ((xi, &wi), &gi) in x.iter_mut().zip(w).zip(gate) {
+        *xi = wi * (*xi * inv) * silu(gi);
+    }
+}
+
+/// `x * rsqrt(sum(x^2) + eps)` in place, the FLA-style L2 normalisation DeltaNet applies to q and k.
+pub fn l2_normalize(x: &mut [f32], eps: f32) {
+    let inv = 1.0 / (dot(x, x) + eps).sqrt();
+    for v in x.iter_mut() {
+        *v *= inv;
+    }
+}
+
+#[inline]
+pub fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+#[inline]
+pub fn silu(x: f32) -> f32 {
+    x * sigmoid(x)
+}
+
+/// PyTorch's `softplus` with its default `beta = 1, threshold = 20`: linear above the threshold.
+#[inline]
+pub fn softplus(x: f32) -> f32 {
+    if x > 20.0 {
+        x
+    } else {
+        x.exp().ln_1p()
+    }
+}
+
+/// `gate[i] = silu(gate[i]) * up[i]`, the SwiGLU activation.
+pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
+    assert_eq!(gate.len(), up.len(), "silu_mul: length mismatch");
+    for (g, &u) in gate.iter_mut().zip(up) {
+        *g = silu(*g) * u;
+    }
+}
+
+/// Numerically stable softmax in place.
+pub fn softmax(x: &mut [f32]) {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0f32;
+    for v in x.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    for v in x.iter_mut() {
+        *v *= inv;
+    }
+}
+
+/// `acc[i] += x[i]`.
+pub fn add_assign(acc: &mut [f32], x: &[f32]) {
+    assert_eq!(acc.len(), x.len(), "add_assign: length mismatch");
+    for (a, &b) in acc.iter_mut().zip(x) {
+        *a += b;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive_dot(a: &[f32], b: &[f32]) -> f64 {
+        a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum()
+    }
+
+    fn pseudo_random(n: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(2654435761).wrapping_add(1);
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                (s as f32 / u32::MAX as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn dot_matches_f64_reference_on_odd_lengths() {
+        for n in [0, 1, 7, 8, 9, 31, 100, 1027] {
+            let a = pseudo_random(n, 1 + n as u32);
+            let b = pseudo_random(n, 100 + n as u32);
+            let got = dot(&a, &b) as f64;
+            let want = naive_dot(&a, &b);
+            assert!((got - want).abs() <= 1e-5 * (1.0 + n as f64).sqrt(), "n={n}: {got} vs {want}");
+        }
+    }
+
+    #[test]
+    fn matmul_matches_row_dots() {
+        let (t, k, n) = (3, 13, 70);
+        let x = pseudo_random(t * k, 1);
+        let w = pseudo_random(n * k, 2);
+        let mut out = vec![0.0; t * n];
+        matmul_f32(&x, &w, &mut out, t, k, n);
+        for ti in 0..t {
+            for ni in 0..n {
+                let want = naive_dot(&x[ti * k..(ti + 1) * k], &w[ni * k..(ni + 1) * k]);
+                assert!((out[ti * n + ni] as f64 - want).abs() < 1e-5);
+            }
+        }
+    }
+
+    #[test]
+    fn softmax_sums_to_one_and_keeps_order() {
+        let mut x = vec![1.0, 3.0, -2.0, 3.5];
+        softmax(&mut x);
+        assert!((x.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert!(x[3] > x[1] && x[1] > x[0] && x[0] > x[2]);
+    }
+
+    #[test]
+    fn softplus_follows_torch_threshold() {
+        assert_eq!(softplus(25.0), 25.0);
+        assert!((softplus(0.0) - std::f32::consts::LN_2).abs() < 1e-7);
+        assert!((softplus(-30.0) - (-30.0f32).exp()).abs() < 1e-20);
+    }
+
+    #[test]
+    fn rms_norm_normalises() {
+        let x = [3.0, 4.0];
+        let mut out = [0.0; 2];
+        rms_norm(&x, &[1.0, 2.0], 0.0, &mut out);
+        let rms = (12.5f32).sqrt();
+        assert!((out[0] - 3.0 / rms).abs() < 1e-6 && (out[1] - 8.0 / rms).abs() < 1e-6);
+    }
+}

@@ -1,0 +1,438 @@
+//! `config.json` of a Qwen3.5 model folder, mirrored key for key and validated.
+//!
+//! Two layouts exist: the published checkpoints (`Qwen3_5ForConditionalGeneration`,
+//! `model_type: qwen3_5`) nest the decoder's keys under `text_config`; text-only exports
+//! (`Qwen3_5ForCausalLM`, `model_type: qwen3_5_text`) keep them at the top level.
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+/// Which kind of token mixer a decoder layer uses (`layer_types` in the config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayerType {
+    /// Gated DeltaNet (`linear_attention`).
+    LinearAttention,
+    /// Gated softmax attention (`full_attention`).
+    FullAttention,
+}
+
+/// The tensor layout of the checkpoint, which decides the tensor name prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckpointLayout {
+    /// `Qwen3_5ForConditionalGeneration`: decoder under `model.language_model.`, plus
+    /// `model.visual.*` and `mtp.*`.
+    ConditionalGeneration,
+    /// `Qwen3_5ForCausalLM`: decoder under `model.`.
+    CausalLm,
+}
+
+/// Rotary embedding parameters (`rope_parameters`, or the legacy `rope_theta`/`rope_scaling`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct RopeParameters {
+    pub rope_theta: f64,
+    #[serde(default = "default_partial_rotary_factor")]
+    pub partial_rotary_factor: f64,
+    #[serde(default = "default_mrope_section")]
+    pub mrope_section: Vec<usize>,
+    #[serde(default = "default_true")]
+    pub mrope_interleaved: bool,
+    #[serde(default = "default_rope_type")]
+    pub rope_type: String,
+}
+
+fn default_partial_rotary_factor() -> f64 {
+    0.25
+}
+fn default_mrope_section() -> Vec<usize> {
+    vec![11, 11, 10]
+}
+fn default_true() -> bool {
+    true
+}
+fn default_rope_type() -> String {
+    "default".into()
+}
+fn default_eps() -> f64 {
+    1e-6
+}
+fn default_act() -> String {
+    "silu".into()
+}
+fn default_conv_kernel() -> usize {
+    4
+}
+fn default_max_positions() -> usize {
+    262_144
+}
+
+/// The text decoder's configuration (`Qwen3_5TextConfig`). Field names are the config.json keys.
+#[derive(Debug, Clone, Deserialize)]
+pub struct TextConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: usize,
+    pub head_dim: Option<usize>,
+    #[serde(default = "default_eps")]
+    pub rms_norm_eps: f64,
+    #[serde(default = "default_act")]
+    pub hidden_act: String,
+    #[serde(default = "default_max_positions")]
+    pub max_position_embeddings: usize,
+    #[serde(default)]
+    pub tie_word_embeddings: Option<bool>,
+    #[serde(default = "default_true")]
+    pub attn_output_gate: bool,
+    #[serde(default)]
+    pub attention_bias: bool,
+    #[serde(default)]
+    pub layer_types: Option<Vec<String>>,
+    #[serde(default)]
+    pub full_attention_interval: Option<usize>,
+    #[serde(default = "default_conv_kernel")]
+    pub linear_conv_kernel_dim: usize,
+    pub linear_key_head_dim: usize,
+    pub linear_value_head_dim: usize,
+    pub linear_num_key_heads: usize,
+    pub linear_num_value_heads: usize,
+    #[serde(default)]
+    pub rope_parameters: Option<RopeParameters>,
+    // Legacy spelling of the rotary parameters, from configs written before `rope_parameters`.
+    #[serde(default)]
+    pub rope_theta: Option<f64>,
+    #[serde(default)]
+    pub partial_rotary_factor: Option<f64>,
+    #[serde(default)]
+    pub rope_scaling: Option<serde_json::Value>,
+    #[serde(default)]
+    pub mlp_only_layers: Vec<usize>,
+    #[serde(default)]
+    pub eos_token_id: Option<serde_json::Value>,
+}
+
+/// A validated Qwen3.5 model configuration, with derived dimensions.
+#[derive(Debug, Clone)]
+pub struct ModelConfig {
+    pub text: TextConfig,
+    pub layout: CheckpointLayout,
+    pub layer_types: Vec<LayerType>,
+    pub rope: RopeParameters,
+    pub tie_word_embeddings: bool,
+    pub head_dim: usize,
+    /// Number of leading dimensions of each attention head that rotate.
+    pub rotary_dim: usize,
+}
+
+#[derive(Deserialize)]
+struct TopLevel {
+    #[serde(default)]
+    model_type: Option<String>,
+    #[serde(default)]
+    architectures: Option<Vec<String>>,
+    #[serde(default)]
+    text_config: Option<serde_json::Value>,
+    #[serde(default)]
+    tie_word_embeddings: Option<bool>,
+}
+
+impl ModelConfig {
+    /// Reads and validates `config.json`.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| Error::Io { path: path.to_owned(), source })?;
+        Self::from_json_str(&text, path)
+    }
+
+    /// Parses config JSON; `path` is only used to name the source in errors.
+    pub fn from_json_str(json: &str, path: &Path) -> Result<Self> {
+        let value: serde_json::Value = serde_json::from_str(json)
+            .map_err(|source| Error::Json { path: path.to_owned(), source })?;
+        let top: TopLevel = serde_json::from_value(value.clone())
+            .map_err(|e| Error::config(path, format!("unexpected structure: {e}")))?;
+        let model_type = top.model_type.clone().unwrap_or_default();
+        let (text_value, layout) = match model_type.as_str() {
+            "qwen3_5" => {
+                let text = top.text_config.clone().ok_or_else(|| {
+                    Error::config(path, "model_type is \"qwen3_5\" but there is no `text_config`")
+                })?;
+                (text, CheckpointLayout::ConditionalGeneration)
+            }
+            "qwen3_5_text" => (value, CheckpointLayout::CausalLm),
+            "" => return Err(Error::config(path, "no `model_type` key")),
+            other => {
+                return Err(Error::config(
+                    path,
+                    format!(
+                        "unsupported model_type \"{other}\" (architectures {:?}); qwenrt runs \
+                         \"qwen3_5\" and \"qwen3_5_text\"",
+                        top.architectures.unwrap_or_default()
+                    ),
+                ))
+            }
+        };
+        let text: TextConfig = serde_json::from_value(text_value).map_err(|e| {
+            let section = match layout {
+                CheckpointLayout::ConditionalGeneration => "text_config",
+                CheckpointLayout::CausalLm => "config",
+            };
+            Error::config(path, format!("{section}: {e}"))
+        })?;
+        Self::validate(text, layout, top.tie_word_embeddings, path)
+    }
+
+    fn validate(
+        text: TextConfig,
+        layout: CheckpointLayout,
+        top_tie: Option<bool>,
+        path: &Path,
+    ) -> Result<Self> {
+        let fail = |msg: String| Err(Error::config(path, msg));
+        let n = text.num_hidden_layers;
+        let layer_types = match &text.layer_types {
+            Some(names) => {
+                if names.len() != n {
+                    return fail(format!(
+                        "layer_types has {} entries but num_hidden_layers is {n}",
+                        names.len()
+                    ));
+                }
+                let mut types = Vec::with_capacity(n);
+                for (i, name) in names.iter().enumerate() {
+                    types.push(match name.as_str() {
+                        "linear_attention" => LayerType::LinearAttention,
+                        "full_attention" => LayerType::FullAttention,
+                        other => {
+                            return fail(format!(
+                                "layer_types[{i}] is \"{other}\"; expected \"linear_attention\" \
+                                 or \"full_attention\""
+                            ))
+                        }
+                    });
+                }
+                types
+            }
+            None => {
+                let interval = text.full_attention_interval.unwrap_or(4);
+                if interval == 0 {
+                    return fail("full_attention_interval must be at least 1".into());
+                }
+                (0..n)
+                    .map(|i| {
+                        if (i + 1) % interval == 0 {
+                            LayerType::FullAttention
+                        } else {
+                            LayerType::LinearAttention
+                        }
+                    })
+                    .collect()
+            }
+        };
+
+        let rope = match (&text.rope_parameters, text.rope_theta) {
+            (Some(p), _) => p.clone(),
+            (None, Some(theta)) => {
+                let scaling = text.rope_scaling.as_ref();
+                let section = scaling
+                    .and_then(|s| s.get("mrope_section"))
+                    .and_then(|s| serde_json::from_value(s.clone()).ok())
+                    .unwrap_or_else(default_mrope_section);
+                let interleaved = scaling
+                    .and_then(|s| s.get("mrope_interleaved"))
+                    .and_then(|v| v.as_bool())
+                    .unwrap_or(true);
+                RopeParameters {
+                    rope_theta: theta,
+                    partial_rotary_factor: text
+                        .partial_rotary_factor
+                        .unwrap_or_else(default_partial_rotary_factor),
+                    mrope_section: section,
+                    mrope_interleaved: interleaved,
+                    rope_type: default_rope_type(),
+                }
+            }
+            (None, None) => return fail("no `rope_parameters` (nor legacy `rope_theta`)".into()),
+        };
+        if rope.rope_type != "default" {
+            return fail(format!(
+                "rope_parameters.rope_type \"{}\" is not supported (only \"default\")",
+                rope.rope_type
+            ));
+        }
+
+        for (key, value) in [
+            ("vocab_size", text.vocab_size),
+            ("hidden_size", text.hidden_size),
+            ("intermediate_size", text.intermediate_size),
+            ("num_hidden_layers", n),
+            ("num_attention_heads", text.num_attention_heads),
+            ("num_key_value_heads", text.num_key_value_heads),
+            ("linear_conv_kernel_dim", text.linear_conv_kernel_dim),
+            ("linear_key_head_dim", text.linear_key_head_dim),
+            ("linear_value_head_dim", text.linear_value_head_dim),
+            ("linear_num_key_heads", text.linear_num_key_heads),
+            ("linear_num_value_heads", text.linear_num_value_heads),
+        ] {
+            if value == 0 {
+                return fail(format!("{key} must be positive"));
+            }
+        }
+        if text.hidden_act != "silu" {
+            return fail(format!("hidden_act \"{}\" is not supported (only \"silu\")", text.hidden_act));
+        }
+        if text.attention_bias {
+            return fail("attention_bias = true is not supported by Qwen3.5 models".into());
+        }
+        if !text.mlp_only_layers.is_empty() {
+            return fail("mlp_only_layers is not supported (Qwen3.5 dense models have none)".into());
+        }
+        if text.num_attention_heads % text.num_key_value_heads != 0 {
+            return fail(format!(
+                "num_attention_heads ({}) is not a multiple of num_key_value_heads ({})",
+                text.num_attention_heads, text.num_key_value_heads
+            ));
+        }
+        if text.linear_num_value_heads % text.linear_num_key_heads != 0 {
+            return fail(format!(
+                "linear_num_value_heads ({}) is not a multiple of linear_num_key_heads ({})",
+                text.linear_num_value_heads, text.linear_num_key_heads
+            ));
+        }
+        let head_dim = text.head_dim.unwrap_or(text.hidden_size / text.num_attention_heads);
+        if head_dim == 0 {
+            return fail("head_dim must be positive".into());
+        }
+        let rotary_dim = (head_dim as f64 * rope.partial_rotary_factor) as usize;
+        if rotary_dim == 0 || rotary_dim % 2 != 0 || rotary_dim > head_dim {
+            return fail(format!(
+                "head_dim {head_dim} × partial_rotary_factor {} gives rotary dim {rotary_dim}; it \
+                 must be even and between 2 and head_dim",
+                rope.partial_rotary_factor
+            ));
+        }
+        if rope.mrope_section.len() != 3 || rope.mrope_section.iter().sum::<usize>() != rotary_dim / 2
+        {
+            return fail(format!(
+                "rope_parameters.mrope_section {:?} must have 3 entries summing to rotary_dim/2 = {}",
+                rope.mrope_section,
+                rotary_dim / 2
+            ));
+        }
+        if !rope.mrope_interleaved {
+            return fail("mrope_interleaved = false is not supported (Qwen3.5 interleaves)".into());
+        }
+        let tie_word_embeddings = text.tie_word_embeddings.or(top_tie).unwrap_or(false);
+        Ok(ModelConfig { layer_types, rope, tie_word_embeddings, head_dim, rotary_dim, layout, text })
+    }
+
+    pub fn hidden_size(&self) -> usize {
+        self.text.hidden_size
+    }
+    pub fn vocab_size(&self) -> usize {
+        self.text.vocab_size
+    }
+    /// `Hk * dk`: width of the DeltaNet q and k blocks.
+    pub fn linear_key_dim(&self) -> usize {
+        self.text.linear_num_key_heads * self.text.linear_key_head_dim
+    }
+    /// `Hv * dv`: width of the DeltaNet v block and of its output.
+    pub fn linear_value_dim(&self) -> usize {
+        self.text.linear_num_value_heads * self.text.linear_value_head_dim
+    }
+    /// Channels of the DeltaNet causal convolution: q, k and v together.
+    pub fn linear_conv_dim(&self) -> usize {
+        2 * self.linear_key_dim() + self.linear_value_dim()
+    }
+    /// Prefix of the decoder's tensor names in the checkpoint.
+    pub fn tensor_prefix(&self) -> &'static str {
+        match self.layout {
+            CheckpointLayout::ConditionalGeneration => "model.language_model.",
+            CheckpointLayout::CausalLm => "model.",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const REAL: &str = include_str!("../../../fixtures/config/qwen3_5-0.8b.json");
+
+    fn parse(json: &str) -> Result<ModelConfig> {
+        ModelConfig::from_json_str(json, Path::new("config.json"))
+    }
+
+    #[test]
+    fn real_0_8b_config_parses_with_its_geometry() {
+        let c = parse(REAL).unwrap();
+        assert_eq!(c.layout, CheckpointLayout::ConditionalGeneration);
+        assert_eq!(c.text.hidden_size, 1024);
+        assert_eq!(c.head_dim, 256);
+        assert_eq!(c.rotary_dim, 64);
+        assert_eq!(c.linear_conv_dim(), 6144);
+        assert!(c.tie_word_embeddings);
+        let full: Vec<usize> = c
+            .layer_types
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| **t == LayerType::FullAttention)
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(full, [3, 7, 11, 15, 19, 23]);
+        assert_eq!(c.rope.rope_theta, 1e7);
+        assert_eq!(c.rope.mrope_section, [11, 11, 10]);
+    }
+
+    fn edit(f: impl FnOnce(&mut serde_json::Value)) -> String {
+        let mut v: serde_json::Value = serde_json::from_str(REAL).unwrap();
+        f(&mut v);
+        v.to_string()
+    }
+
+    fn err(json: &str) -> String {
+        parse(json).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn errors_name_the_problem() {
+        let e = err(&edit(|v| v["model_type"] = "llama".into()));
+        assert!(e.contains("unsupported model_type \"llama\""), "{e}");
+        let e = err(&edit(|v| v["text_config"]["layer_types"][2] = "sliding_attention".into()));
+        assert!(e.contains("layer_types[2] is \"sliding_attention\""), "{e}");
+        let e = err(&edit(|v| {
+            v["text_config"]["layer_types"].as_array_mut().unwrap().pop();
+        }));
+        assert!(e.contains("layer_types has 23 entries but num_hidden_layers is 24"), "{e}");
+        let e = err(&edit(|v| v["text_config"]["num_key_value_heads"] = 3.into()));
+        assert!(e.contains("not a multiple of num_key_value_heads (3)"), "{e}");
+        let e = err(&edit(|v| {
+            v["text_config"].as_object_mut().unwrap().remove("hidden_size");
+        }));
+        assert!(e.contains("text_config: missing field `hidden_size`"), "{e}");
+        let e = err(&edit(|v| v["text_config"]["rope_parameters"]["mrope_section"] = serde_json::json!([8, 8, 8])));
+        assert!(e.contains("mrope_section [8, 8, 8]"), "{e}");
+        let e = err("{not json");
+        assert!(e.starts_with("config.json: invalid JSON"), "{e}");
+        let e = err(&edit(|v| {
+            v.as_object_mut().unwrap().remove("text_config");
+        }));
+        assert!(e.contains("no `text_config`"), "{e}");
+    }
+
+    #[test]
+    fn flat_text_layout_and_default_layer_pattern() {
+        let mut text: serde_json::Value = serde_json::from_str(REAL).unwrap();
+        let mut t = text["text_config"].take();
+        t.as_object_mut().unwrap().remove("layer_types");
+        t["full_attention_interval"] = 3.into();
+        let c = parse(&t.to_string()).unwrap();
+        assert_eq!(c.layout, CheckpointLayout::CausalLm);
+        assert_eq!(c.layer_types[2], LayerType::FullAttention);
+        assert_eq!(c.layer_types[3], LayerType::LinearAttention);
+        assert_eq!(c.tensor_prefix(), "model.");
+    }
+}

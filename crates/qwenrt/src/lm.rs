@@ -1,0 +1,93 @@
+//! A language model folder as a whole: decoder weights, tokenizer, chat template and
+//! generation defaults, loaded together from a Hugging Face model folder.
+
+use std::path::Path;
+
+use crate::chat::{ChatTemplate, Message, RenderRequest};
+use crate::config::ModelConfig;
+use crate::error::{Error, Result};
+use crate::generate::GenerationConfig;
+use crate::model::Model;
+use crate::tokenizer::Tokenizer;
+use crate::weights::WeightStore;
+
+pub struct LanguageModel {
+    pub model: Model,
+    pub tokenizer: Tokenizer,
+    /// `None` when the folder has no chat template (then only raw prompts work).
+    pub chat_template: Option<ChatTemplate>,
+    pub generation_config: GenerationConfig,
+    stop_ids: Vec<u32>,
+}
+
+impl LanguageModel {
+    /// Loads everything from a model folder: `config.json`, `*.safetensors`, `tokenizer.json`,
+    /// the chat template (`chat_template.jinja` or `tokenizer_config.json`) and
+    /// `generation_config.json`.
+    pub fn load(dir: &Path) -> Result<Self> {
+        if !dir.is_dir() {
+            return Err(Error::Io {
+                path: dir.to_owned(),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "model folder not found"),
+            });
+        }
+        let config = ModelConfig::from_file(&dir.join("config.json"))?;
+        // Check the cheap files first so a broken folder fails before the weights are read.
+        // Qwen3.5 tokenizers split text with a regex that also groups combining marks;
+        // transformers applies it whatever tokenizer.json says, and so do we.
+        let tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json"), true)?;
+        let chat_template = match ChatTemplate::from_model_dir(dir) {
+            Ok(t) => Some(t),
+            Err(crate::chat::ChatTemplateError::NotFound(_)) => None,
+            Err(e) => return Err(e.into()),
+        };
+        let generation_config = GenerationConfig::from_dir(dir)?;
+        let store = WeightStore::open_dir(dir)?;
+        let model = Model::from_store(config, &store)?;
+
+        // Stop on every id of generation_config.json's eos list. Without that file, fall back
+        // to config.json's eos and the ChatML end-of-turn token: a Qwen turn ends with
+        // <|im_end|> even though config.json names <|endoftext|>.
+        let mut stop_ids = generation_config.eos_token_id.as_ref().map(|e| e.to_vec()).unwrap_or_default();
+        if stop_ids.is_empty() {
+            if let Some(eos) = &model.config().text.eos_token_id {
+                if let Ok(ids) = serde_json::from_value::<crate::generate::IdOrIds>(eos.clone()) {
+                    stop_ids = ids.to_vec();
+                }
+            }
+            stop_ids.extend(tokenizer.token_id("<|im_end|>"));
+        }
+        stop_ids.dedup();
+        Ok(LanguageModel { model, tokenizer, chat_template, generation_config, stop_ids })
+    }
+
+    /// Token ids that end generation.
+    pub fn stop_ids(&self) -> &[u32] {
+        &self.stop_ids
+    }
+
+    /// Renders `messages` with the model's chat template.
+    pub fn render_chat(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+        enable_thinking: Option<bool>,
+    ) -> Result<String> {
+        let template = self.chat_template.as_ref().ok_or_else(|| {
+            Error::InvalidInput(
+                "this model folder has no chat template (chat_template.jinja or \
+                 tokenizer_config.json); use a raw prompt"
+                    .into(),
+            )
+        })?;
+        let mut req = RenderRequest::new(messages);
+        req.add_generation_prompt = add_generation_prompt;
+        req.enable_thinking = enable_thinking;
+        Ok(template.render(&req)?)
+    }
+
+    /// Tokenizes text as is; special tokens written in it (`<|im_start|>` …) are recognised.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        Ok(self.tokenizer.encode(text)?)
+    }
+}

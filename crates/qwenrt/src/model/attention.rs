@@ -1,0 +1,165 @@
+//! Gated full attention (`Qwen3_5Attention`): per-head `[q | gate]` projection, zero-centred
+//! q/k RMSNorm, partial M-RoPE, grouped-query causal softmax attention over the KV cache, and a
+//! sigmoid output gate before `o_proj`.
+
+use qwenrt_kernels as k;
+
+use super::rope::{MRope, Position3};
+use super::{grow, LayerWeights};
+use crate::config::ModelConfig;
+use crate::error::Result;
+use crate::linear::Linear;
+
+pub struct GatedAttention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    /// `1 + q_norm.weight`, `1 + k_norm.weight` (zero-centred norms folded at load).
+    q_norm: Vec<f32>,
+    k_norm: Vec<f32>,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    /// Whether `q_proj` also produces the output gate (`attn_output_gate`).
+    gated: bool,
+    eps: f32,
+}
+
+#[derive(Default)]
+pub struct AttentionScratch {
+    q_and_gate: Vec<f32>,
+    q: Vec<f32>,
+    gate: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    attn: Vec<f32>,
+    scores: Vec<f32>,
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+}
+
+impl GatedAttention {
+    pub(crate) fn load(w: &LayerWeights, config: &ModelConfig) -> Result<Self> {
+        let t = &config.text;
+        let (heads, kv_heads, hd, hidden) =
+            (t.num_attention_heads, t.num_key_value_heads, config.head_dim, t.hidden_size);
+        let gated = t.attn_output_gate;
+        let p = |name: &str| format!("{}self_attn.{name}", w.prefix);
+        Ok(GatedAttention {
+            q_proj: w.linear(&p("q_proj.weight"), heads * hd * if gated { 2 } else { 1 }, hidden)?,
+            k_proj: w.linear(&p("k_proj.weight"), kv_heads * hd, hidden)?,
+            v_proj: w.linear(&p("v_proj.weight"), kv_heads * hd, hidden)?,
+            o_proj: w.linear(&p("o_proj.weight"), hidden, heads * hd)?,
+            q_norm: w.norm_1p(&p("q_norm.weight"), hd)?,
+            k_norm: w.norm_1p(&p("k_norm.weight"), hd)?,
+            heads,
+            kv_heads,
+            head_dim: hd,
+            gated,
+            eps: t.rms_norm_eps as f32,
+        })
+    }
+
+    pub fn weight_bytes(&self) -> usize {
+        [&self.q_proj, &self.k_proj, &self.v_proj, &self.o_proj].iter().map(|l| l.bytes()).sum::<usize>()
+            + 4 * (self.q_norm.len() + self.k_norm.len())
+    }
+
+    /// Attends `t` new tokens `x: [t, hidden]` at `positions` to everything in the cache and to
+    /// each other (causally), appending their keys and values to the cache.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward(
+        &self,
+        x: &[f32],
+        t: usize,
+        positions: &[Position3],
+        rope: &MRope,
+        keys: &mut Vec<f32>,
+        values: &mut Vec<f32>,
+        s: &mut AttentionScratch,
+        out: &mut [f32],
+    ) {
+        let hd = self.head_dim;
+        let (q_width, kv_width) = (self.heads * hd, self.kv_heads * hd);
+
+        // query_states, gate = torch.chunk(q_proj(x).view(*input_shape, -1, head_dim * 2), 2, dim=-1)
+        let q = grow(&mut s.q, t * q_width);
+        let gate = grow(&mut s.gate, t * q_width);
+        if self.gated {
+            let qg = grow(&mut s.q_and_gate, t * 2 * q_width);
+            self.q_proj.forward(x, t, qg);
+            for (i, pair) in qg.chunks_exact(2 * hd).enumerate() {
+                q[i * hd..(i + 1) * hd].copy_from_slice(&pair[..hd]);
+                gate[i * hd..(i + 1) * hd].copy_from_slice(&pair[hd..]);
+            }
+        } else {
+            self.q_proj.forward(x, t, q);
+        }
+        let kx = grow(&mut s.k, t * kv_width);
+        self.k_proj.forward(x, t, kx);
+        let vx = grow(&mut s.v, t * kv_width);
+        self.v_proj.forward(x, t, vx);
+
+        // q_norm / k_norm over each head, then apply_rotary_pos_emb on the first rotary_dim dims
+        let half = rope.half_dim();
+        let cos = grow(&mut s.cos, half);
+        let sin = grow(&mut s.sin, half);
+        let mut normed = [0.0f32; super::deltanet::MAX_HEAD_DIM];
+        let normed = &mut normed[..hd];
+        for ti in 0..t {
+            rope.tables(positions[ti], cos, sin);
+            for head in q[ti * q_width..(ti + 1) * q_width].chunks_exact_mut(hd) {
+                k::rms_norm(head, &self.q_norm, self.eps, normed);
+                head.copy_from_slice(normed);
+                rope.rotate(head, cos, sin);
+            }
+            for head in kx[ti * kv_width..(ti + 1) * kv_width].chunks_exact_mut(hd) {
+                k::rms_norm(head, &self.k_norm, self.eps, normed);
+                head.copy_from_slice(normed);
+                rope.rotate(head, cos, sin);
+            }
+        }
+
+        // key_states, value_states = cache.update(key_states, value_states, ...)
+        let past = keys.len() / kv_width;
+        keys.extend_from_slice(kx);
+        values.extend_from_slice(vx);
+
+        // softmax(q k^T * head_dim^-0.5 + causal_mask) v, one query row at a time so that a long
+        // prompt never materialises a [t, t] matrix.
+        let scale = (hd as f32).powf(-0.5);
+        let group = self.heads / self.kv_heads;
+        let attn = grow(&mut s.attn, t * q_width);
+        let scores_buf = grow(&mut s.scores, past + t);
+        for ti in 0..t {
+            let visible = past + ti + 1;
+            for h in 0..self.heads {
+                let kvh = h / group;
+                let qh = &q[ti * q_width + h * hd..ti * q_width + (h + 1) * hd];
+                let scores = &mut scores_buf[..visible];
+                for (j, sc) in scores.iter_mut().enumerate() {
+                    let kj = &keys[j * kv_width + kvh * hd..j * kv_width + (kvh + 1) * hd];
+                    *sc = k::dot(qh, kj) * scale;
+                }
+                k::softmax(scores);
+                let oh = &mut attn[ti * q_width + h * hd..ti * q_width + (h + 1) * hd];
+                oh.fill(0.0);
+                for (j, &p) in scores.iter().enumerate() {
+                    let vj = &values[j * kv_width + kvh * hd..j * kv_width + (kvh + 1) * hd];
+                    for (o, &vv) in oh.iter_mut().zip(vj) {
+                        *o += p * vv;
+                    }
+                }
+            }
+        }
+
+        // attn_output = attn_output * torch.sigmoid(gate); o_proj(attn_output)
+        if self.gated {
+            for (a, &g) in attn.iter_mut().zip(gate.iter()) {
+                *a *= k::sigmoid(g);
+            }
+        }
+        self.o_proj.forward(attn, t, out);
+    }
+}

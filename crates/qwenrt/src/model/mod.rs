@@ -1,0 +1,348 @@
+//! The Qwen3.5 text decoder (`Qwen3_5TextModel` + tied LM head).
+//!
+//! ```text
+//! h = embed_tokens[ids]
+//! for each layer:  h += mixer(rms_norm_1p(h))     # Gated DeltaNet or gated attention
+//!                  h += mlp(rms_norm_1p(h))       # SwiGLU
+//! logits = rms_norm_1p(h) @ embed_tokens.T       # only at the positions that need logits
+//! ```
+//!
+//! [`Model`] is immutable once loaded and shared by reference; everything a conversation
+//! accumulates lives in the [`SessionState`] the caller passes in.
+
+mod attention;
+pub mod deltanet;
+pub mod rope;
+mod state;
+
+use std::path::Path;
+
+use qwenrt_kernels as k;
+
+pub use state::{SessionState, Snapshot};
+
+use crate::config::{LayerType, ModelConfig};
+use crate::error::{Error, Result};
+use crate::linear::{load_vector, Linear};
+use crate::weights::WeightStore;
+use attention::{AttentionScratch, GatedAttention};
+use deltanet::{DeltaNetScratch, GatedDeltaNet};
+use rope::{MRope, Position3};
+use state::LayerCache;
+
+/// Prompt tokens pushed through all layers at once. A multiple of the DeltaNet chunk so that
+/// chunk boundaries fall where a single whole-prompt pass would put them.
+const PREFILL_BATCH: usize = 8 * deltanet::CHUNK;
+
+/// Logit rows computed at once when every position needs logits (bounds memory for big vocabularies).
+const LOGIT_ROWS: usize = 16;
+
+/// Which positions of a forward pass need logits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Logits {
+    /// None: only advance the state (e.g. a prompt whose continuation is already known).
+    None,
+    /// The last position: what generation needs.
+    Last,
+}
+
+/// Tensor lookup for one decoder layer.
+pub(crate) struct LayerWeights<'a> {
+    pub store: &'a WeightStore,
+    pub prefix: String,
+}
+
+impl LayerWeights<'_> {
+    pub fn linear(&self, name: &str, out_features: usize, in_features: usize) -> Result<Linear> {
+        Linear::load(self.store, name, out_features, in_features)
+    }
+
+    /// A zero-centred RMSNorm weight, stored `w` and applied as `1 + w`: folded here.
+    pub fn norm_1p(&self, name: &str, len: usize) -> Result<Vec<f32>> {
+        Ok(load_vector(self.store, name, len)?.into_iter().map(|w| 1.0 + w).collect())
+    }
+}
+
+/// Returns `v[..n]`, growing `v` first if needed: scratch buffers are sized by first use.
+pub(crate) fn grow(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
+    if v.len() < n {
+        v.resize(n, 0.0);
+    }
+    &mut v[..n]
+}
+
+enum Mixer {
+    DeltaNet(GatedDeltaNet),
+    Attention(GatedAttention),
+}
+
+/// SwiGLU: `down_proj(silu(gate_proj x) * up_proj x)`.
+struct Mlp {
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+}
+
+struct DecoderLayer {
+    input_layernorm: Vec<f32>,
+    mixer: Mixer,
+    post_attention_layernorm: Vec<f32>,
+    mlp: Mlp,
+}
+
+/// Reusable buffers for a forward pass, kept in the session so decoding allocates nothing.
+#[derive(Default)]
+pub(crate) struct Scratch {
+    hidden: Vec<f32>,
+    normed: Vec<f32>,
+    mixed: Vec<f32>,
+    mlp_gate: Vec<f32>,
+    mlp_up: Vec<f32>,
+    logits: Vec<f32>,
+    positions: Vec<Position3>,
+    delta: DeltaNetScratch,
+    attn: AttentionScratch,
+}
+
+/// A loaded Qwen3.5 text decoder.
+pub struct Model {
+    config: ModelConfig,
+    embed_tokens: Linear,
+    layers: Vec<DecoderLayer>,
+    /// `1 + norm.weight`.
+    norm: Vec<f32>,
+    /// `None` when the LM head is tied to `embed_tokens`.
+    lm_head: Option<Linear>,
+    rope: MRope,
+}
+
+impl Model {
+    /// Loads `config.json` and the safetensors weights of a model folder.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let config = ModelConfig::from_file(&dir.join("config.json"))?;
+        let store = WeightStore::open_dir(dir)?;
+        Self::from_store(config, &store)
+    }
+
+    /// Builds the model from already opened weights, checking every tensor's shape.
+    pub fn from_store(config: ModelConfig, store: &WeightStore) -> Result<Self> {
+        let t = &config.text;
+        let (hidden, vocab) = (t.hidden_size, t.vocab_size);
+        let prefix = config.tensor_prefix();
+        let embed_tokens = Linear::load(store, &format!("{prefix}embed_tokens.weight"), vocab, hidden)?;
+        let mut layers = Vec::with_capacity(t.num_hidden_layers);
+        for (i, kind) in config.layer_types.iter().enumerate() {
+            let w = LayerWeights { store, prefix: format!("{prefix}layers.{i}.") };
+            let mixer = match kind {
+                LayerType::LinearAttention => Mixer::DeltaNet(GatedDeltaNet::load(&w, &config)?),
+                LayerType::FullAttention => Mixer::Attention(GatedAttention::load(&w, &config)?),
+            };
+            let mp = |n: &str| format!("{}mlp.{n}.weight", w.prefix);
+            let inter = t.intermediate_size;
+            layers.push(DecoderLayer {
+                input_layernorm: w.norm_1p(&format!("{}input_layernorm.weight", w.prefix), hidden)?,
+                mixer,
+                post_attention_layernorm: w
+                    .norm_1p(&format!("{}post_attention_layernorm.weight", w.prefix), hidden)?,
+                mlp: Mlp {
+                    gate_proj: w.linear(&mp("gate_proj"), inter, hidden)?,
+                    up_proj: w.linear(&mp("up_proj"), inter, hidden)?,
+                    down_proj: w.linear(&mp("down_proj"), hidden, inter)?,
+                },
+            });
+        }
+        let top = LayerWeights { store, prefix: prefix.to_owned() };
+        let norm = top.norm_1p(&format!("{prefix}norm.weight"), hidden)?;
+        let lm_head = if config.tie_word_embeddings {
+            None
+        } else {
+            Some(Linear::load(store, "lm_head.weight", vocab, hidden)?)
+        };
+        let rope = MRope::new(&config);
+        Ok(Model { config, embed_tokens, layers, norm, lm_head, rope })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.config.text.vocab_size
+    }
+
+    /// The context length the model was trained for (`max_position_embeddings`).
+    pub fn max_context(&self) -> usize {
+        self.config.text.max_position_embeddings
+    }
+
+    /// A fresh, empty conversation state accepting up to `max_context()` tokens.
+    pub fn new_state(&self) -> SessionState {
+        SessionState::new(&self.config, self.max_context())
+    }
+
+    /// A fresh state that refuses to grow past `max_len` tokens (bounding KV memory).
+    pub fn new_state_with_limit(&self, max_len: usize) -> SessionState {
+        SessionState::new(&self.config, max_len.min(self.max_context()))
+    }
+
+    /// Bytes of weights held in memory.
+    pub fn weight_bytes(&self) -> usize {
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|l| {
+                let mixer = match &l.mixer {
+                    Mixer::DeltaNet(m) => m.weight_bytes(),
+                    Mixer::Attention(m) => m.weight_bytes(),
+                };
+                mixer
+                    + l.mlp.gate_proj.bytes()
+                    + l.mlp.up_proj.bytes()
+                    + l.mlp.down_proj.bytes()
+                    + 4 * (l.input_layernorm.len() + l.post_attention_layernorm.len())
+            })
+            .sum();
+        self.embed_tokens.bytes() + layers + self.norm.len() * 4 + self.lm_head.as_ref().map_or(0, Linear::bytes)
+    }
+
+    /// Name of the element type the weights are held in.
+    pub fn weight_dtype(&self) -> &'static str {
+        self.embed_tokens.dtype_name()
+    }
+
+    /// Feeds `tokens` after what `state` holds and returns the logits of the last one
+    /// (`[vocab_size]`), or an empty slice for [`Logits::None`]. A single token takes the
+    /// recurrent decode path; several take the chunked prefill path.
+    pub fn forward<'s>(&self, state: &'s mut SessionState, tokens: &[u32], logits: Logits) -> Result<&'s [f32]> {
+        self.check_input(state, tokens)?;
+        let mut start = 0;
+        while start < tokens.len() {
+            let end = (start + PREFILL_BATCH).min(tokens.len());
+            self.run_layers(state, &tokens[start..end]);
+            start = end;
+        }
+        let vocab = self.vocab_size();
+        if logits == Logits::None || tokens.is_empty() {
+            return Ok(&[]);
+        }
+        let hidden = self.config.text.hidden_size;
+        let t_last = tokens.len() - (tokens.len() - 1) / PREFILL_BATCH * PREFILL_BATCH;
+        let s = &mut state.scratch;
+        let last = &s.hidden[(t_last - 1) * hidden..t_last * hidden];
+        let normed = grow(&mut s.normed, hidden);
+        k::rms_norm(last, &self.norm, self.config.text.rms_norm_eps as f32, normed);
+        let out = grow(&mut s.logits, vocab);
+        self.lm_head().forward(normed, 1, out);
+        Ok(&state.scratch.logits[..vocab])
+    }
+
+    /// Feeds `tokens` and hands the logits of every position to `sink(position_in_tokens, logits)`,
+    /// in order; memory stays bounded however long `tokens` is (used for scoring).
+    pub fn forward_all(
+        &self,
+        state: &mut SessionState,
+        tokens: &[u32],
+        mut sink: impl FnMut(usize, &[f32]),
+    ) -> Result<()> {
+        self.check_input(state, tokens)?;
+        let hidden = self.config.text.hidden_size;
+        let vocab = self.vocab_size();
+        let eps = self.config.text.rms_norm_eps as f32;
+        let mut start = 0;
+        while start < tokens.len() {
+            let end = (start + PREFILL_BATCH).min(tokens.len());
+            self.run_layers(state, &tokens[start..end]);
+            let s = &mut state.scratch;
+            for r0 in (0..end - start).step_by(LOGIT_ROWS) {
+                let rows = LOGIT_ROWS.min(end - start - r0);
+                let normed = grow(&mut s.normed, rows * hidden);
+                for r in 0..rows {
+                    let h = &s.hidden[(r0 + r) * hidden..(r0 + r + 1) * hidden];
+                    k::rms_norm(h, &self.norm, eps, &mut normed[r * hidden..(r + 1) * hidden]);
+                }
+                let out = grow(&mut s.logits, rows * vocab);
+                self.lm_head().forward(normed, rows, out);
+                for r in 0..rows {
+                    sink(start + r0 + r, &out[r * vocab..(r + 1) * vocab]);
+                }
+            }
+            start = end;
+        }
+        Ok(())
+    }
+
+    fn lm_head(&self) -> &Linear {
+        self.lm_head.as_ref().unwrap_or(&self.embed_tokens)
+    }
+
+    fn check_input(&self, state: &SessionState, tokens: &[u32]) -> Result<()> {
+        let vocab = self.vocab_size();
+        if let Some((i, &id)) = tokens.iter().enumerate().find(|(_, &id)| id as usize >= vocab) {
+            return Err(Error::InvalidInput(format!(
+                "token id {id} at position {i} is outside the vocabulary (size {vocab})"
+            )));
+        }
+        if state.len + tokens.len() > state.max_len {
+            return Err(Error::InvalidInput(format!(
+                "{} tokens after the {} already in context exceed the context length of {}",
+                tokens.len(),
+                state.len,
+                state.max_len
+            )));
+        }
+        Ok(())
+    }
+
+    /// Runs one batch of tokens through every layer, leaving the final hidden states (before the
+    /// final norm) in `scratch.hidden` and advancing the caches.
+    fn run_layers(&self, state: &mut SessionState, tokens: &[u32]) {
+        let t = tokens.len();
+        let hidden_size = self.config.text.hidden_size;
+        let eps = self.config.text.rms_norm_eps as f32;
+        let s = &mut state.scratch;
+
+        // inputs_embeds = self.embed_tokens(input_ids)
+        let h = grow(&mut s.hidden, t * hidden_size);
+        for (row, &id) in h.chunks_exact_mut(hidden_size).zip(tokens) {
+            self.embed_tokens.row(id as usize, row);
+        }
+        // Text positions: every M-RoPE axis carries the token index.
+        s.positions.clear();
+        s.positions.extend((0..t).map(|i| [(state.len + i) as i64; 3]));
+
+        for (layer, cache) in self.layers.iter().zip(state.layers.iter_mut()) {
+            let normed = grow(&mut s.normed, t * hidden_size);
+            for (x, y) in s.hidden[..t * hidden_size]
+                .chunks_exact(hidden_size)
+                .zip(normed.chunks_exact_mut(hidden_size))
+            {
+                k::rms_norm(x, &layer.input_layernorm, eps, y);
+            }
+            let mixed = grow(&mut s.mixed, t * hidden_size);
+            match (&layer.mixer, cache) {
+                (Mixer::DeltaNet(m), LayerCache::DeltaNet { conv, ssm }) => {
+                    m.forward(normed, t, conv, ssm, &mut s.delta, mixed)
+                }
+                (Mixer::Attention(m), LayerCache::Attention { keys, values }) => {
+                    m.forward(normed, t, &s.positions, &self.rope, keys, values, &mut s.attn, mixed)
+                }
+                _ => unreachable!("session state was made for another model"),
+            }
+            let h = &mut s.hidden[..t * hidden_size];
+            k::add_assign(h, mixed);
+
+            for (x, y) in h.chunks_exact(hidden_size).zip(normed.chunks_exact_mut(hidden_size)) {
+                k::rms_norm(x, &layer.post_attention_layernorm, eps, y);
+            }
+            let inter = layer.mlp.up_proj.out_features();
+            let gate = grow(&mut s.mlp_gate, t * inter);
+            layer.mlp.gate_proj.forward(normed, t, gate);
+            let up = grow(&mut s.mlp_up, t * inter);
+            layer.mlp.up_proj.forward(normed, t, up);
+            k::silu_mul(gate, up);
+            layer.mlp.down_proj.forward(gate, t, mixed);
+            k::add_assign(h, mixed);
+        }
+        state.len += t;
+    }
+}

@@ -1,0 +1,122 @@
+//! Per-session state: what a conversation has accumulated (KV caches, DeltaNet conv and
+//! recurrent states) plus reusable scratch memory. The model itself stays immutable.
+
+use crate::config::{LayerType, ModelConfig};
+
+/// The cache of one decoder layer.
+#[derive(Clone, Debug)]
+pub(crate) enum LayerCache {
+    /// Gated DeltaNet: the last `K - 1` pre-convolution inputs, `[K-1, conv_dim]` (oldest first),
+    /// and the recurrent state `S`, `[Hv, dk, dv]`, kept in f32.
+    DeltaNet { conv: Vec<f32>, ssm: Vec<f32> },
+    /// Full attention: keys and values of every past position, `[len, nKV, head_dim]`
+    /// (keys after q/k-norm and RoPE).
+    Attention { keys: Vec<f32>, values: Vec<f32> },
+}
+
+/// Everything a conversation carries between calls to the model.
+pub struct SessionState {
+    pub(crate) layers: Vec<LayerCache>,
+    /// Tokens consumed so far.
+    pub(crate) len: usize,
+    pub(crate) max_len: usize,
+    pub(crate) scratch: super::Scratch,
+}
+
+/// A copy of a [`SessionState`]'s caches (no scratch), to restore later.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    layers: Vec<LayerCache>,
+    len: usize,
+}
+
+impl SessionState {
+    pub(crate) fn new(config: &ModelConfig, max_len: usize) -> Self {
+        let t = &config.text;
+        let layers = config
+            .layer_types
+            .iter()
+            .map(|kind| match kind {
+                LayerType::LinearAttention => LayerCache::DeltaNet {
+                    conv: vec![0.0; (t.linear_conv_kernel_dim - 1) * config.linear_conv_dim()],
+                    ssm: vec![
+                        0.0;
+                        t.linear_num_value_heads * t.linear_key_head_dim * t.linear_value_head_dim
+                    ],
+                },
+                LayerType::FullAttention => {
+                    LayerCache::Attention { keys: Vec::new(), values: Vec::new() }
+                }
+            })
+            .collect();
+        SessionState { layers, len: 0, max_len, scratch: Default::default() }
+    }
+
+    /// Number of tokens the state has consumed.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The most tokens this state accepts (the model's context unless limited at creation).
+    pub fn max_len(&self) -> usize {
+        self.max_len
+    }
+
+    /// Forgets the conversation, keeping allocated memory.
+    pub fn reset(&mut self) {
+        self.len = 0;
+        for layer in &mut self.layers {
+            match layer {
+                LayerCache::DeltaNet { conv, ssm } => {
+                    conv.fill(0.0);
+                    ssm.fill(0.0);
+                }
+                LayerCache::Attention { keys, values } => {
+                    keys.clear();
+                    values.clear();
+                }
+            }
+        }
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot { layers: self.layers.clone(), len: self.len }
+    }
+
+    /// Returns to a snapshot taken from a state of the same model.
+    pub fn restore(&mut self, snapshot: &Snapshot) {
+        assert_eq!(self.layers.len(), snapshot.layers.len(), "snapshot from another model");
+        self.layers.clone_from(&snapshot.layers);
+        self.len = snapshot.len;
+    }
+
+    /// Bytes held by the caches (not counting scratch).
+    pub fn cache_bytes(&self) -> usize {
+        self.layers
+            .iter()
+            .map(|l| match l {
+                LayerCache::DeltaNet { conv, ssm } => (conv.len() + ssm.len()) * 4,
+                LayerCache::Attention { keys, values } => (keys.len() + values.len()) * 4,
+            })
+            .sum()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn layer_caches(&self) -> &[LayerCache] {
+        &self.layers
+    }
+}
+
+impl Snapshot {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}

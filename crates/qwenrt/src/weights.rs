@@ -1,0 +1,238 @@
+//! Memory-mapped safetensors checkpoints: a single `model.safetensors` or shards listed in
+//! `model.safetensors.index.json`. Tensors are looked up by their Hugging Face names and checked
+//! against the shape the config implies before any model code sees them.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+use safetensors::tensor::{Dtype, Metadata};
+use safetensors::SafeTensors;
+
+use crate::error::{Error, Result};
+
+/// Element type of a stored tensor that qwenrt can read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoredDtype {
+    F32,
+    F16,
+    BF16,
+}
+
+struct Shard {
+    path: PathBuf,
+    mmap: Mmap,
+    /// Byte offset of the data section (8-byte length + JSON header).
+    data_start: usize,
+    metadata: Metadata,
+}
+
+/// A read-only view of one tensor inside a mapped file.
+pub struct TensorRef<'a> {
+    pub name: String,
+    pub file: &'a Path,
+    pub dtype: StoredDtype,
+    pub shape: &'a [usize],
+    pub bytes: &'a [u8],
+}
+
+impl TensorRef<'_> {
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// Widens the tensor to f32 (exact for bf16 and f16).
+    pub fn to_f32(&self) -> Vec<f32> {
+        match self.dtype {
+            StoredDtype::F32 => self
+                .bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+            StoredDtype::BF16 => self
+                .bytes
+                .chunks_exact(2)
+                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            StoredDtype::F16 => self
+                .bytes
+                .chunks_exact(2)
+                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+        }
+    }
+}
+
+/// All tensors of a checkpoint, memory-mapped.
+pub struct WeightStore {
+    shards: Vec<Shard>,
+    /// Tensor name → index into `shards`.
+    index: HashMap<String, usize>,
+}
+
+impl WeightStore {
+    /// Opens the safetensors files of a model folder: the index's shards when
+    /// `model.safetensors.index.json` exists, else `model.safetensors`, else every `*.safetensors`.
+    pub fn open_dir(dir: &Path) -> Result<Self> {
+        let index_path = dir.join("model.safetensors.index.json");
+        let files: Vec<PathBuf> = if index_path.exists() {
+            let text = std::fs::read_to_string(&index_path)
+                .map_err(|source| Error::Io { path: index_path.clone(), source })?;
+            #[derive(serde::Deserialize)]
+            struct Index {
+                weight_map: BTreeMap<String, String>,
+            }
+            let index: Index = serde_json::from_str(&text)
+                .map_err(|source| Error::Json { path: index_path.clone(), source })?;
+            let mut names: Vec<&String> = index.weight_map.values().collect();
+            names.sort();
+            names.dedup();
+            names.into_iter().map(|n| dir.join(n)).collect()
+        } else if dir.join("model.safetensors").exists() {
+            vec![dir.join("model.safetensors")]
+        } else {
+            let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+                .map_err(|source| Error::Io { path: dir.to_owned(), source })?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+                .collect();
+            found.sort();
+            found
+        };
+        if files.is_empty() {
+            return Err(Error::Io {
+                path: dir.to_owned(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "no model.safetensors, model.safetensors.index.json or *.safetensors file",
+                ),
+            });
+        }
+        Self::open_files(&files)
+    }
+
+    pub fn open_files(files: &[PathBuf]) -> Result<Self> {
+        let mut shards = Vec::with_capacity(files.len());
+        let mut index = HashMap::new();
+        for path in files {
+            let file = File::open(path).map_err(|source| Error::Io { path: path.clone(), source })?;
+            // SAFETY: the mapping is read-only. Like every mmap-based loader we rely on the file
+            // not being truncated underneath us while the model is alive.
+            let mmap = unsafe { Mmap::map(&file) }
+                .map_err(|source| Error::Io { path: path.clone(), source })?;
+            let (header_len, metadata) = SafeTensors::read_metadata(&mmap).map_err(|e| {
+                Error::Safetensors { path: path.clone(), message: describe_safetensors_error(&e, mmap.len()) }
+            })?;
+            for name in metadata.tensors().keys() {
+                if let Some(prev) = index.insert(name.clone(), shards.len()) {
+                    let prev: &Shard = &shards[prev];
+                    return Err(Error::Safetensors {
+                        path: path.clone(),
+                        message: format!(
+                            "tensor `{name}` is also stored in {}",
+                            prev.path.display()
+                        ),
+                    });
+                }
+            }
+            shards.push(Shard { path: path.clone(), mmap, data_start: 8 + header_len, metadata });
+        }
+        Ok(WeightStore { shards, index })
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.index.contains_key(name)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.index.keys().map(String::as_str)
+    }
+
+    /// Total bytes of all mapped files.
+    pub fn mapped_bytes(&self) -> usize {
+        self.shards.iter().map(|s| s.mmap.len()).sum()
+    }
+
+    fn searched(&self) -> String {
+        self.shards.iter().map(|s| s.path.display().to_string()).collect::<Vec<_>>().join(", ")
+    }
+
+    /// Looks up `name` and checks that its shape is `expected`.
+    pub fn get(&self, name: &str, expected: &[usize]) -> Result<TensorRef<'_>> {
+        let &shard_idx = self
+            .index
+            .get(name)
+            .ok_or_else(|| Error::MissingTensor { name: name.to_owned(), searched: self.searched() })?;
+        let shard = &self.shards[shard_idx];
+        let info = shard.metadata.info(name).expect("indexed tensor has metadata");
+        if info.shape != expected {
+            return Err(Error::ShapeMismatch {
+                file: shard.path.clone(),
+                name: name.to_owned(),
+                expected: expected.to_vec(),
+                found: info.shape.clone(),
+            });
+        }
+        let dtype = match info.dtype {
+            Dtype::F32 => StoredDtype::F32,
+            Dtype::F16 => StoredDtype::F16,
+            Dtype::BF16 => StoredDtype::BF16,
+            other => {
+                return Err(Error::UnsupportedDtype {
+                    file: shard.path.clone(),
+                    name: name.to_owned(),
+                    dtype: format!("{other:?}"),
+                })
+            }
+        };
+        let (begin, end) = info.data_offsets;
+        // read_metadata validated that the offsets tile the data section and fit the file.
+        let bytes = &shard.mmap[shard.data_start + begin..shard.data_start + end];
+        Ok(TensorRef { name: name.to_owned(), file: &shard.path, dtype, shape: &info.shape, bytes })
+    }
+}
+
+fn describe_safetensors_error(e: &safetensors::SafeTensorError, file_len: usize) -> String {
+    use safetensors::SafeTensorError as E;
+    match e {
+        E::HeaderTooSmall => format!("file is only {file_len} bytes, too short for a header"),
+        E::InvalidHeaderLength => {
+            format!("header length exceeds the file size ({file_len} bytes): truncated or not safetensors")
+        }
+        E::MetadataIncompleteBuffer => {
+            format!("tensor data extends past the end of the file ({file_len} bytes): the file is truncated")
+        }
+        E::InvalidHeader(_) | E::InvalidHeaderDeserialization(_) | E::HeaderTooLarge => {
+            format!("corrupt JSON header ({e})")
+        }
+        other => other.to_string(),
+    }
+}
+
+/// Name, element type and shape of a stored tensor (for `inspect`).
+#[derive(Debug, Clone)]
+pub struct TensorInfo {
+    pub name: String,
+    pub dtype: String,
+    pub shape: Vec<usize>,
+}
+
+impl WeightStore {
+    /// Every tensor in the checkpoint, sorted by name.
+    pub fn tensor_infos(&self) -> Vec<TensorInfo> {
+        let mut infos: Vec<TensorInfo> = self
+            .shards
+            .iter()
+            .flat_map(|s| {
+                s.metadata.tensors().into_iter().map(|(name, info)| TensorInfo {
+                    name,
+                    dtype: format!("{:?}", info.dtype),
+                    shape: info.shape.clone(),
+                })
+            })
+            .collect();
+        infos.sort_by(|a, b| a.name.cmp(&b.name));
+        infos
+    }
+}
