@@ -335,9 +335,9 @@ mod tests {
     #[test]
     fn invalid_parameters_are_rejected() {
         let bad = SamplingParams { temperature: -1.0, ..SamplingParams::greedy() };
-        assert!(Sampler::new(bad).unwrap_err().to_string().contains("temperature"));
+        assert!(Sampler::new(bad).err().unwrap().to_string().contains("temperature"));
         let bad = SamplingParams { top_p: 0.0, temperature: 1.0, ..SamplingParams::greedy() };
-        assert!(Sampler::new(bad).unwrap_err().to_string().contains("top_p"));
+        assert!(Sampler::new(bad).err().unwrap().to_string().contains("top_p"));
     }
 
     #[test]
