@@ -3,6 +3,24 @@
 //! Weights ([`Model`]) are immutable and shared; each conversation owns a [`SessionState`]
 //! (KV caches, DeltaNet conv and recurrent states) that the caller passes to the model.
 //! [`LanguageModel`] bundles a model with its tokenizer, chat template and generation defaults.
+//!
+//! ```no_run
+//! use qwenrt::chat::Message;
+//! use qwenrt::{generate, GenerateOptions, LanguageModel, SamplingParams};
+//!
+//! let lm = LanguageModel::load("Qwen3.5-0.8B".as_ref())?;
+//! let prompt = lm.render_chat(&[Message::user("Hello!")], true, None)?;
+//! let ids = lm.encode(&prompt)?;
+//! let mut state = lm.model.new_state(); // one per conversation; the model is shared
+//! let options = GenerateOptions {
+//!     max_tokens: 64,
+//!     sampling: SamplingParams::greedy(),
+//!     stop_ids: lm.stop_ids().to_vec(),
+//! };
+//! let out = generate(&lm.model, &mut state, &ids, &options, |_token| true)?;
+//! println!("{}", lm.tokenizer.decode(&out.tokens)?);
+//! # Ok::<(), qwenrt::Error>(())
+//! ```
 
 pub mod chat;
 pub mod config;

@@ -73,7 +73,8 @@ pub struct WeightStore {
 
 impl WeightStore {
     /// Opens the safetensors files of a model folder: the index's shards when
-    /// `model.safetensors.index.json` exists, else `model.safetensors`, else every `*.safetensors`.
+    /// `model.safetensors.index.json` exists, else `model.safetensors` (as transformers does; other
+    /// `*.safetensors` files in the folder, such as adapters, are not the model).
     pub fn open_dir(dir: &Path) -> Result<Self> {
         let index_path = dir.join("model.safetensors.index.json");
         let files: Vec<PathBuf> = if index_path.exists() {
@@ -92,23 +93,14 @@ impl WeightStore {
         } else if dir.join("model.safetensors").exists() {
             vec![dir.join("model.safetensors")]
         } else {
-            let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
-                .map_err(|source| Error::Io { path: dir.to_owned(), source })?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
-                .collect();
-            found.sort();
-            found
-        };
-        if files.is_empty() {
             return Err(Error::Io {
                 path: dir.to_owned(),
                 source: std::io::Error::new(
                     std::io::ErrorKind::NotFound,
-                    "no model.safetensors, model.safetensors.index.json or *.safetensors file",
+                    "no model.safetensors or model.safetensors.index.json in the model folder",
                 ),
             });
-        }
+        };
         Self::open_files(&files)
     }
 

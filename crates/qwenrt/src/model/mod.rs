@@ -346,3 +346,107 @@ impl Model {
         state.len += t;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny_causal() -> Model {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/models/tiny-causal");
+        Model::load(&dir).expect("fixture model loads")
+    }
+
+    fn prompt(len: usize, vocab: usize) -> Vec<u32> {
+        (0..len).map(|i| ((i * 7919 + 13) % (vocab - 3) + 3) as u32).collect()
+    }
+
+    fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+        assert_eq!(a.len(), b.len());
+        a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    }
+
+    /// Worst difference between two states' caches, with the kind of cache it was in.
+    fn state_diff(a: &SessionState, b: &SessionState) -> (f32, f32, f32) {
+        let (mut conv_d, mut ssm_d, mut kv_d) = (0.0f32, 0.0f32, 0.0f32);
+        for (x, y) in a.layer_caches().iter().zip(b.layer_caches()) {
+            match (x, y) {
+                (LayerCache::DeltaNet { conv: c1, ssm: s1 }, LayerCache::DeltaNet { conv: c2, ssm: s2 }) => {
+                    conv_d = conv_d.max(max_diff(c1, c2));
+                    ssm_d = ssm_d.max(max_diff(s1, s2));
+                }
+                (LayerCache::Attention { keys: k1, values: v1 }, LayerCache::Attention { keys: k2, values: v2 }) => {
+                    kv_d = kv_d.max(max_diff(k1, k2)).max(max_diff(v1, v2));
+                }
+                _ => panic!("layer kinds differ"),
+            }
+        }
+        (conv_d, ssm_d, kv_d)
+    }
+
+    /// The chunked prefill path and the token-by-token recurrent decode path reach the same
+    /// logits and the same states, on both sides of the 64-token chunk boundary.
+    #[test]
+    fn chunked_prefill_equals_token_by_token_decode() {
+        let model = tiny_causal();
+        for len in [1usize, 63, 64, 65, 333] {
+            let ids = prompt(len, model.vocab_size());
+            let mut chunked = model.new_state();
+            let logits_chunked = model.forward(&mut chunked, &ids, Logits::Last).unwrap().to_vec();
+            let mut stepped = model.new_state();
+            let mut logits_stepped = Vec::new();
+            for &id in &ids {
+                logits_stepped = model.forward(&mut stepped, &[id], Logits::Last).unwrap().to_vec();
+            }
+            assert_eq!(chunked.len(), stepped.len());
+            let dl = max_diff(&logits_chunked, &logits_stepped);
+            let (conv, ssm, kv) = state_diff(&chunked, &stepped);
+            assert!(
+                dl < 1e-3 && conv < 1e-4 && ssm < 1e-4 && kv < 1e-4,
+                "len {len}: logits {dl}, conv {conv}, ssm {ssm}, kv {kv}"
+            );
+        }
+    }
+
+    /// Prefilling in several calls continues exactly where a single call would be.
+    #[test]
+    fn prefill_in_pieces_equals_one_call() {
+        let model = tiny_causal();
+        let ids = prompt(200, model.vocab_size());
+        let mut whole = model.new_state();
+        let want = model.forward(&mut whole, &ids, Logits::Last).unwrap().to_vec();
+        let mut pieces = model.new_state();
+        model.forward(&mut pieces, &ids[..70], Logits::None).unwrap();
+        model.forward(&mut pieces, &ids[70..71], Logits::None).unwrap();
+        let got = model.forward(&mut pieces, &ids[71..], Logits::Last).unwrap().to_vec();
+        assert!(max_diff(&want, &got) < 1e-3, "{}", max_diff(&want, &got));
+    }
+
+    #[test]
+    fn snapshot_restore_then_continue_equals_continue() {
+        let model = tiny_causal();
+        let ids = prompt(100, model.vocab_size());
+        let mut state = model.new_state();
+        model.forward(&mut state, &ids[..80], Logits::None).unwrap();
+        let snap = state.snapshot();
+        let want = model.forward(&mut state, &ids[80..], Logits::Last).unwrap().to_vec();
+        // Wander off, then come back.
+        model.forward(&mut state, &ids[..5], Logits::None).unwrap();
+        state.restore(&snap);
+        assert_eq!(state.len(), 80);
+        let got = model.forward(&mut state, &ids[80..], Logits::Last).unwrap().to_vec();
+        assert_eq!(want, got, "restored state must continue bit for bit");
+        state.reset();
+        assert!(state.is_empty());
+    }
+
+    #[test]
+    fn bad_input_is_an_error_not_a_panic() {
+        let model = tiny_causal();
+        let mut state = model.new_state_with_limit(10);
+        let e = model.forward(&mut state, &[model.vocab_size() as u32], Logits::Last).unwrap_err();
+        assert!(e.to_string().contains("outside the vocabulary"), "{e}");
+        let e = model.forward(&mut state, &prompt(11, model.vocab_size()), Logits::Last).unwrap_err();
+        assert!(e.to_string().contains("exceed the context length of 10"), "{e}");
+        assert!(state.is_empty(), "a rejected call leaves the state untouched");
+    }
+}

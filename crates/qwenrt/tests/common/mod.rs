@@ -1,0 +1,135 @@
+//! Shared helpers for integration tests: fixture paths and reference tensors.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use safetensors::tensor::Dtype;
+use safetensors::SafeTensors;
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+pub fn fixture_model(name: &str) -> PathBuf {
+    workspace_root().join("fixtures/models").join(name)
+}
+
+/// The generated Qwen3.5 tokenizer.json (too big to commit; `.ci/run` builds it).
+pub fn generated_tokenizer() -> PathBuf {
+    let dir = std::env::var_os("QWENRT_TOKENIZER_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("fixtures-gen/qwen3_5-tokenizer"));
+    let path = dir.join("tokenizer.json");
+    assert!(
+        path.exists(),
+        "{} is missing: run `python3 scripts/build_tokenizer.py --family qwen3_5 --out fixtures-gen/qwen3_5-tokenizer`",
+        path.display()
+    );
+    path
+}
+
+/// Reference outputs recorded by `scripts/make_fixtures.py`.
+pub struct Expected {
+    tensors: HashMap<String, (Dtype, Vec<usize>, Vec<u8>)>,
+    pub meta: serde_json::Value,
+}
+
+impl Expected {
+    pub fn load(model_dir: &Path) -> Self {
+        let bytes = std::fs::read(model_dir.join("expected.safetensors")).expect("expected.safetensors");
+        let st = SafeTensors::deserialize(&bytes).expect("valid expected.safetensors");
+        let tensors = st
+            .tensors()
+            .into_iter()
+            .map(|(name, view)| (name, (view.dtype(), view.shape().to_vec(), view.data().to_vec())))
+            .collect();
+        let meta = serde_json::from_str(
+            &std::fs::read_to_string(model_dir.join("expected.json")).expect("expected.json"),
+        )
+        .expect("valid expected.json");
+        Expected { tensors, meta }
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+
+    pub fn shape(&self, name: &str) -> &[usize] {
+        &self.tensors.get(name).unwrap_or_else(|| panic!("no reference tensor {name}")).1
+    }
+
+    pub fn f32(&self, name: &str) -> Vec<f32> {
+        let (dtype, _, data) = self.tensors.get(name).unwrap_or_else(|| panic!("no reference tensor {name}"));
+        assert_eq!(*dtype, Dtype::F32, "{name}");
+        data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+    }
+
+    pub fn ids(&self, name: &str) -> Vec<u32> {
+        let (dtype, _, data) = self.tensors.get(name).unwrap_or_else(|| panic!("no reference tensor {name}"));
+        match dtype {
+            Dtype::I32 => data.chunks_exact(4).map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as u32).collect(),
+            Dtype::I64 => data
+                .chunks_exact(8)
+                .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as u32)
+                .collect(),
+            other => panic!("{name}: unexpected dtype {other:?}"),
+        }
+    }
+
+    /// Prompt indices recorded in the file (`prompt{i}.ids`).
+    pub fn prompts(&self) -> Vec<usize> {
+        let mut v: Vec<usize> = self
+            .tensors
+            .keys()
+            .filter_map(|k| k.strip_prefix("prompt")?.strip_suffix(".ids")?.parse().ok())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// The `prompts` entry of expected.json for prompt `i`.
+    pub fn prompt_meta(&self, i: usize) -> &serde_json::Value {
+        let name = format!("prompt{i}");
+        self.meta["prompts"]
+            .as_array()
+            .and_then(|a| a.iter().find(|p| p["name"] == name.as_str()))
+            .unwrap_or_else(|| panic!("expected.json has no entry for {name}"))
+    }
+
+    /// Prompts without images (images need the vision tower, which these tests do not cover).
+    pub fn text_prompts(&self) -> Vec<usize> {
+        self.prompts()
+            .into_iter()
+            .filter(|&i| !self.prompt_meta(i)["kind"].as_str().unwrap_or("").contains("image"))
+            .collect()
+    }
+}
+
+pub fn std_dev(x: &[f32]) -> f64 {
+    let n = x.len() as f64;
+    let mean = x.iter().map(|&v| v as f64).sum::<f64>() / n;
+    (x.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n).sqrt()
+}
+
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(&x, &y)| (x as f64 - y as f64).abs()).fold(0.0, f64::max)
+}
+
+/// Copies a folder (files only, one level) into a fresh temporary directory.
+pub fn copy_to_temp(src: &Path, tag: &str) -> PathBuf {
+    let dst = std::env::temp_dir().join(format!(
+        "qwenrt-test-{tag}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+    ));
+    std::fs::create_dir_all(&dst).unwrap();
+    for entry in std::fs::read_dir(src).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_file() {
+            std::fs::copy(entry.path(), dst.join(entry.file_name())).unwrap();
+        }
+    }
+    dst
+}
