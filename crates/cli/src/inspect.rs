@@ -43,7 +43,8 @@ fn part_of(name: &str) -> &'static str {
 pub fn inspect(args: InspectArgs) -> Result<()> {
     let dir = &args.model;
     let config = ModelConfig::from_file(&dir.join("config.json"))?;
-    let store = WeightStore::open_dir(dir).with_context(|| format!("opening weights in {}", dir.display()))?;
+    let store =
+        WeightStore::open_dir(dir).with_context(|| format!("opening weights in {}", dir.display()))?;
     let mut parts: BTreeMap<&str, u64> = BTreeMap::new();
     let mut dtypes: BTreeMap<String, u64> = BTreeMap::new();
     for info in store.tensor_infos() {
@@ -90,11 +91,18 @@ pub fn inspect(args: InspectArgs) -> Result<()> {
     );
     println!(
         "  attention         {} query heads, {} KV heads, head dim {} (rotary {}), θ = {}",
-        t.num_attention_heads, t.num_key_value_heads, config.head_dim, config.rotary_dim, config.rope.rope_theta
+        t.num_attention_heads,
+        t.num_key_value_heads,
+        config.head_dim,
+        config.rotary_dim,
+        config.rope.rope_theta
     );
     println!(
         "  DeltaNet          {} key heads × {}, {} value heads × {}, conv kernel {}",
-        t.linear_num_key_heads, t.linear_key_head_dim, t.linear_num_value_heads, t.linear_value_head_dim,
+        t.linear_num_key_heads,
+        t.linear_key_head_dim,
+        t.linear_num_value_heads,
+        t.linear_value_head_dim,
         t.linear_conv_kernel_dim
     );
     println!("  vocabulary        {} (tied embeddings: {})", t.vocab_size, config.tie_word_embeddings);
@@ -103,9 +111,18 @@ pub fn inspect(args: InspectArgs) -> Result<()> {
     for (part, n) in &parts {
         println!("    {part:<26}{:>10.2} M", *n as f64 / 1e6);
     }
-    let dtype_list: Vec<String> = dtypes.iter().map(|(d, n)| format!("{d} ({:.1} M)", *n as f64 / 1e6)).collect();
-    println!("  stored as         {} in {:.1} MiB of files", dtype_list.join(", "), mib(store.mapped_bytes()));
-    println!("  in memory         {:.1} MiB of {} weights (text decoder only)", mib(model.weight_bytes()), model.weight_dtype());
+    let dtype_list: Vec<String> =
+        dtypes.iter().map(|(d, n)| format!("{d} ({:.1} M)", *n as f64 / 1e6)).collect();
+    println!(
+        "  stored as         {} in {:.1} MiB of files",
+        dtype_list.join(", "),
+        mib(store.mapped_bytes())
+    );
+    println!(
+        "  in memory         {:.1} MiB of {} weights (text decoder only)",
+        mib(model.weight_bytes()),
+        model.weight_dtype()
+    );
     println!(
         "  session state     {:.2} MiB fixed (DeltaNet) + {:.1} KiB per token (KV cache)",
         mib(state.cache_bytes()),

@@ -84,8 +84,11 @@ pub fn run(args: RunArgs) -> Result<()> {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let mut write_error = None;
+    // The embedding matrix is padded past the tokenizer's vocabulary; such ids have no text
+    // (transformers' decode drops them too).
+    let has_text = |id: u32| (id as usize) < lm.tokenizer.vocab_size() && !options.stop_ids.contains(&id);
     let generation = generate(&lm.model, &mut state, &prompt, &options, |id| {
-        if args.json || options.stop_ids.contains(&id) {
+        if args.json || !has_text(id) {
             return true;
         }
         let piece = match decoder.push(id) {
@@ -109,8 +112,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         return Ok(());
     }
 
-    let content: Vec<u32> =
-        generation.tokens.iter().copied().filter(|id| !options.stop_ids.contains(id)).collect();
+    let content: Vec<u32> = generation.tokens.iter().copied().filter(|&id| has_text(id)).collect();
     if args.json {
         let text = lm.tokenizer.decode(&content)?;
         let json = serde_json::json!({

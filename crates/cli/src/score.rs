@@ -62,7 +62,11 @@ pub fn score(args: ScoreArgs) -> Result<()> {
         });
         writeln!(out, "{json}")?;
     } else {
-        writeln!(out, "perplexity {perplexity:.4} (mean NLL {nll:.4} nats over {} predicted tokens)", logprobs.len())?;
+        writeln!(
+            out,
+            "perplexity {perplexity:.4} (mean NLL {nll:.4} nats over {} predicted tokens)",
+            logprobs.len()
+        )?;
     }
     Ok(())
 }

@@ -11,6 +11,6 @@
 pub mod scalar;
 
 pub use scalar::{
-    add_assign, dot, l2_normalize, matmul_f32, rms_norm, rms_norm_gated, sigmoid, silu, silu_mul,
-    softmax, softplus,
+    add_assign, dot, l2_normalize, matmul_f32, rms_norm, rms_norm_gated, sigmoid, silu, silu_mul, softmax,
+    softplus,
 };

@@ -33,10 +33,7 @@ use serde_json::Map;
 pub enum ChatTemplateError {
     /// The template source is not valid Jinja (as far as minijinja understands it).
     #[error("chat template `{name}` does not compile: {source:#}")]
-    Syntax {
-        name: String,
-        source: minijinja::Error,
-    },
+    Syntax { name: String, source: minijinja::Error },
 
     /// The template itself called `raise_exception(message)`: the conversation is not one it accepts.
     #[error("chat template rejected the conversation: {0}")]
@@ -59,10 +56,7 @@ pub enum ChatTemplateError {
     NoDefault(Vec<String>),
 
     #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
 
     /// `tokenizer_config.json` exists but is not what transformers would accept.
     #[error("{}: {message}", path.display())]
@@ -157,10 +151,7 @@ impl Message {
 
     /// A tool result answering the call with id `tool_call_id`.
     pub fn tool(content: impl Into<MessageContent>, tool_call_id: impl Into<String>) -> Self {
-        Message {
-            tool_call_id: Some(tool_call_id.into()),
-            ..Self::new("tool", content)
-        }
+        Message { tool_call_id: Some(tool_call_id.into()), ..Self::new("tool", content) }
     }
 }
 
@@ -274,14 +265,10 @@ pub struct FunctionCall {
     pub arguments: serde_json::Value,
 }
 
-fn deserialize_arguments<'de, D: Deserializer<'de>>(
-    deserializer: D,
-) -> Result<serde_json::Value, D::Error> {
+fn deserialize_arguments<'de, D: Deserializer<'de>>(deserializer: D) -> Result<serde_json::Value, D::Error> {
     let value = serde_json::Value::deserialize(deserializer)?;
     Ok(match value {
-        serde_json::Value::String(text) if text.trim().is_empty() => {
-            serde_json::Value::Object(Map::new())
-        }
+        serde_json::Value::String(text) if text.trim().is_empty() => serde_json::Value::Object(Map::new()),
         serde_json::Value::String(text) => match serde_json::from_str::<serde_json::Value>(&text) {
             Ok(parsed @ serde_json::Value::Object(_)) => parsed,
             _ => serde_json::Value::String(text),
@@ -308,10 +295,7 @@ pub struct RenderRequest<'a> {
 
 impl<'a> RenderRequest<'a> {
     pub fn new(messages: &'a [Message]) -> Self {
-        RenderRequest {
-            messages,
-            ..Default::default()
-        }
+        RenderRequest { messages, ..Default::default() }
     }
 }
 
@@ -337,10 +321,7 @@ const TOOL_USE_NAME: &str = "tool_use";
 impl ChatTemplate {
     /// Compiles one template source.
     pub fn new(source: &str) -> Result<Self, ChatTemplateError> {
-        Self::from_named(
-            vec![(DEFAULT_NAME.to_owned(), source.to_owned())],
-            Map::new(),
-        )
+        Self::from_named(vec![(DEFAULT_NAME.to_owned(), source.to_owned())], Map::new())
     }
 
     /// Finds and compiles the template of a Hugging Face model folder, the way transformers loads it:
@@ -366,12 +347,7 @@ impl ChatTemplate {
                 }
             },
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => None,
-            Err(source) => {
-                return Err(ChatTemplateError::Io {
-                    path: config_path,
-                    source,
-                })
-            }
+            Err(source) => return Err(ChatTemplateError::Io { path: config_path, source }),
         };
 
         // Template files take priority over the config, as in transformers' from_pretrained.
@@ -382,22 +358,15 @@ impl ChatTemplate {
         }
         let extra_dir = dir.join("additional_chat_templates");
         if extra_dir.is_dir() {
-            let entries =
-                std::fs::read_dir(&extra_dir).map_err(|source| ChatTemplateError::Io {
-                    path: extra_dir.clone(),
-                    source,
-                })?;
+            let entries = std::fs::read_dir(&extra_dir)
+                .map_err(|source| ChatTemplateError::Io { path: extra_dir.clone(), source })?;
             let mut files: Vec<PathBuf> = entries
                 .filter_map(|entry| entry.ok().map(|e| e.path()))
                 .filter(|p| p.is_file() && p.extension().is_some_and(|ext| ext == "jinja"))
                 .collect();
             files.sort();
             for file in files {
-                let name = file
-                    .file_stem()
-                    .unwrap_or_default()
-                    .to_string_lossy()
-                    .into_owned();
+                let name = file.file_stem().unwrap_or_default().to_string_lossy().into_owned();
                 named.push((name, read_template_file(&file)?));
             }
         }
@@ -422,33 +391,21 @@ impl ChatTemplate {
         for (name, source) in named {
             let source = rewrite_generation_tags(&source);
             env.add_template_owned(name.clone(), source)
-                .map_err(|source| ChatTemplateError::Syntax {
-                    name: name.clone(),
-                    source,
-                })?;
+                .map_err(|source| ChatTemplateError::Syntax { name: name.clone(), source })?;
             names.push(name);
         }
-        Ok(ChatTemplate {
-            env,
-            names,
-            special_tokens,
-        })
+        Ok(ChatTemplate { env, names, special_tokens })
     }
 
     /// Renders a conversation to the prompt text.
     pub fn render(&self, req: &RenderRequest) -> Result<String, ChatTemplateError> {
         let name = self.pick_template(req.tools.is_some())?;
-        let template = self
-            .env
-            .get_template(name)
-            .map_err(ChatTemplateError::Render)?;
+        let template = self.env.get_template(name).map_err(ChatTemplateError::Render)?;
         let context = Value::from(Serde(self.context(req)?));
-        template
-            .render(context)
-            .map_err(|err| match raised_message(&err) {
-                Some(message) => ChatTemplateError::Raised(message),
-                None => ChatTemplateError::Render(err),
-            })
+        template.render(context).map_err(|err| match raised_message(&err) {
+            Some(message) => ChatTemplateError::Raised(message),
+            None => ChatTemplateError::Render(err),
+        })
     }
 
     /// Same choice as transformers' `get_chat_template`: `tool_use` when tools are passed, else `default`.
@@ -465,10 +422,7 @@ impl ChatTemplate {
         }
     }
 
-    fn context(
-        &self,
-        req: &RenderRequest,
-    ) -> Result<Map<String, serde_json::Value>, ChatTemplateError> {
+    fn context(&self, req: &RenderRequest) -> Result<Map<String, serde_json::Value>, ChatTemplateError> {
         const RESERVED: [&str; 4] = ["messages", "tools", "documents", "add_generation_prompt"];
         if let Some(key) = req.extra.keys().find(|k| RESERVED.contains(&k.as_str())) {
             return Err(ChatTemplateError::InvalidRequest(format!(
@@ -477,9 +431,8 @@ impl ChatTemplate {
         }
         let mut messages = Vec::with_capacity(req.messages.len());
         for message in req.messages {
-            let value = serde_json::to_value(message).map_err(|err| {
-                ChatTemplateError::InvalidRequest(format!("unserializable message: {err}"))
-            })?;
+            let value = serde_json::to_value(message)
+                .map_err(|err| ChatTemplateError::InvalidRequest(format!("unserializable message: {err}")))?;
             messages.push(alias_reasoning(value));
         }
         let mut ctx = self.special_tokens.clone();
@@ -490,15 +443,10 @@ impl ChatTemplate {
         ctx.insert("messages".to_owned(), serde_json::Value::Array(messages));
         ctx.insert(
             "tools".to_owned(),
-            req.tools.map_or(serde_json::Value::Null, |t| {
-                serde_json::Value::Array(t.to_vec())
-            }),
+            req.tools.map_or(serde_json::Value::Null, |t| serde_json::Value::Array(t.to_vec())),
         );
         ctx.insert("documents".to_owned(), serde_json::Value::Null);
-        ctx.insert(
-            "add_generation_prompt".to_owned(),
-            req.add_generation_prompt.into(),
-        );
+        ctx.insert("add_generation_prompt".to_owned(), req.add_generation_prompt.into());
         Ok(ctx)
     }
 }
@@ -519,30 +467,20 @@ fn alias_reasoning(message: serde_json::Value) -> serde_json::Value {
 
 /// Python's `open(path, encoding="utf-8").read()` translates `\r\n` and `\r` to `\n`.
 fn read_template_file(path: &Path) -> Result<String, ChatTemplateError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ChatTemplateError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    Ok(if text.contains('\r') {
-        text.replace("\r\n", "\n").replace('\r', "\n")
-    } else {
-        text
-    })
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| ChatTemplateError::Io { path: path.to_path_buf(), source })?;
+    Ok(if text.contains('\r') { text.replace("\r\n", "\n").replace('\r', "\n") } else { text })
 }
 
 fn config_templates(
     config: &Map<String, serde_json::Value>,
     path: &Path,
 ) -> Result<Vec<(String, String)>, ChatTemplateError> {
-    let invalid = |message: &str| ChatTemplateError::Config {
-        path: path.to_path_buf(),
-        message: message.to_owned(),
-    };
+    let invalid =
+        |message: &str| ChatTemplateError::Config { path: path.to_path_buf(), message: message.to_owned() };
     match config.get("chat_template") {
         None | Some(serde_json::Value::Null) => Ok(Vec::new()),
-        Some(serde_json::Value::String(source)) => {
-            Ok(vec![(DEFAULT_NAME.to_owned(), source.clone())])
-        }
+        Some(serde_json::Value::String(source)) => Ok(vec![(DEFAULT_NAME.to_owned(), source.clone())]),
         Some(serde_json::Value::Array(entries)) => entries
             .iter()
             .map(|entry| {
@@ -550,15 +488,11 @@ fn config_templates(
                 let template = entry.get("template").and_then(|v| v.as_str());
                 match (name, template) {
                     (Some(name), Some(template)) => Ok((name.to_owned(), template.to_owned())),
-                    _ => Err(invalid(
-                        "`chat_template` list entries need string `name` and `template`",
-                    )),
+                    _ => Err(invalid("`chat_template` list entries need string `name` and `template`")),
                 }
             })
             .collect(),
-        Some(_) => Err(invalid(
-            "`chat_template` must be a string or a list of {name, template}",
-        )),
+        Some(_) => Err(invalid("`chat_template` must be a string or a list of {name, template}")),
     }
 }
 
@@ -672,44 +606,23 @@ fn build_environment() -> Environment<'static> {
             _ => Value::from(py::str_of(value)),
         }
     });
-    env.add_filter(
-        "trim",
-        |value: &Value, chars: Option<Value>| -> Result<Value, Error> {
-            let text = match value.as_str() {
-                Some(s) => s.to_owned(),
-                None => py::str_of(value),
-            };
-            let trimmed = py::strip(&text, chars.as_ref(), py::Side::Both)?;
-            Ok(if value.is_safe() {
-                Value::from_safe_string(trimmed.to_owned())
-            } else {
-                Value::from(trimmed)
-            })
-        },
-    );
-    env.add_function(
-        "raise_exception",
-        |message: Value| -> Result<Value, Error> {
-            let message = message
-                .as_str()
-                .map(str::to_owned)
-                .unwrap_or_else(|| py::str_of(&message));
-            Err(Error::new(ErrorKind::InvalidOperation, message.clone())
-                .with_source(TemplateRaised(message)))
-        },
-    );
-    env.add_function(
-        "strftime_now",
-        |state: &State, format: String| -> Result<Value, Error> {
-            let kwargs = Kwargs::from_iter([("format", Value::from(format))]);
-            minijinja_contrib::filters::datetimeformat(
-                state,
-                minijinja_contrib::globals::now(),
-                kwargs,
-            )
+    env.add_filter("trim", |value: &Value, chars: Option<Value>| -> Result<Value, Error> {
+        let text = match value.as_str() {
+            Some(s) => s.to_owned(),
+            None => py::str_of(value),
+        };
+        let trimmed = py::strip(&text, chars.as_ref(), py::Side::Both)?;
+        Ok(if value.is_safe() { Value::from_safe_string(trimmed.to_owned()) } else { Value::from(trimmed) })
+    });
+    env.add_function("raise_exception", |message: Value| -> Result<Value, Error> {
+        let message = message.as_str().map(str::to_owned).unwrap_or_else(|| py::str_of(&message));
+        Err(Error::new(ErrorKind::InvalidOperation, message.clone()).with_source(TemplateRaised(message)))
+    });
+    env.add_function("strftime_now", |state: &State, format: String| -> Result<Value, Error> {
+        let kwargs = Kwargs::from_iter([("format", Value::from(format))]);
+        minijinja_contrib::filters::datetimeformat(state, minijinja_contrib::globals::now(), kwargs)
             .map(Value::from)
-        },
-    );
+    });
     env.add_function("cycler", minijinja_contrib::globals::cycler);
     env.add_function("joiner", minijinja_contrib::globals::joiner);
     env
@@ -757,10 +670,7 @@ mod py {
     /// `str.isspace()`: Rust's `char::is_whitespace` plus the ASCII information separators 0x1c..=0x1f.
     pub fn is_space(c: char) -> bool {
         matches!(c, '\t'..='\r' | '\x1c'..='\x20' | '\u{85}' | '\u{a0}' | '\u{1680}' | '\u{2000}'..='\u{200a}')
-            || matches!(
-                c,
-                '\u{2028}' | '\u{2029}' | '\u{202f}' | '\u{205f}' | '\u{3000}'
-            )
+            || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202f}' | '\u{205f}' | '\u{3000}')
     }
 
     #[derive(Clone, Copy)]
@@ -777,12 +687,7 @@ mod py {
             Some(v) if v.is_none() || v.is_undefined() => None,
             Some(v) => match v.as_str() {
                 Some(chars) => Some(chars.chars().collect()),
-                None => {
-                    return Err(Error::new(
-                        ErrorKind::InvalidOperation,
-                        "strip arg must be None or str",
-                    ))
-                }
+                None => return Err(Error::new(ErrorKind::InvalidOperation, "strip arg must be None or str")),
             },
         };
         let matches = |c: char| match &set {
@@ -821,12 +726,7 @@ mod py {
 
     /// Python string methods whose whitespace rules differ from Rust's, then minijinja-contrib's
     /// Python compatibility layer for the rest.
-    pub fn method(
-        state: &mut State,
-        value: &Value,
-        name: &str,
-        args: &[Value],
-    ) -> Result<Value, Error> {
+    pub fn method(state: &mut State, value: &Value, name: &str, args: &[Value]) -> Result<Value, Error> {
         if let Some(s) = value.as_str() {
             let side = match name {
                 "strip" => Some(Side::Both),
@@ -841,9 +741,7 @@ mod py {
             if name == "split" && args.first().is_none_or(|sep| sep.is_none()) {
                 let (_, maxsplit): (Option<Value>, Option<i64>) = from_args(args)?;
                 let maxsplit = maxsplit.and_then(|n| usize::try_from(n).ok());
-                return Ok(Value::from_iter(
-                    split_whitespace(s, maxsplit).into_iter().map(Value::from),
-                ));
+                return Ok(Value::from_iter(split_whitespace(s, maxsplit).into_iter().map(Value::from)));
             }
         }
         minijinja_contrib::pycompat::unknown_method_callback(state, value, name, args)
@@ -862,26 +760,17 @@ mod py {
             return format!("{sign}0.0");
         }
         let sci = format!("{:e}", x.abs());
-        let (mantissa, exp) = sci
-            .split_once('e')
-            .expect("LowerExp always has an exponent");
+        let (mantissa, exp) = sci.split_once('e').expect("LowerExp always has an exponent");
         let exp: i32 = exp.parse().expect("LowerExp exponent is an integer");
         let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
         let decpt = exp + 1;
         if !(-4 < decpt && decpt <= 16) {
             let (first, rest) = digits.split_at(1);
-            let dot = if rest.is_empty() {
-                String::new()
-            } else {
-                format!(".{rest}")
-            };
+            let dot = if rest.is_empty() { String::new() } else { format!(".{rest}") };
             let esign = if exp < 0 { '-' } else { '+' };
             format!("{sign}{first}{dot}e{esign}{:02}", exp.unsigned_abs())
         } else if decpt <= 0 {
-            format!(
-                "{sign}0.{}{digits}",
-                "0".repeat(decpt.unsigned_abs() as usize)
-            )
+            format!("{sign}0.{}{digits}", "0".repeat(decpt.unsigned_abs() as usize))
         } else {
             let decpt = decpt as usize;
             if decpt >= digits.len() {
@@ -896,9 +785,7 @@ mod py {
         if value.is_integer() {
             value.to_string()
         } else {
-            f64::try_from(value.clone())
-                .map(float_repr)
-                .unwrap_or_else(|_| value.to_string())
+            f64::try_from(value.clone()).map(float_repr).unwrap_or_else(|_| value.to_string())
         }
     }
 
@@ -920,10 +807,8 @@ mod py {
             ValueKind::Number => number_str(value),
             ValueKind::String => str_repr(value.as_str().unwrap_or_default()),
             ValueKind::Seq => {
-                let items: Vec<String> = value
-                    .try_iter()
-                    .map(|it| it.map(|v| repr(&v)).collect())
-                    .unwrap_or_default();
+                let items: Vec<String> =
+                    value.try_iter().map(|it| it.map(|v| repr(&v)).collect()).unwrap_or_default();
                 format!("[{}]", items.join(", "))
             }
             ValueKind::Map => {
@@ -953,11 +838,7 @@ mod py {
     }
 
     fn str_repr(s: &str) -> String {
-        let quote = if s.contains('\'') && !s.contains('"') {
-            '"'
-        } else {
-            '\''
-        };
+        let quote = if s.contains('\'') && !s.contains('"') { '"' } else { '\'' };
         let mut out = String::with_capacity(s.len() + 2);
         out.push(quote);
         for c in s.chars() {
@@ -1006,9 +887,7 @@ mod py {
                 Some(v) => Some(match v.as_str() {
                     Some(s) => s.to_owned(),
                     // json.dumps repeats a space `indent` times (`True` counting as 1, negatives as 0).
-                    None if v.kind() == ValueKind::Bool => {
-                        if v.is_true() { " " } else { "" }.to_owned()
-                    }
+                    None if v.kind() == ValueKind::Bool => if v.is_true() { " " } else { "" }.to_owned(),
                     None if v.is_integer() => {
                         let n = i64::try_from(v.clone())?;
                         " ".repeat(usize::try_from(n).unwrap_or(0))
@@ -1041,13 +920,7 @@ mod py {
                     }
                 }
             };
-            Ok(JsonOptions {
-                ensure_ascii,
-                indent,
-                item_separator,
-                key_separator,
-                sort_keys,
-            })
+            Ok(JsonOptions { ensure_ascii, indent, item_separator, key_separator, sort_keys })
         }
 
         fn newline(&self, out: &mut String, level: usize) {
@@ -1074,12 +947,7 @@ mod py {
         )
     }
 
-    fn write_json(
-        out: &mut String,
-        value: &Value,
-        opts: &JsonOptions,
-        level: usize,
-    ) -> Result<(), Error> {
+    fn write_json(out: &mut String, value: &Value, opts: &JsonOptions, level: usize) -> Result<(), Error> {
         match value.kind() {
             ValueKind::None => out.push_str("null"),
             ValueKind::Bool => out.push_str(if value.is_true() { "true" } else { "false" }),
@@ -1093,9 +961,7 @@ mod py {
                     x => out.push_str(&float_repr(x)),
                 }
             }
-            ValueKind::String => {
-                write_json_str(out, value.as_str().unwrap_or_default(), opts.ensure_ascii)
-            }
+            ValueKind::String => write_json_str(out, value.as_str().unwrap_or_default(), opts.ensure_ascii),
             ValueKind::Seq => {
                 let items: Vec<Value> = value.try_iter()?.collect();
                 if items.is_empty() {
@@ -1153,10 +1019,7 @@ mod py {
             ValueKind::Number => Ok(number_str(key)),
             _ => Err(Error::new(
                 ErrorKind::InvalidOperation,
-                format!(
-                    "keys must be str, int, float, bool or None, not {}",
-                    key.kind()
-                ),
+                format!("keys must be str, int, float, bool or None, not {}", key.kind()),
             )),
         }
     }
@@ -1224,9 +1087,6 @@ mod tests {
     #[test]
     fn generation_tags_become_transparent_blocks() {
         let src = "a{% generation %}b{%- endgeneration -%}c{% if x %}{% endif %}";
-        assert_eq!(
-            rewrite_generation_tags(src),
-            "a{% if true %}b{%- endif -%}c{% if x %}{% endif %}"
-        );
+        assert_eq!(rewrite_generation_tags(src), "a{% if true %}b{%- endif -%}c{% if x %}{% endif %}");
     }
 }

@@ -143,15 +143,15 @@ struct TopLevel {
 impl ModelConfig {
     /// Reads and validates `config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| Error::Io { path: path.to_owned(), source })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.to_owned(), source })?;
         Self::from_json_str(&text, path)
     }
 
     /// Parses config JSON; `path` is only used to name the source in errors.
     pub fn from_json_str(json: &str, path: &Path) -> Result<Self> {
-        let value: serde_json::Value = serde_json::from_str(json)
-            .map_err(|source| Error::Json { path: path.to_owned(), source })?;
+        let value: serde_json::Value =
+            serde_json::from_str(json).map_err(|source| Error::Json { path: path.to_owned(), source })?;
         let top: TopLevel = serde_json::from_value(value.clone())
             .map_err(|e| Error::config(path, format!("unexpected structure: {e}")))?;
         let model_type = top.model_type.clone().unwrap_or_default();
@@ -203,9 +203,10 @@ impl ModelConfig {
                 }
                 let mut types = Vec::with_capacity(n);
                 for (i, name) in names.iter().enumerate() {
+                    // "mamba" and "attention" are older spellings that transformers still accepts.
                     types.push(match name.as_str() {
-                        "linear_attention" => LayerType::LinearAttention,
-                        "full_attention" => LayerType::FullAttention,
+                        "linear_attention" | "mamba" => LayerType::LinearAttention,
+                        "full_attention" | "attention" => LayerType::FullAttention,
                         other => {
                             return fail(format!(
                                 "layer_types[{i}] is \"{other}\"; expected \"linear_attention\" \
@@ -290,13 +291,13 @@ impl ModelConfig {
         if !text.mlp_only_layers.is_empty() {
             return fail("mlp_only_layers is not supported (Qwen3.5 dense models have none)".into());
         }
-        if text.num_attention_heads % text.num_key_value_heads != 0 {
+        if !text.num_attention_heads.is_multiple_of(text.num_key_value_heads) {
             return fail(format!(
                 "num_attention_heads ({}) is not a multiple of num_key_value_heads ({})",
                 text.num_attention_heads, text.num_key_value_heads
             ));
         }
-        if text.linear_num_value_heads % text.linear_num_key_heads != 0 {
+        if !text.linear_num_value_heads.is_multiple_of(text.linear_num_key_heads) {
             return fail(format!(
                 "linear_num_value_heads ({}) is not a multiple of linear_num_key_heads ({})",
                 text.linear_num_value_heads, text.linear_num_key_heads
@@ -307,15 +308,14 @@ impl ModelConfig {
             return fail("head_dim must be positive".into());
         }
         let rotary_dim = (head_dim as f64 * rope.partial_rotary_factor) as usize;
-        if rotary_dim == 0 || rotary_dim % 2 != 0 || rotary_dim > head_dim {
+        if rotary_dim == 0 || !rotary_dim.is_multiple_of(2) || rotary_dim > head_dim {
             return fail(format!(
                 "head_dim {head_dim} × partial_rotary_factor {} gives rotary dim {rotary_dim}; it \
                  must be even and between 2 and head_dim",
                 rope.partial_rotary_factor
             ));
         }
-        if rope.mrope_section.len() != 3 || rope.mrope_section.iter().sum::<usize>() != rotary_dim / 2
-        {
+        if rope.mrope_section.len() != 3 || rope.mrope_section.iter().sum::<usize>() != rotary_dim / 2 {
             return fail(format!(
                 "rope_parameters.mrope_section {:?} must have 3 entries summing to rotary_dim/2 = {}",
                 rope.mrope_section,
@@ -325,7 +325,13 @@ impl ModelConfig {
         if !rope.mrope_interleaved {
             return fail("mrope_interleaved = false is not supported (Qwen3.5 interleaves)".into());
         }
-        let tie_word_embeddings = text.tie_word_embeddings.or(top_tie).unwrap_or(false);
+        // transformers ties by the config of the class it builds: the top-level key for the
+        // multimodal checkpoint (whatever text_config says), the flat key for text-only exports.
+        let tie_word_embeddings = match layout {
+            CheckpointLayout::ConditionalGeneration => top_tie,
+            CheckpointLayout::CausalLm => text.tie_word_embeddings,
+        }
+        .unwrap_or(false);
         Ok(ModelConfig { layer_types, rope, tie_word_embeddings, head_dim, rotary_dim, layout, text })
     }
 
@@ -413,7 +419,9 @@ mod tests {
             v["text_config"].as_object_mut().unwrap().remove("hidden_size");
         }));
         assert!(e.contains("text_config: missing field `hidden_size`"), "{e}");
-        let e = err(&edit(|v| v["text_config"]["rope_parameters"]["mrope_section"] = serde_json::json!([8, 8, 8])));
+        let e = err(&edit(|v| {
+            v["text_config"]["rope_parameters"]["mrope_section"] = serde_json::json!([8, 8, 8])
+        }));
         assert!(e.contains("mrope_section [8, 8, 8]"), "{e}");
         let e = err("{not json");
         assert!(e.starts_with("config.json: invalid JSON"), "{e}");

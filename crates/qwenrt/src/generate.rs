@@ -316,7 +316,12 @@ mod tests {
     #[test]
     fn same_seed_same_draws_and_frequencies_follow_softmax() {
         let logits = [1.0f32, 0.0, -1.0];
-        let draws = |seed| (0..100).map(|_| 0).scan(sampler(1.0, 0, 1.0, seed), |s, _: i32| Some(s.sample(&logits))).collect::<Vec<_>>();
+        let draws = |seed| {
+            (0..100)
+                .map(|_| 0)
+                .scan(sampler(1.0, 0, 1.0, seed), |s, _: i32| Some(s.sample(&logits)))
+                .collect::<Vec<_>>()
+        };
         assert_eq!(draws(42), draws(42));
         assert_ne!(draws(42), draws(43));
         let mut s = sampler(1.0, 0, 1.0, 9);
@@ -342,7 +347,8 @@ mod tests {
 
     #[test]
     fn generation_config_reads_both_eos_forms() {
-        let g: GenerationConfig = serde_json::from_str(r#"{"eos_token_id": [248046, 248044], "top_k": 20}"#).unwrap();
+        let g: GenerationConfig =
+            serde_json::from_str(r#"{"eos_token_id": [248046, 248044], "top_k": 20}"#).unwrap();
         assert_eq!(g.eos_token_id.unwrap().to_vec(), [248046, 248044]);
         let g: GenerationConfig = serde_json::from_str(r#"{"eos_token_id": 7}"#).unwrap();
         assert_eq!(g.eos_token_id.unwrap().to_vec(), [7]);

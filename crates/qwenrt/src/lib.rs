@@ -34,6 +34,8 @@ pub mod weights;
 
 pub use config::ModelConfig;
 pub use error::{Error, Result};
-pub use generate::{generate, FinishReason, GenerateOptions, Generation, GenerationConfig, Sampler, SamplingParams};
+pub use generate::{
+    generate, FinishReason, GenerateOptions, Generation, GenerationConfig, Sampler, SamplingParams,
+};
 pub use lm::LanguageModel;
 pub use model::{Logits, Model, SessionState, Snapshot};

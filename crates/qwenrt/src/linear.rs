@@ -44,9 +44,7 @@ impl Linear {
     /// `out[t, :] = x[t, :] @ W.T` for `x: [t, in_features]`, `out: [t, out_features]`.
     pub fn forward(&self, x: &[f32], t: usize, out: &mut [f32]) {
         match &self.storage {
-            Storage::F32(w) => {
-                qwenrt_kernels::matmul_f32(x, w, out, t, self.in_features, self.out_features)
-            }
+            Storage::F32(w) => qwenrt_kernels::matmul_f32(x, w, out, t, self.in_features, self.out_features),
         }
     }
 

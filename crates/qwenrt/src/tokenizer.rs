@@ -22,10 +22,7 @@ pub enum TokenizerError {
     Missing { path: PathBuf },
 
     #[error("{}: cannot read tokenizer file: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
 
     /// Not JSON, or JSON that `tokenizers` cannot turn into a tokenizer.
     #[error("{}: invalid tokenizer.json: {message}", path.display())]
@@ -57,9 +54,7 @@ pub struct Tokenizer {
 
 impl fmt::Debug for Tokenizer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Tokenizer")
-            .field("vocab_size", &self.vocab_size)
-            .finish_non_exhaustive()
+        f.debug_struct("Tokenizer").field("vocab_size", &self.vocab_size).finish_non_exhaustive()
     }
 }
 
@@ -72,20 +67,12 @@ impl Tokenizer {
     pub fn from_file(path: &Path, qwen3_5_pretokenizer: bool) -> Result<Self, TokenizerError> {
         let json = std::fs::read_to_string(path).map_err(|source| {
             if source.kind() == std::io::ErrorKind::NotFound {
-                TokenizerError::Missing {
-                    path: path.to_owned(),
-                }
+                TokenizerError::Missing { path: path.to_owned() }
             } else {
-                TokenizerError::Io {
-                    path: path.to_owned(),
-                    source,
-                }
+                TokenizerError::Io { path: path.to_owned(), source }
             }
         })?;
-        let invalid = |message: String| TokenizerError::Invalid {
-            path: path.to_owned(),
-            message,
-        };
+        let invalid = |message: String| TokenizerError::Invalid { path: path.to_owned(), message };
         let mut inner: tokenizers::Tokenizer = json.parse().map_err(|e| invalid(format!("{e}")))?;
 
         match inner.get_decoder() {
@@ -128,12 +115,7 @@ impl Tokenizer {
             spans[id as usize] = Some((start as u32, len as u32));
         }
 
-        Ok(Self {
-            inner,
-            token_bytes,
-            spans,
-            vocab_size,
-        })
+        Ok(Self { inner, token_bytes, spans, vocab_size })
     }
 
     /// Token ids of `text`. Special tokens written in the text are recognised; the post-processor
@@ -148,11 +130,7 @@ impl Tokenizer {
         self.encode_impl(text, true)
     }
 
-    fn encode_impl(
-        &self,
-        text: &str,
-        add_special_tokens: bool,
-    ) -> Result<Vec<u32>, TokenizerError> {
+    fn encode_impl(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>, TokenizerError> {
         let encoding = self
             .inner
             .encode_fast(text, add_special_tokens)
@@ -166,9 +144,7 @@ impl Tokenizer {
         for &id in ids {
             self.bytes_of(id)?;
         }
-        self.inner
-            .decode(ids, false)
-            .map_err(|e| TokenizerError::Decode(e.to_string()))
+        self.inner.decode(ids, false).map_err(|e| TokenizerError::Decode(e.to_string()))
     }
 
     /// Id of a vocabulary entry in its stored form (byte-level, e.g. `"Ġhello"` for `" hello"`) or
@@ -194,13 +170,8 @@ impl Tokenizer {
 
     fn bytes_of(&self, id: u32) -> Result<&[u8], TokenizerError> {
         match self.spans.get(id as usize) {
-            Some(&Some((start, len))) => {
-                Ok(&self.token_bytes[start as usize..start as usize + len as usize])
-            }
-            _ => Err(TokenizerError::UnknownId {
-                id,
-                vocab_size: self.vocab_size,
-            }),
+            Some(&Some((start, len))) => Ok(&self.token_bytes[start as usize..start as usize + len as usize]),
+            _ => Err(TokenizerError::UnknownId { id, vocab_size: self.vocab_size }),
         }
     }
 }
@@ -224,11 +195,7 @@ fn char_to_byte() -> std::collections::HashMap<char, u8> {
 
 /// Same rule as the `tokenizers` ByteLevel decoder: a token made only of alphabet characters
 /// stands for those bytes; any other token (an added token with, say, a space) is its UTF-8 text.
-fn push_token_bytes(
-    out: &mut Vec<u8>,
-    token: &str,
-    char_bytes: &std::collections::HashMap<char, u8>,
-) {
+fn push_token_bytes(out: &mut Vec<u8>, token: &str, char_bytes: &std::collections::HashMap<char, u8>) {
     let start = out.len();
     for c in token.chars() {
         match char_bytes.get(&c) {
@@ -258,10 +225,7 @@ pub struct StreamDecoder<'a> {
 impl<'a> StreamDecoder<'a> {
     /// An empty stream; [`Tokenizer::stream_decoder`] is the same.
     pub fn new(tokenizer: &'a Tokenizer) -> Self {
-        Self {
-            tokenizer,
-            pending: Vec::new(),
-        }
+        Self { tokenizer, pending: Vec::new() }
     }
 
     /// Add one token; returns the text it completes (often empty mid-character).

@@ -45,21 +45,15 @@ impl TensorRef<'_> {
     /// Widens the tensor to f32 (exact for bf16 and f16).
     pub fn to_f32(&self) -> Vec<f32> {
         match self.dtype {
-            StoredDtype::F32 => self
-                .bytes
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-            StoredDtype::BF16 => self
-                .bytes
-                .chunks_exact(2)
-                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            StoredDtype::F16 => self
-                .bytes
-                .chunks_exact(2)
-                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
+            StoredDtype::F32 => {
+                self.bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+            }
+            StoredDtype::BF16 => {
+                self.bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
+            }
+            StoredDtype::F16 => {
+                self.bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
+            }
         }
     }
 }
@@ -111,8 +105,8 @@ impl WeightStore {
             let file = File::open(path).map_err(|source| Error::Io { path: path.clone(), source })?;
             // SAFETY: the mapping is read-only. Like every mmap-based loader we rely on the file
             // not being truncated underneath us while the model is alive.
-            let mmap = unsafe { Mmap::map(&file) }
-                .map_err(|source| Error::Io { path: path.clone(), source })?;
+            let mmap =
+                unsafe { Mmap::map(&file) }.map_err(|source| Error::Io { path: path.clone(), source })?;
             let (header_len, metadata) = SafeTensors::read_metadata(&mmap).map_err(|e| {
                 Error::Safetensors { path: path.clone(), message: describe_safetensors_error(&e, mmap.len()) }
             })?;
@@ -121,10 +115,7 @@ impl WeightStore {
                     let prev: &Shard = &shards[prev];
                     return Err(Error::Safetensors {
                         path: path.clone(),
-                        message: format!(
-                            "tensor `{name}` is also stored in {}",
-                            prev.path.display()
-                        ),
+                        message: format!("tensor `{name}` is also stored in {}", prev.path.display()),
                     });
                 }
             }

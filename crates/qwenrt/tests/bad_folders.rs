@@ -9,6 +9,9 @@ use qwenrt::{LanguageModel, Model};
 use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
 
+/// A tensor as raw parts: dtype, shape, little-endian bytes.
+type RawTensor = (Dtype, Vec<usize>, Vec<u8>);
+
 fn load_err(dir: &Path) -> String {
     match Model::load(dir) {
         Ok(_) => panic!("{} loaded but should not", dir.display()),
@@ -17,11 +20,11 @@ fn load_err(dir: &Path) -> String {
 }
 
 /// Rewrites `model.safetensors`, letting `edit` drop or replace tensors.
-fn rewrite_weights(dir: &Path, edit: impl Fn(&str, Dtype, Vec<usize>, Vec<u8>) -> Option<(Dtype, Vec<usize>, Vec<u8>)>) {
+fn rewrite_weights(dir: &Path, edit: impl Fn(&str, Dtype, Vec<usize>, Vec<u8>) -> Option<RawTensor>) {
     let path = dir.join("model.safetensors");
     let bytes = std::fs::read(&path).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
-    let kept: Vec<(String, (Dtype, Vec<usize>, Vec<u8>))> = st
+    let kept: Vec<(String, RawTensor)> = st
         .tensors()
         .into_iter()
         .filter_map(|(name, v)| {
@@ -30,7 +33,9 @@ fn rewrite_weights(dir: &Path, edit: impl Fn(&str, Dtype, Vec<usize>, Vec<u8>) -
         .collect();
     let views: Vec<(String, TensorView)> = kept
         .iter()
-        .map(|(name, (dtype, shape, data))| (name.clone(), TensorView::new(*dtype, shape.clone(), data).unwrap()))
+        .map(|(name, (dtype, shape, data))| {
+            (name.clone(), TensorView::new(*dtype, shape.clone(), data).unwrap())
+        })
         .collect();
     let out = safetensors::serialize(views, None).unwrap();
     std::fs::write(&path, out).unwrap();

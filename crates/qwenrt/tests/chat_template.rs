@@ -96,14 +96,10 @@ fn golden_cases_match_transformers() {
             let want = raw["expected_error"].as_str().unwrap();
             match result {
                 Err(err @ ChatTemplateError::Raised(_)) if err.to_string().contains(want) => {}
-                Err(err) => failures.push(format!(
-                    "{}: error {err:?} does not carry {want:?}",
-                    case.name
-                )),
-                Ok(text) => failures.push(format!(
-                    "{}: expected error {want:?}, rendered {text:?}",
-                    case.name
-                )),
+                Err(err) => failures.push(format!("{}: error {err:?} does not carry {want:?}", case.name)),
+                Ok(text) => {
+                    failures.push(format!("{}: expected error {want:?}, rendered {text:?}", case.name))
+                }
             }
             continue;
         }
@@ -128,10 +124,7 @@ fn golden_cases_match_transformers() {
 fn string_tool_arguments_render_like_objects() {
     let template = qwen_template();
     let cases = load_json("cases.json");
-    let raw = cases
-        .iter()
-        .find(|c| c["name"] == "tools_with_system_call_and_response")
-        .unwrap();
+    let raw = cases.iter().find(|c| c["name"] == "tools_with_system_call_and_response").unwrap();
     let mut stringified = raw["messages"].clone();
     for message in stringified.as_array_mut().unwrap() {
         if let Some(calls) = message.get_mut("tool_calls").and_then(Value::as_array_mut) {
@@ -143,10 +136,7 @@ fn string_tool_arguments_render_like_objects() {
     }
     let mut case = parse_case(raw);
     case.messages = serde_json::from_value(stringified).unwrap();
-    assert_eq!(
-        render_case(&template, &case).unwrap(),
-        raw["expected"].as_str().unwrap()
-    );
+    assert_eq!(render_case(&template, &case).unwrap(), raw["expected"].as_str().unwrap());
 }
 
 /// The filters and printing rules transformers' environment has (tojson = json.dumps, str(), str.strip()).
@@ -206,34 +196,21 @@ fn raise_exception_carries_the_template_message() {
         other => panic!("expected Raised, got {other:?}"),
     }
     // The Qwen template's own check, which transformers never reaches because it rejects empty chats first.
-    let err = qwen_template()
-        .render(&RenderRequest::new(&[]))
-        .unwrap_err();
+    let err = qwen_template().render(&RenderRequest::new(&[])).unwrap_err();
     assert!(err.to_string().contains("No messages provided."), "{err}");
 }
 
 #[test]
 fn environment_extras() {
-    let year: i32 = render_value("{{ strftime_now('%Y') }}", Value::Null)
-        .parse()
-        .unwrap();
+    let year: i32 = render_value("{{ strftime_now('%Y') }}", Value::Null).parse().unwrap();
     assert!(year >= 2024, "{year}");
     assert_eq!(
         render_value("{% for x in value %}{% if x == 3 %}{% break %}{% endif %}{% if x == 1 %}{% continue %}{% endif %}{{ x }}{% endfor %}", json!([0, 1, 2, 3, 4])),
         "02"
     );
     // transformers' assistant-tracking tag renders its body unchanged.
-    assert_eq!(
-        render_value(
-            "a\n{% generation %}\nb\n{% endgeneration %}\nc",
-            Value::Null
-        ),
-        "a\nb\nc"
-    );
-    assert_eq!(
-        render_value("{{ '<&>' }}|{{ value }}", json!("<b>")),
-        "<&>|<b>"
-    );
+    assert_eq!(render_value("a\n{% generation %}\nb\n{% endgeneration %}\nc", Value::Null), "a\nb\nc");
+    assert_eq!(render_value("{{ '<&>' }}|{{ value }}", json!("<b>")), "<&>|<b>");
 }
 
 #[test]
@@ -242,10 +219,7 @@ fn extra_cannot_replace_messages() {
     let messages = [Message::user("hi")];
     let mut req = RenderRequest::new(&messages);
     req.extra.insert("messages".to_owned(), json!([]));
-    assert!(matches!(
-        template.render(&req),
-        Err(ChatTemplateError::InvalidRequest(_))
-    ));
+    assert!(matches!(template.render(&req), Err(ChatTemplateError::InvalidRequest(_))));
 }
 
 #[test]
@@ -288,8 +262,7 @@ struct TempDir(PathBuf);
 impl TempDir {
     fn new() -> Self {
         let n = DIR_COUNTER.fetch_add(1, Ordering::Relaxed);
-        let path =
-            std::env::temp_dir().join(format!("qwenrt-chat-test-{}-{n}", std::process::id()));
+        let path = std::env::temp_dir().join(format!("qwenrt-chat-test-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&path);
         std::fs::create_dir_all(&path).unwrap();
         TempDir(path)
@@ -311,20 +284,14 @@ impl Drop for TempDir {
 fn render_dir(dir: &TempDir, tools: Option<&[Value]>) -> Result<String, ChatTemplateError> {
     let template = ChatTemplate::from_model_dir(&dir.0)?;
     let messages = [Message::user("hi")];
-    template.render(&RenderRequest {
-        tools,
-        ..RenderRequest::new(&messages)
-    })
+    template.render(&RenderRequest { tools, ..RenderRequest::new(&messages) })
 }
 
 #[test]
 fn model_dir_prefers_chat_template_jinja() {
     let dir = TempDir::new();
     // Python reads the file with universal newlines, so CRLF line ends must not reach the output.
-    dir.write(
-        "chat_template.jinja",
-        "jinja:{{ messages[0].content }}\r\n{{ eos_token }}\r\n",
-    );
+    dir.write("chat_template.jinja", "jinja:{{ messages[0].content }}\r\n{{ eos_token }}\r\n");
     dir.write(
         "tokenizer_config.json",
         r#"{"chat_template": "config", "eos_token": "<|im_end|>", "pad_token": {"content": "<pad>", "__type": "AddedToken"}, "bos_token": null}"#,
@@ -334,16 +301,9 @@ fn model_dir_prefers_chat_template_jinja() {
     // The real Qwen3.5 template loads from a folder too.
     let qwen = ChatTemplate::from_model_dir(&fixture_dir()).unwrap();
     let messages = [Message::user("Hello!")];
-    let got = qwen
-        .render(&RenderRequest {
-            add_generation_prompt: true,
-            ..RenderRequest::new(&messages)
-        })
-        .unwrap();
-    assert_eq!(
-        got,
-        "<|im_start|>user\nHello!<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
-    );
+    let got =
+        qwen.render(&RenderRequest { add_generation_prompt: true, ..RenderRequest::new(&messages) }).unwrap();
+    assert_eq!(got, "<|im_start|>user\nHello!<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n");
 }
 
 #[test]
@@ -366,16 +326,10 @@ fn model_dir_reads_tokenizer_config_list() {
     );
     assert_eq!(render_dir(&dir, None).unwrap(), "default:hi");
     // Like transformers' get_chat_template: a request with tools uses the `tool_use` template.
-    assert_eq!(
-        render_dir(&dir, Some(&[json!({"name": "f"})])).unwrap(),
-        "tools:1"
-    );
+    assert_eq!(render_dir(&dir, Some(&[json!({"name": "f"})])).unwrap(), "tools:1");
 
     let no_default = TempDir::new();
-    no_default.write(
-        "tokenizer_config.json",
-        r#"{"chat_template": [{"name": "rag", "template": "x"}]}"#,
-    );
+    no_default.write("tokenizer_config.json", r#"{"chat_template": [{"name": "rag", "template": "x"}]}"#);
     match render_dir(&no_default, None) {
         Err(ChatTemplateError::NoDefault(names)) => assert_eq!(names, ["rag"]),
         other => panic!("expected NoDefault, got {other:?}"),
@@ -388,17 +342,11 @@ fn model_dir_without_template_names_the_folder() {
     dir.write("tokenizer_config.json", r#"{"eos_token": "</s>"}"#);
     let err = ChatTemplate::from_model_dir(&dir.0).unwrap_err();
     assert!(matches!(err, ChatTemplateError::NotFound(_)), "{err:?}");
-    assert!(
-        err.to_string().contains(&dir.0.display().to_string()),
-        "{err}"
-    );
+    assert!(err.to_string().contains(&dir.0.display().to_string()), "{err}");
 
     let empty = TempDir::new();
     let err = ChatTemplate::from_model_dir(&empty.0).unwrap_err();
-    assert!(
-        err.to_string().contains(&empty.0.display().to_string()),
-        "{err}"
-    );
+    assert!(err.to_string().contains(&empty.0.display().to_string()), "{err}");
 }
 
 #[test]

@@ -28,10 +28,16 @@ fn tiny_causal_logits_at_every_position_match_transformers() {
         let mut got = vec![0.0f32; want.len()];
         let mut state = model.new_state();
         model
-            .forward_all(&mut state, &ids, |pos, logits| got[pos * vocab..(pos + 1) * vocab].copy_from_slice(logits))
+            .forward_all(&mut state, &ids, |pos, logits| {
+                got[pos * vocab..(pos + 1) * vocab].copy_from_slice(logits)
+            })
             .unwrap();
         let (err, std) = (max_abs_diff(&got, &want), std_dev(&want));
-        eprintln!("tiny-causal prompt{i} ({} tokens): max |Δlogit| {err:.3e}, logit std {std:.3}, ratio {:.2e}", ids.len(), err / std);
+        eprintln!(
+            "tiny-causal prompt{i} ({} tokens): max |Δlogit| {err:.3e}, logit std {std:.3}, ratio {:.2e}",
+            ids.len(),
+            err / std
+        );
         assert!(err <= TOLERANCE * std, "prompt{i}: max abs error {err} > {TOLERANCE} × std {std}");
 
         // The last-position path (generation's) agrees with the all-positions path.
@@ -79,12 +85,17 @@ fn tiny_causal_decode_step_logits_match_transformers() {
         for step in 0..steps {
             let err = max_abs_diff(&logits, &want[step * vocab..(step + 1) * vocab]);
             worst = worst.max(err);
-            assert!(err <= TOLERANCE * std, "prompt{i} decode step {step}: error {err} > {TOLERANCE} × {std}");
+            assert!(
+                err <= TOLERANCE * std,
+                "prompt{i} decode step {step}: error {err} > {TOLERANCE} × {std}"
+            );
             if step + 1 < steps {
                 logits = model.forward(&mut state, &[greedy_ids[step]], Logits::Last).unwrap().to_vec();
             }
         }
-        eprintln!("tiny-causal prompt{i}: {steps} decode steps, worst max |Δlogit| {worst:.3e} (std {std:.3})");
+        eprintln!(
+            "tiny-causal prompt{i}: {steps} decode steps, worst max |Δlogit| {worst:.3e} (std {std:.3})"
+        );
         checked += 1;
     }
     assert!(checked > 0, "no decode logits in the fixture");
@@ -102,7 +113,11 @@ fn tiny_vl_checkpoint_layout_matches_transformers() {
         let mut state = model.new_state();
         let got = model.forward(&mut state, &ids, Logits::Last).unwrap();
         let err = max_abs_diff(got, &want);
-        eprintln!("tiny-vl prompt{i} ({} tokens): max |Δlogit| {err:.3e}, std {std:.3}, ratio {:.2e}", ids.len(), err / std);
+        eprintln!(
+            "tiny-vl prompt{i} ({} tokens): max |Δlogit| {err:.3e}, std {std:.3}, ratio {:.2e}",
+            ids.len(),
+            err / std
+        );
         assert!(err <= TOLERANCE * std, "prompt{i}: error {err} > {TOLERANCE} × std {std}");
 
         let want_greedy = expected.ids(&format!("prompt{i}.greedy"));

@@ -43,8 +43,7 @@ fn corpus() -> &'static [Case] {
     static CORPUS: OnceLock<Vec<Case>> = OnceLock::new();
     CORPUS.get_or_init(|| {
         let path = Path::new(WORKSPACE).join("fixtures/tokenizer/qwen3_5_corpus.jsonl");
-        let text =
-            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let cases: Vec<Case> = text
             .lines()
             .enumerate()
@@ -79,12 +78,7 @@ fn report(what: &str, failures: &[String], total: usize) {
         failures.is_empty(),
         "{what}: {} of {total} corpus strings fail; first ones:\n{}",
         failures.len(),
-        failures
-            .iter()
-            .take(5)
-            .cloned()
-            .collect::<Vec<_>>()
-            .join("\n")
+        failures.iter().take(5).cloned().collect::<Vec<_>>().join("\n")
     );
 }
 
@@ -95,10 +89,7 @@ fn encode_matches_reference_ids() {
     for case in corpus() {
         let ids = tok.encode(&case.text).unwrap();
         if ids != case.ids {
-            failures.push(format!(
-                "{:?}\n  expected {:?}\n  got      {:?}",
-                case.text, case.ids, ids
-            ));
+            failures.push(format!("{:?}\n  expected {:?}\n  got      {:?}", case.text, case.ids, ids));
         }
     }
     report("encode != reference ids", &failures, corpus().len());
@@ -158,10 +149,7 @@ fn special_tokens_are_single_tokens() {
         assert!(ids.iter().all(|&i| i < 248044), "{text}: {ids:?}");
     }
     // No BOS/EOS for Qwen3.5, with or without the post-processor.
-    assert_eq!(
-        tok.encode_with_special_tokens("hi").unwrap(),
-        tok.encode("hi").unwrap()
-    );
+    assert_eq!(tok.encode_with_special_tokens("hi").unwrap(), tok.encode("hi").unwrap());
     assert_eq!(tok.encode("").unwrap(), Vec::<u32>::new());
 }
 
@@ -169,10 +157,7 @@ fn special_tokens_are_single_tokens() {
 fn decode_rejects_unknown_ids() {
     let tok = tokenizer();
     let err = tok.decode(&[1, 248_077]).unwrap_err();
-    assert!(
-        matches!(err, TokenizerError::UnknownId { id: 248_077, .. }),
-        "{err}"
-    );
+    assert!(matches!(err, TokenizerError::UnknownId { id: 248_077, .. }), "{err}");
     assert!(err.to_string().contains("248077"), "{err}");
     assert!(tok.stream_decoder().push(300_000).is_err());
 }
@@ -208,10 +193,7 @@ fn stream_decoder_matches_decode_on_corpus() {
         // Valid text never leaves anything for finish() nor produces U+FFFD.
         let rest = dec.finish();
         if !rest.is_empty() || out.contains('\u{FFFD}') {
-            failures.push(format!(
-                "{:?}: streamed {out:?}, finish {rest:?}",
-                case.text
-            ));
+            failures.push(format!("{:?}: streamed {out:?}, finish {rest:?}", case.text));
             continue;
         }
         if let Err(e) = stream(tok, &case.ids) {
@@ -278,31 +260,18 @@ fn qwen3_5_pretokenizer_override_and_post_processor() {
     let overridden = Tokenizer::from_file(&path, true).unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
 
-    let marks = |c: &Case| {
-        c.text
-            .chars()
-            .any(|ch| matches!(ch as u32, 0x0900..=0x097F | 0x0E00..=0x0E7F))
-    };
+    let marks = |c: &Case| c.text.chars().any(|ch| matches!(ch as u32, 0x0900..=0x097F | 0x0E00..=0x0E7F));
     let cases: Vec<&Case> = corpus().iter().filter(|c| marks(c)).collect();
     assert!(cases.len() >= 10);
-    let differ = cases
-        .iter()
-        .filter(|c| as_file.encode(&c.text).unwrap() != c.ids)
-        .count();
-    assert!(
-        differ > 0,
-        "the Qwen2 regex should split Devanagari/Thai differently"
-    );
+    let differ = cases.iter().filter(|c| as_file.encode(&c.text).unwrap() != c.ids).count();
+    assert!(differ > 0, "the Qwen2 regex should split Devanagari/Thai differently");
     for c in &cases {
         assert_eq!(overridden.encode(&c.text).unwrap(), c.ids, "{:?}", c.text);
     }
 
     let mut with_eos = overridden.encode("hello").unwrap();
     with_eos.push(248044);
-    assert_eq!(
-        overridden.encode_with_special_tokens("hello").unwrap(),
-        with_eos
-    );
+    assert_eq!(overridden.encode_with_special_tokens("hello").unwrap(), with_eos);
 }
 
 #[test]
@@ -311,26 +280,19 @@ fn load_errors_name_the_file() {
     let err = Tokenizer::from_file(&missing, true).unwrap_err();
     assert!(matches!(err, TokenizerError::Missing { .. }), "{err:?}");
     let msg = err.to_string();
-    assert!(
-        msg.contains(&*missing.to_string_lossy()) && msg.contains("tokenizer.json is missing"),
-        "{msg}"
-    );
+    assert!(msg.contains(&*missing.to_string_lossy()) && msg.contains("tokenizer.json is missing"), "{msg}");
 
     let dir = std::env::temp_dir().join(format!("qwenrt-tokenizer-bad-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    for (name, content) in [
-        ("not-json.json", "{ this is not json"),
-        ("not-a-tokenizer.json", r#"{"model": {"type": "Nope"}}"#),
-    ] {
+    for (name, content) in
+        [("not-json.json", "{ this is not json"), ("not-a-tokenizer.json", r#"{"model": {"type": "Nope"}}"#)]
+    {
         let path = dir.join(name);
         std::fs::write(&path, content).unwrap();
         let err = Tokenizer::from_file(&path, false).unwrap_err();
         assert!(matches!(err, TokenizerError::Invalid { .. }), "{err:?}");
         let msg = err.to_string();
-        assert!(
-            msg.contains(&*path.to_string_lossy()) && msg.contains("invalid"),
-            "{msg}"
-        );
+        assert!(msg.contains(&*path.to_string_lossy()) && msg.contains("invalid"), "{msg}");
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }

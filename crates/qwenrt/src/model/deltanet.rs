@@ -101,10 +101,7 @@ impl GatedDeltaNet {
             kernel: t.linear_conv_kernel_dim,
         };
         let p = |name: &str| format!("{}linear_attn.{name}", w.prefix);
-        let conv_weight = w
-            .store
-            .get(&p("conv1d.weight"), &[d.conv_dim(), 1, d.kernel])?
-            .to_f32();
+        let conv_weight = w.store.get(&p("conv1d.weight"), &[d.conv_dim(), 1, d.kernel])?.to_f32();
         let a_log = load_vector(w.store, &p("A_log"), d.hv)?;
         Ok(GatedDeltaNet {
             in_proj_qkv: w.linear(&p("in_proj_qkv.weight"), d.conv_dim(), d.hidden)?,
@@ -204,7 +201,8 @@ impl GatedDeltaNet {
                 continue;
             }
             let hs = &mut s.head;
-            let (q, kk, v) = (grow(&mut hs.q, t * d.dk), grow(&mut hs.k, t * d.dk), grow(&mut hs.v, t * d.dv));
+            let (q, kk, v) =
+                (grow(&mut hs.q, t * d.dk), grow(&mut hs.k, t * d.dk), grow(&mut hs.v, t * d.dv));
             let (gh, bh) = (grow(&mut hs.g, t), grow(&mut hs.beta, t));
             for (ti, row) in conv_out.chunks_exact(conv_dim).enumerate() {
                 q[ti * d.dk..(ti + 1) * d.dk].copy_from_slice(&row[q_off..q_off + d.dk]);
@@ -498,9 +496,8 @@ mod tests {
             let mut ws = ChunkScratch::default();
             delta_rule_chunked(&q, &kk, &v, &g, &beta, dk, dv, &mut s_chunk, &mut o_chunk, &mut ws);
 
-            let max_diff = |a: &[f32], b: &[f32]| {
-                a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max)
-            };
+            let max_diff =
+                |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
             let (dout, dstate) = (max_diff(&o_rec, &o_chunk), max_diff(&s_rec, &s_chunk));
             assert!(dout < 2e-5 && dstate < 2e-5, "t={t}: out diff {dout}, state diff {dstate}");
         }

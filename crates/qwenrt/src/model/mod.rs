@@ -202,7 +202,10 @@ impl Model {
                     + 4 * (l.input_layernorm.len() + l.post_attention_layernorm.len())
             })
             .sum();
-        self.embed_tokens.bytes() + layers + self.norm.len() * 4 + self.lm_head.as_ref().map_or(0, Linear::bytes)
+        self.embed_tokens.bytes()
+            + layers
+            + self.norm.len() * 4
+            + self.lm_head.as_ref().map_or(0, Linear::bytes)
     }
 
     /// Name of the element type the weights are held in.
@@ -213,7 +216,12 @@ impl Model {
     /// Feeds `tokens` after what `state` holds and returns the logits of the last one
     /// (`[vocab_size]`), or an empty slice for [`Logits::None`]. A single token takes the
     /// recurrent decode path; several take the chunked prefill path.
-    pub fn forward<'s>(&self, state: &'s mut SessionState, tokens: &[u32], logits: Logits) -> Result<&'s [f32]> {
+    pub fn forward<'s>(
+        &self,
+        state: &'s mut SessionState,
+        tokens: &[u32],
+        logits: Logits,
+    ) -> Result<&'s [f32]> {
         self.check_input(state, tokens)?;
         let mut start = 0;
         while start < tokens.len() {
@@ -374,7 +382,10 @@ mod tests {
                     conv_d = conv_d.max(max_diff(c1, c2));
                     ssm_d = ssm_d.max(max_diff(s1, s2));
                 }
-                (LayerCache::Attention { keys: k1, values: v1 }, LayerCache::Attention { keys: k2, values: v2 }) => {
+                (
+                    LayerCache::Attention { keys: k1, values: v1 },
+                    LayerCache::Attention { keys: k2, values: v2 },
+                ) => {
                     kv_d = kv_d.max(max_diff(k1, k2)).max(max_diff(v1, v2));
                 }
                 _ => panic!("layer kinds differ"),

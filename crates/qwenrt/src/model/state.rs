@@ -44,9 +44,7 @@ impl SessionState {
                         t.linear_num_value_heads * t.linear_key_head_dim * t.linear_value_head_dim
                     ],
                 },
-                LayerType::FullAttention => {
-                    LayerCache::Attention { keys: Vec::new(), values: Vec::new() }
-                }
+                LayerType::FullAttention => LayerCache::Attention { keys: Vec::new(), values: Vec::new() },
             })
             .collect();
         SessionState { layers, len: 0, max_len, scratch: Default::default() }

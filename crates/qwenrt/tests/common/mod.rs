@@ -68,11 +68,12 @@ impl Expected {
     pub fn ids(&self, name: &str) -> Vec<u32> {
         let (dtype, _, data) = self.tensors.get(name).unwrap_or_else(|| panic!("no reference tensor {name}"));
         match dtype {
-            Dtype::I32 => data.chunks_exact(4).map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as u32).collect(),
-            Dtype::I64 => data
-                .chunks_exact(8)
-                .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as u32)
-                .collect(),
+            Dtype::I32 => {
+                data.chunks_exact(4).map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as u32).collect()
+            }
+            Dtype::I64 => {
+                data.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap()) as u32).collect()
+            }
             other => panic!("{name}: unexpected dtype {other:?}"),
         }
     }

@@ -1,0 +1,232 @@
+//! The `qwenrt` binary on a complete tiny model folder (published Qwen3.5 layout, real
+//! vocabulary, generated tokenizer.json), checked against transformers' recorded outputs.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use safetensors::SafeTensors;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// A temporary copy of fixtures/models/tiny-vl with the generated tokenizer.json added.
+fn model_folder() -> PathBuf {
+    let src = root().join("fixtures/models/tiny-vl");
+    let dst = std::env::temp_dir().join(format!(
+        "qwenrt-cli-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+    ));
+    std::fs::create_dir_all(&dst).unwrap();
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dst.join(entry.file_name())).unwrap();
+    }
+    let tokenizer_dir = std::env::var_os("QWENRT_TOKENIZER_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("fixtures-gen/qwen3_5-tokenizer"));
+    let tokenizer = tokenizer_dir.join("tokenizer.json");
+    assert!(
+        tokenizer.exists(),
+        "{} missing: run scripts/build_tokenizer.py (see scripts/test)",
+        tokenizer.display()
+    );
+    std::fs::copy(tokenizer, dst.join("tokenizer.json")).unwrap();
+    dst
+}
+
+fn qwenrt(args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_qwenrt"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut pipe = child.stdin.take().unwrap();
+    pipe.write_all(stdin.unwrap_or("").as_bytes()).unwrap();
+    drop(pipe);
+    child.wait_with_output().unwrap()
+}
+
+fn ok_json(out: &Output) -> serde_json::Value {
+    assert!(out.status.success(), "failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+struct Reference {
+    meta: serde_json::Value,
+    bytes: Vec<u8>,
+}
+
+impl Reference {
+    fn load() -> Self {
+        let dir = root().join("fixtures/models/tiny-vl");
+        Reference {
+            meta: serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap(),
+            bytes: std::fs::read(dir.join("expected.safetensors")).unwrap(),
+        }
+    }
+    fn prompt(&self, i: usize) -> &serde_json::Value {
+        &self.meta["prompts"][i]
+    }
+    fn raw(&self, name: &str) -> Vec<u8> {
+        SafeTensors::deserialize(&self.bytes).unwrap().tensor(name).unwrap().data().to_vec()
+    }
+    fn ids(&self, name: &str) -> Vec<u64> {
+        self.raw(name).chunks_exact(4).map(|b| i32::from_le_bytes(b.try_into().unwrap()) as u64).collect()
+    }
+    fn f32(&self, name: &str) -> Vec<f32> {
+        self.raw(name).chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()
+    }
+}
+
+fn as_ids(v: &serde_json::Value) -> Vec<u64> {
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect()
+}
+
+#[test]
+fn run_raw_json_reproduces_transformers_greedy_tokens() {
+    let dir = model_folder();
+    let r = Reference::load();
+    let text = r.prompt(0)["text"].as_str().unwrap();
+    let out = qwenrt(
+        &[
+            "run",
+            "--model",
+            dir.to_str().unwrap(),
+            "--raw",
+            "--json",
+            "--temperature",
+            "0",
+            "--max-tokens",
+            "64",
+            text,
+        ],
+        None,
+    );
+    let json = ok_json(&out);
+    assert_eq!(as_ids(&json["prompt_tokens"]), r.ids("prompt0.ids"));
+    assert_eq!(as_ids(&json["tokens"]), r.ids("prompt0.greedy"));
+    assert_eq!(json["finish_reason"], "length");
+    assert!(json["timings"]["decode_tokens_per_second"].as_f64().unwrap() > 0.0);
+
+    // Streaming prints the same text as the JSON mode, then a newline.
+    let streamed = qwenrt(
+        &["run", "--model", dir.to_str().unwrap(), "--raw", "--temperature", "0", "--max-tokens", "64", text],
+        None,
+    );
+    assert!(streamed.status.success());
+    assert_eq!(String::from_utf8(streamed.stdout).unwrap(), format!("{}\n", json["text"].as_str().unwrap()));
+    assert!(String::from_utf8_lossy(&streamed.stderr).contains("finish: length"));
+}
+
+#[test]
+fn run_renders_the_chat_template_by_default_and_reads_stdin() {
+    let dir = model_folder();
+    let r = Reference::load();
+    // prompt1: one user message, template defaults; prompt3: the same with --think.
+    for (i, extra) in [(1usize, None), (3, Some("--think"))] {
+        let message = r.prompt(i)["messages"][0]["content"].as_str().unwrap();
+        let mut args = vec![
+            "run",
+            "--model",
+            dir.to_str().unwrap(),
+            "--json",
+            "--temperature",
+            "0",
+            "--max-tokens",
+            "64",
+        ];
+        args.extend(extra);
+        args.push("-");
+        let json = ok_json(&qwenrt(&args, Some(message)));
+        assert_eq!(as_ids(&json["prompt_tokens"]), r.ids(&format!("prompt{i}.ids")), "prompt{i}");
+        assert_eq!(as_ids(&json["tokens"]), r.ids(&format!("prompt{i}.greedy")), "prompt{i}");
+    }
+}
+
+#[test]
+fn score_log_probabilities_match_transformers() {
+    let dir = model_folder();
+    let r = Reference::load();
+    let ids = r.ids("prompt0.ids");
+    let text = r.prompt(0)["text"].as_str().unwrap();
+    // Score the prompt followed by one more word: the last log-prob is then
+    // log_softmax(transformers' last-position logits)[that word's token].
+    let scored = format!("{text} The");
+    let json =
+        ok_json(&qwenrt(&["score", "--model", dir.to_str().unwrap(), "--raw", "--json", &scored], None));
+    let tokens = as_ids(&json["tokens"]);
+    assert_eq!(tokens[..ids.len()], ids[..], "the prompt tokenizes as in the fixture");
+    assert_eq!(tokens.len(), ids.len() + 1, "\" The\" is one token");
+    let logprobs: Vec<f64> =
+        json["logprobs"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    assert_eq!(logprobs.len(), tokens.len() - 1);
+    assert!(logprobs.iter().all(|&l| l <= 0.0));
+    let mean_nll = -logprobs.iter().sum::<f64>() / logprobs.len() as f64;
+    assert!((json["perplexity"].as_f64().unwrap() - mean_nll.exp()).abs() < 1e-9 * mean_nll.exp());
+
+    let logits = r.f32("prompt0.last_logits");
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let lse = max + logits.iter().map(|&l| (l as f64 - max).exp()).sum::<f64>().ln();
+    let want_last = logits[*tokens.last().unwrap() as usize] as f64 - lse;
+    let got_last = *logprobs.last().unwrap();
+    assert!((got_last - want_last).abs() < 1e-3, "last log-prob {got_last} vs transformers {want_last}");
+
+    let plain = qwenrt(&["score", "--model", dir.to_str().unwrap(), "--raw", &scored], None);
+    assert!(String::from_utf8_lossy(&plain.stdout).starts_with("perplexity "));
+}
+
+#[test]
+fn inspect_counts_parameters_by_part() {
+    let dir = model_folder();
+    let json = ok_json(&qwenrt(&["inspect", "--model", dir.to_str().unwrap(), "--json"], None));
+    assert_eq!(json["layers"], 4);
+    assert_eq!(json["linear_attention_layers"], 3);
+    assert_eq!(json["full_attention_layers"], 1);
+    let parts = json["parameters"].as_object().unwrap();
+    for part in [
+        "vision tower",
+        "MTP head",
+        "embedding (tied LM head)",
+        "Gated DeltaNet mixers",
+        "gated attention mixers",
+        "MLPs",
+    ] {
+        assert!(parts.get(part).and_then(|v| v.as_u64()).unwrap_or(0) > 0, "no {part} in {parts:?}");
+    }
+    assert_eq!(parts["embedding (tied LM head)"], 248320 * json["hidden_size"].as_u64().unwrap());
+    let sum: u64 = parts.values().map(|v| v.as_u64().unwrap()).sum();
+    assert_eq!(json["total_parameters"].as_u64().unwrap(), sum);
+
+    let table = qwenrt(&["inspect", "--model", dir.to_str().unwrap()], None);
+    assert!(table.status.success());
+    assert!(String::from_utf8_lossy(&table.stdout).contains("3 Gated DeltaNet, 1 gated attention"));
+}
+
+#[test]
+fn bad_input_gives_a_clear_error_and_exit_code() {
+    let dir = model_folder();
+    let cases: &[(&[&str], &str)] = &[
+        (&["run", "--model", "/nonexistent/model", "hi"], "model folder not found"),
+        (&["run", "--model", dir.to_str().unwrap(), "--top-p", "0", "hi"], "top_p must be in (0, 1]"),
+        (&["run", "--model", dir.to_str().unwrap(), "--temperature=-1", "hi"], "temperature must be"),
+        (&["score", "--model", dir.to_str().unwrap(), "--raw", "a"], "scoring needs at least 2"),
+        (
+            &["score", "--model", dir.to_str().unwrap(), "--file", "/nonexistent/file.txt"],
+            "/nonexistent/file.txt",
+        ),
+        (&["run", "--model", dir.to_str().unwrap(), "--dtype", "int3", "hi"], "invalid value 'int3'"),
+    ];
+    for (args, want) in cases {
+        let out = qwenrt(args, None);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(stderr.contains(want), "{args:?}: stderr {stderr:?} lacks {want:?}");
+        assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
+    }
+}
