@@ -1,16 +1,234 @@
 //! Numeric kernels for qwenrt.
 //!
-//! Every kernel here has a plain scalar implementation that serves as its specification. Faster
-//! (SIMD, threaded) twins are added beside them and must agree with the scalar version to
-//! rounding; callers only ever see the dispatching functions at the crate root.
+//! Every kernel has a plain scalar implementation ([`scalar`]) that serves as its specification;
+//! SIMD twins (today AVX2 + FMA + F16C on x86-64) are chosen once at run time by [`Isa::detect`]
+//! and must agree with the scalar version to rounding. Callers use the dispatching functions at
+//! the crate root. All `unsafe` code of the project lives in this crate.
 //!
 //! Conventions: matrices are row-major slices; a weight matrix `w` of shape `[n, k]` is stored
 //! exactly as in a safetensors checkpoint (`out_features` rows of `in_features` values), and
 //! `x @ w.T` is what PyTorch's `nn.Linear` computes.
 
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+pub mod quant;
 pub mod scalar;
 
+use std::cell::RefCell;
+use std::sync::OnceLock;
+
+use quant::{BlockQ4, BlockQ8, BlockQ8Act, QK};
 pub use scalar::{
-    add_assign, dot, l2_normalize, matmul_f32, rms_norm, rms_norm_gated, sigmoid, silu, silu_mul, softmax,
-    softplus,
+    add_assign, l2_normalize, matmul_f32, rms_norm, rms_norm_gated, sigmoid, silu, silu_mul, softmax,
+    softplus, FloatFormat,
 };
+
+/// Sum of `a[i] * b[i]` with the best instruction set.
+#[inline]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "dot: length mismatch");
+    match Isa::detect() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: detect() checked the features; the lengths are equal.
+        Isa::Avx2 => unsafe { avx2::dot(a, b) },
+        _ => scalar::dot(a, b),
+    }
+}
+
+/// `acc[i] += a * x[i]` with the best instruction set.
+#[inline]
+pub fn axpy(acc: &mut [f32], a: f32, x: &[f32]) {
+    assert_eq!(acc.len(), x.len(), "axpy: length mismatch");
+    match Isa::detect() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as in dot.
+        Isa::Avx2 => unsafe { avx2::axpy(acc, a, x) },
+        _ => scalar::axpy(acc, a, x),
+    }
+}
+
+/// The instruction set the kernels run on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isa {
+    Scalar,
+    /// AVX2 + FMA + F16C (x86-64).
+    Avx2,
+}
+
+impl Isa {
+    /// The best instruction set of this CPU, detected once. `QWENRT_ISA=scalar` forces the
+    /// reference kernels (for debugging and comparison).
+    pub fn detect() -> Isa {
+        static ISA: OnceLock<Isa> = OnceLock::new();
+        *ISA.get_or_init(|| {
+            if std::env::var("QWENRT_ISA").is_ok_and(|v| v == "scalar") {
+                return Isa::Scalar;
+            }
+            #[cfg(target_arch = "x86_64")]
+            if is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+                && is_x86_feature_detected!("f16c")
+            {
+                return Isa::Avx2;
+            }
+            Isa::Scalar
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Scalar => "scalar",
+            Isa::Avx2 => "avx2+fma+f16c",
+        }
+    }
+}
+
+/// A weight matrix `[n, k]` in one of the supported storages.
+#[derive(Clone, Copy, Debug)]
+pub enum Weights<'a> {
+    /// Little-endian f32, bf16 or f16 values (possibly unaligned, e.g. memory-mapped).
+    Float(&'a [u8], FloatFormat),
+    /// Rows of `k / 32` Q8 blocks.
+    Q8(&'a [BlockQ8]),
+    /// Rows of `k / 32` Q4 blocks.
+    Q4(&'a [BlockQ4]),
+}
+
+impl Weights<'_> {
+    fn check(&self, k: usize, n: usize) {
+        match self {
+            Weights::Float(w, f) => assert_eq!(w.len(), n * k * f.bytes(), "weights are not [n, k]"),
+            Weights::Q8(w) => assert!(k % QK == 0 && w.len() == n * k / QK, "Q8 weights are not [n, k]"),
+            Weights::Q4(w) => assert!(k % QK == 0 && w.len() == n * k / QK, "Q4 weights are not [n, k]"),
+        }
+    }
+}
+
+/// Sets the number of threads matrix products use (call once, before the first product).
+/// Returns an error message if the pool was already started.
+pub fn set_threads(threads: usize) -> Result<(), String> {
+    rayon::ThreadPoolBuilder::new().num_threads(threads).build_global().map_err(|e| e.to_string())
+}
+
+pub fn threads() -> usize {
+    rayon::current_num_threads()
+}
+
+/// `*mut f32` that may cross threads: each task writes a disjoint set of output columns.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+thread_local! {
+    static ACT: RefCell<Vec<BlockQ8Act>> = const { RefCell::new(Vec::new()) };
+}
+
+/// `out[t, n] = x[t, k] @ w.T`, on all threads, with the best instruction set.
+pub fn matmul(x: &[f32], w: Weights, out: &mut [f32], t: usize, k: usize, n: usize) {
+    matmul_with(Isa::detect(), x, w, out, t, k, n)
+}
+
+/// [`matmul`] on a given instruction set (tests compare them).
+pub fn matmul_with(isa: Isa, x: &[f32], w: Weights, out: &mut [f32], t: usize, k: usize, n: usize) {
+    assert_eq!(x.len(), t * k, "matmul: x is not [t, k]");
+    assert_eq!(out.len(), t * n, "matmul: out is not [t, n]");
+    w.check(k, n);
+    match w {
+        Weights::Float(..) => run_rows(isa, x, &[], w, out, t, k, n),
+        Weights::Q8(_) | Weights::Q4(_) => {
+            // Take the buffer out of the thread-local so a nested call cannot find it borrowed.
+            let mut act = ACT.with(|a| std::mem::take(&mut *a.borrow_mut()));
+            act.resize(t * k / QK, BlockQ8Act::default());
+            quantize_act(isa, x, &mut act);
+            run_rows(isa, x, &act, w, out, t, k, n);
+            ACT.with(|a| *a.borrow_mut() = act);
+        }
+    }
+}
+
+/// Quantizes activation rows (length a multiple of 32) to Q8 blocks.
+pub fn quantize_act(isa: Isa, x: &[f32], out: &mut [BlockQ8Act]) {
+    assert_eq!(x.len(), out.len() * QK, "quantize_act: length mismatch");
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { avx2::quantize_act(x, out) },
+        _ => quant::quantize_act(x, out),
+    }
+}
+
+/// Splits the output rows across threads; small products stay on the calling thread.
+#[allow(clippy::too_many_arguments)]
+fn run_rows(
+    isa: Isa,
+    x: &[f32],
+    act: &[BlockQ8Act],
+    w: Weights,
+    out: &mut [f32],
+    t: usize,
+    k: usize,
+    n: usize,
+) {
+    const MIN_WORK_PER_TASK: usize = 1 << 16;
+    let threads = rayon::current_num_threads();
+    let work = t * k * n;
+    let tasks = if threads > 1 && work >= 2 * MIN_WORK_PER_TASK {
+        (work / MIN_WORK_PER_TASK).min(threads * 4).max(2)
+    } else {
+        1
+    };
+    let rows_per_task = n.div_ceil(tasks).next_multiple_of(4).max(4);
+    let ptr = OutPtr(out.as_mut_ptr());
+    let job = |r0: usize| {
+        let rows = r0..(r0 + rows_per_task).min(n);
+        // SAFETY: each task writes only the output columns of its own rows.
+        unsafe { rows_kernel(isa, x, act, w, ptr, t, k, n, rows) }
+    };
+    let task_count = n.div_ceil(rows_per_task);
+    if task_count == 1 {
+        job(0);
+    } else {
+        use rayon::prelude::*;
+        (0..task_count).into_par_iter().for_each(|i| job(i * rows_per_task));
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+unsafe fn rows_kernel(
+    isa: Isa,
+    x: &[f32],
+    act: &[BlockQ8Act],
+    w: Weights,
+    out: OutPtr,
+    t: usize,
+    k: usize,
+    n: usize,
+    rows: std::ops::Range<usize>,
+) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => match w {
+            Weights::Float(bytes, FloatFormat::F32) => {
+                avx2::matmul_float::<avx2::F32>(x, bytes, out.0, t, k, n, rows)
+            }
+            Weights::Float(bytes, FloatFormat::Bf16) => {
+                avx2::matmul_float::<avx2::Bf16>(x, bytes, out.0, t, k, n, rows)
+            }
+            Weights::Float(bytes, FloatFormat::F16) => {
+                avx2::matmul_float::<avx2::F16>(x, bytes, out.0, t, k, n, rows)
+            }
+            Weights::Q8(blocks) => avx2::matmul_quant::<avx2::Q8>(act, blocks, out.0, t, k, n, rows),
+            Weights::Q4(blocks) => avx2::matmul_quant::<avx2::Q4>(act, blocks, out.0, t, k, n, rows),
+        },
+        _ => {
+            // The scalar kernels take a slice; rebuild it over the whole output, which is sound
+            // because tasks only write their own columns and nobody reads until all finish.
+            let out = std::slice::from_raw_parts_mut(out.0, t * n);
+            match w {
+                Weights::Float(bytes, format) => scalar::matmul_float(x, bytes, format, out, (t, k, n), rows),
+                Weights::Q8(blocks) => scalar::matmul_q8(act, blocks, out, (t, k, n), rows),
+                Weights::Q4(blocks) => scalar::matmul_q4(act, blocks, out, (t, k, n), rows),
+            }
+        }
+    }
+}

@@ -1,6 +1,8 @@
 //! Scalar reference kernels. Straightforward loops, written so the compiler can vectorise the
 //! inner products; they define the numerics every other implementation is checked against.
 
+use crate::quant::{BlockQ4, BlockQ8, BlockQ8Act, QK};
+
 /// Sum of `a[i] * b[i]`, accumulated in eight lanes so the loop vectorises and so the rounding
 /// does not depend on one long serial chain.
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
@@ -109,11 +111,122 @@ pub fn softmax(x: &mut [f32]) {
     }
 }
 
+/// `acc[i] += a * x[i]`.
+pub fn axpy(acc: &mut [f32], a: f32, x: &[f32]) {
+    assert_eq!(acc.len(), x.len(), "axpy: length mismatch");
+    for (o, &v) in acc.iter_mut().zip(x) {
+        *o += a * v;
+    }
+}
+
 /// `acc[i] += x[i]`.
 pub fn add_assign(acc: &mut [f32], x: &[f32]) {
     assert_eq!(acc.len(), x.len(), "add_assign: length mismatch");
     for (a, &b) in acc.iter_mut().zip(x) {
         *a += b;
+    }
+}
+
+/// How a float weight matrix is stored, for [`matmul_float`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FloatFormat {
+    F32,
+    Bf16,
+    F16,
+}
+
+impl FloatFormat {
+    pub fn bytes(self) -> usize {
+        match self {
+            FloatFormat::F32 => 4,
+            FloatFormat::Bf16 | FloatFormat::F16 => 2,
+        }
+    }
+
+    /// Element `i` of little-endian storage `w`.
+    #[inline]
+    pub fn get(self, w: &[u8], i: usize) -> f32 {
+        match self {
+            FloatFormat::F32 => f32::from_le_bytes([w[4 * i], w[4 * i + 1], w[4 * i + 2], w[4 * i + 3]]),
+            FloatFormat::Bf16 => half::bf16::from_le_bytes([w[2 * i], w[2 * i + 1]]).to_f32(),
+            FloatFormat::F16 => half::f16::from_le_bytes([w[2 * i], w[2 * i + 1]]).to_f32(),
+        }
+    }
+}
+
+/// Rows `rows` of `out[t, n] = x[t, k] @ w.T` for float weights stored as bytes.
+pub fn matmul_float(
+    x: &[f32],
+    w: &[u8],
+    format: FloatFormat,
+    out: &mut [f32],
+    (t, k, n): (usize, usize, usize),
+    rows: std::ops::Range<usize>,
+) {
+    for ti in 0..t {
+        let xr = &x[ti * k..(ti + 1) * k];
+        for r in rows.clone() {
+            let mut acc = 0.0f32;
+            for (i, &xi) in xr.iter().enumerate() {
+                acc += format.get(w, r * k + i) * xi;
+            }
+            out[ti * n + r] = acc;
+        }
+    }
+}
+
+/// Integer dot product of one weight block with one activation block.
+fn block_dot(w: &[i8; QK], x: &[i8; QK]) -> i32 {
+    w.iter().zip(x).map(|(&a, &b)| a as i32 * b as i32).sum()
+}
+
+fn q4_values(b: &BlockQ4) -> [i8; QK] {
+    let mut v = [0i8; QK];
+    for j in 0..QK / 2 {
+        v[j] = (b.qs[j] & 0x0f) as i8 - 8;
+        v[j + QK / 2] = (b.qs[j] >> 4) as i8 - 8;
+    }
+    v
+}
+
+/// Rows `rows` of `out[t, n] = x[t, k] @ w.T` for Q8 weights and quantized activations
+/// (`x`: `t` rows of `k / 32` blocks): per block, the integer dot product scaled by both scales.
+pub fn matmul_q8(
+    x: &[BlockQ8Act],
+    w: &[BlockQ8],
+    out: &mut [f32],
+    (t, k, n): (usize, usize, usize),
+    rows: std::ops::Range<usize>,
+) {
+    let nb = k / QK;
+    for ti in 0..t {
+        for r in rows.clone() {
+            let mut acc = 0.0f32;
+            for (wb, xb) in w[r * nb..(r + 1) * nb].iter().zip(&x[ti * nb..(ti + 1) * nb]) {
+                acc += wb.d.to_f32() * xb.d * block_dot(&wb.qs, &xb.qs) as f32;
+            }
+            out[ti * n + r] = acc;
+        }
+    }
+}
+
+/// As [`matmul_q8`] for Q4 weights.
+pub fn matmul_q4(
+    x: &[BlockQ8Act],
+    w: &[BlockQ4],
+    out: &mut [f32],
+    (t, k, n): (usize, usize, usize),
+    rows: std::ops::Range<usize>,
+) {
+    let nb = k / QK;
+    for ti in 0..t {
+        for r in rows.clone() {
+            let mut acc = 0.0f32;
+            for (wb, xb) in w[r * nb..(r + 1) * nb].iter().zip(&x[ti * nb..(ti + 1) * nb]) {
+                acc += wb.d.to_f32() * xb.d * block_dot(&q4_values(wb), &xb.qs) as f32;
+            }
+            out[ti * n + r] = acc;
+        }
     }
 }
 

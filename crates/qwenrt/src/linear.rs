@@ -1,16 +1,95 @@
 //! `Linear`: a weight matrix and the product with it, whatever the storage format.
 //!
-//! Model code only calls [`Linear::forward`] and [`Linear::row`]; how the weights are stored
-//! (today f32, later bf16, int8 and int4 blocks) is this module's business alone.
+//! Model code only calls [`Linear::forward`] and [`Linear::row`]; how the weights are held —
+//! f32, bf16 or f16 (memory-mapped without a copy when the file already has that type), or
+//! int8/int4 blocks quantized at load — is this module's business alone.
 
+use std::str::FromStr;
 use std::sync::Arc;
 
+use qwenrt_kernels::quant::{self, BlockQ4, BlockQ8, QK};
+use qwenrt_kernels::{FloatFormat, Weights};
+use rayon::prelude::*;
+
 use crate::error::Result;
-use crate::weights::WeightStore;
+use crate::weights::{MappedBytes, StoredDtype, TensorRef, WeightStore};
+
+/// The precision weight matrices are held in while running.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum WeightDtype {
+    /// The exactness mode: numerically the reference implementation's f32 forward pass.
+    F32,
+    Bf16,
+    F16,
+    /// 8-bit blocks of 32 with an f16 scale (Q8_0 layout), activations quantized to 8 bits.
+    #[default]
+    Int8,
+    /// 4-bit blocks of 32 with an f16 scale (Q4_0 layout); the tied embedding / LM head stays
+    /// int8, whose quality is worth its bytes.
+    Int4,
+}
+
+impl WeightDtype {
+    pub fn name(self) -> &'static str {
+        match self {
+            WeightDtype::F32 => "f32",
+            WeightDtype::Bf16 => "bf16",
+            WeightDtype::F16 => "f16",
+            WeightDtype::Int8 => "int8",
+            WeightDtype::Int4 => "int4",
+        }
+    }
+}
+
+impl FromStr for WeightDtype {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "f32" => WeightDtype::F32,
+            "bf16" => WeightDtype::Bf16,
+            "f16" => WeightDtype::F16,
+            "int8" | "q8" => WeightDtype::Int8,
+            "int4" | "q4" => WeightDtype::Int4,
+            other => return Err(format!("unknown dtype `{other}`; expected f32, bf16, f16, int8 or int4")),
+        })
+    }
+}
+
+/// How to load weights.
+#[derive(Clone, Default)]
+pub struct LoadOptions {
+    pub dtype: WeightDtype,
+    /// Called after each weight matrix with (bytes done, bytes total) of the checkpoint's matrices.
+    pub progress: Option<Arc<dyn Fn(u64, u64) + Send + Sync>>,
+}
+
+impl LoadOptions {
+    pub fn with_dtype(dtype: WeightDtype) -> Self {
+        LoadOptions { dtype, progress: None }
+    }
+}
+
+#[derive(Clone)]
+enum Bytes {
+    Mapped(MappedBytes),
+    Owned(Arc<[u8]>),
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Bytes::Mapped(m) => m,
+            Bytes::Owned(o) => o,
+        }
+    }
+}
 
 #[derive(Clone)]
 enum Storage {
-    F32(Arc<[f32]>),
+    Float(Bytes, FloatFormat),
+    Q8(Arc<[BlockQ8]>),
+    Q4(Arc<[BlockQ4]>),
 }
 
 /// A `[out_features, in_features]` weight matrix, as `nn.Linear` stores it (no bias).
@@ -21,16 +100,81 @@ pub struct Linear {
     storage: Storage,
 }
 
+fn stored_format(dtype: StoredDtype) -> FloatFormat {
+    match dtype {
+        StoredDtype::F32 => FloatFormat::F32,
+        StoredDtype::BF16 => FloatFormat::Bf16,
+        StoredDtype::F16 => FloatFormat::F16,
+    }
+}
+
+fn encode(values: &[f32], format: FloatFormat) -> Arc<[u8]> {
+    match format {
+        FloatFormat::F32 => values.par_iter().flat_map_iter(|v| v.to_le_bytes()).collect::<Vec<u8>>().into(),
+        FloatFormat::Bf16 => values
+            .par_iter()
+            .flat_map_iter(|v| half::bf16::from_f32(*v).to_le_bytes())
+            .collect::<Vec<u8>>()
+            .into(),
+        FloatFormat::F16 => values
+            .par_iter()
+            .flat_map_iter(|v| half::f16::from_f32(*v).to_le_bytes())
+            .collect::<Vec<u8>>()
+            .into(),
+    }
+}
+
 impl Linear {
-    /// Loads `name` from the store, checking it is `[out_features, in_features]`.
-    pub fn load(store: &WeightStore, name: &str, out_features: usize, in_features: usize) -> Result<Self> {
+    /// Loads `name` from the store, checking it is `[out_features, in_features]`, and converts it
+    /// to `dtype`. Matrices whose rows are not a whole number of 32-value blocks cannot be
+    /// quantized and keep their stored precision.
+    pub fn load(
+        store: &WeightStore,
+        name: &str,
+        out_features: usize,
+        in_features: usize,
+        dtype: WeightDtype,
+    ) -> Result<Self> {
         let t = store.get(name, &[out_features, in_features])?;
-        Ok(Self::from_f32(t.to_f32(), out_features, in_features))
+        Ok(Self::from_tensor(&t, out_features, in_features, dtype))
+    }
+
+    fn from_tensor(t: &TensorRef, out_features: usize, in_features: usize, dtype: WeightDtype) -> Self {
+        let stored = stored_format(t.dtype);
+        let quantizable = in_features % QK == 0;
+        let storage = match dtype {
+            WeightDtype::Int8 | WeightDtype::Int4 if !quantizable => {
+                Storage::Float(Bytes::Mapped(t.mapped()), stored)
+            }
+            WeightDtype::Int8 => {
+                Storage::Q8(quantize_rows(&t.to_f32(), in_features, quant::quantize_q8).into())
+            }
+            WeightDtype::Int4 => {
+                Storage::Q4(quantize_rows(&t.to_f32(), in_features, quant::quantize_q4).into())
+            }
+            float => {
+                let want = match float {
+                    WeightDtype::F32 => FloatFormat::F32,
+                    WeightDtype::Bf16 => FloatFormat::Bf16,
+                    _ => FloatFormat::F16,
+                };
+                if want == stored {
+                    Storage::Float(Bytes::Mapped(t.mapped()), stored)
+                } else {
+                    Storage::Float(Bytes::Owned(encode(&t.to_f32(), want)), want)
+                }
+            }
+        };
+        Linear { out_features, in_features, storage }
     }
 
     pub fn from_f32(data: Vec<f32>, out_features: usize, in_features: usize) -> Self {
         assert_eq!(data.len(), out_features * in_features, "Linear: data is not [out, in]");
-        Linear { out_features, in_features, storage: Storage::F32(data.into()) }
+        Linear {
+            out_features,
+            in_features,
+            storage: Storage::Float(Bytes::Owned(encode(&data, FloatFormat::F32)), FloatFormat::F32),
+        }
     }
 
     pub fn out_features(&self) -> usize {
@@ -41,33 +185,67 @@ impl Linear {
         self.in_features
     }
 
+    fn weights(&self) -> Weights<'_> {
+        match &self.storage {
+            Storage::Float(bytes, format) => Weights::Float(bytes, *format),
+            Storage::Q8(b) => Weights::Q8(b),
+            Storage::Q4(b) => Weights::Q4(b),
+        }
+    }
+
     /// `out[t, :] = x[t, :] @ W.T` for `x: [t, in_features]`, `out: [t, out_features]`.
     pub fn forward(&self, x: &[f32], t: usize, out: &mut [f32]) {
-        match &self.storage {
-            Storage::F32(w) => qwenrt_kernels::matmul_f32(x, w, out, t, self.in_features, self.out_features),
-        }
+        qwenrt_kernels::matmul(x, self.weights(), out, t, self.in_features, self.out_features)
     }
 
     /// Copies row `i` (one output neuron, or one embedding vector) into `out` as f32.
     pub fn row(&self, i: usize, out: &mut [f32]) {
         let k = self.in_features;
+        let nb = k / QK;
         match &self.storage {
-            Storage::F32(w) => out.copy_from_slice(&w[i * k..(i + 1) * k]),
+            Storage::Float(bytes, format) => {
+                let row = &bytes[i * k * format.bytes()..(i + 1) * k * format.bytes()];
+                for (j, o) in out.iter_mut().enumerate() {
+                    *o = format.get(row, j);
+                }
+            }
+            Storage::Q8(b) => quant::dequantize_q8(&b[i * nb..(i + 1) * nb], out),
+            Storage::Q4(b) => quant::dequantize_q4(&b[i * nb..(i + 1) * nb], out),
         }
     }
 
-    /// Bytes the weights occupy in memory.
+    /// Bytes the weights occupy (memory-mapped ones included).
     pub fn bytes(&self) -> usize {
         match &self.storage {
-            Storage::F32(w) => w.len() * 4,
+            Storage::Float(b, _) => b.len(),
+            Storage::Q8(b) => std::mem::size_of_val(&b[..]),
+            Storage::Q4(b) => std::mem::size_of_val(&b[..]),
         }
+    }
+
+    /// Whether the weights are read straight from the memory-mapped file (no copy).
+    pub fn is_mapped(&self) -> bool {
+        matches!(&self.storage, Storage::Float(Bytes::Mapped(_), _))
     }
 
     pub fn dtype_name(&self) -> &'static str {
         match &self.storage {
-            Storage::F32(_) => "f32",
+            Storage::Float(_, FloatFormat::F32) => "f32",
+            Storage::Float(_, FloatFormat::Bf16) => "bf16",
+            Storage::Float(_, FloatFormat::F16) => "f16",
+            Storage::Q8(_) => "int8",
+            Storage::Q4(_) => "int4",
         }
     }
+}
+
+/// Quantizes a `[n, k]` matrix row by row on all threads.
+fn quantize_rows<B: Send, E: std::fmt::Debug>(
+    w: &[f32],
+    k: usize,
+    quantize: impl Fn(&[f32]) -> std::result::Result<Vec<B>, E> + Sync,
+) -> Vec<B> {
+    w.par_chunks(k).flat_map_iter(|row| quantize(row).expect("k is a multiple of the block size")).collect()
 }
 
 /// Loads a 1-D f32 vector (norm weights, biases, per-head scalars), checking its length.

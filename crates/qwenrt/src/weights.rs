@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use memmap2::Mmap;
 use safetensors::tensor::{Dtype, Metadata};
@@ -22,7 +23,7 @@ pub enum StoredDtype {
 
 struct Shard {
     path: PathBuf,
-    mmap: Mmap,
+    mmap: Arc<Mmap>,
     /// Byte offset of the data section (8-byte length + JSON header).
     data_start: usize,
     metadata: Metadata,
@@ -35,9 +36,16 @@ pub struct TensorRef<'a> {
     pub dtype: StoredDtype,
     pub shape: &'a [usize],
     pub bytes: &'a [u8],
+    map: &'a Arc<Mmap>,
+    range: std::ops::Range<usize>,
 }
 
 impl TensorRef<'_> {
+    /// The tensor's bytes as a shared handle on the mapping (zero-copy, keeps the file mapped).
+    pub fn mapped(&self) -> MappedBytes {
+        MappedBytes { map: Arc::clone(self.map), range: self.range.clone() }
+    }
+
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
     }
@@ -55,6 +63,20 @@ impl TensorRef<'_> {
                 self.bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
             }
         }
+    }
+}
+
+/// A byte range of a memory-mapped file that keeps the mapping alive.
+#[derive(Clone)]
+pub struct MappedBytes {
+    map: Arc<Mmap>,
+    range: std::ops::Range<usize>,
+}
+
+impl std::ops::Deref for MappedBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.map[self.range.clone()]
     }
 }
 
@@ -119,7 +141,12 @@ impl WeightStore {
                     });
                 }
             }
-            shards.push(Shard { path: path.clone(), mmap, data_start: 8 + header_len, metadata });
+            shards.push(Shard {
+                path: path.clone(),
+                mmap: Arc::new(mmap),
+                data_start: 8 + header_len,
+                metadata,
+            });
         }
         Ok(WeightStore { shards, index })
     }
@@ -171,8 +198,17 @@ impl WeightStore {
         };
         let (begin, end) = info.data_offsets;
         // read_metadata validated that the offsets tile the data section and fit the file.
-        let bytes = &shard.mmap[shard.data_start + begin..shard.data_start + end];
-        Ok(TensorRef { name: name.to_owned(), file: &shard.path, dtype, shape: &info.shape, bytes })
+        let range = shard.data_start + begin..shard.data_start + end;
+        let bytes = &shard.mmap[range.clone()];
+        Ok(TensorRef {
+            name: name.to_owned(),
+            file: &shard.path,
+            dtype,
+            shape: &info.shape,
+            bytes,
+            map: &shard.mmap,
+            range,
+        })
     }
 }
 

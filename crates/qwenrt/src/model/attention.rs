@@ -3,6 +3,7 @@
 //! sigmoid output gate before `o_proj`.
 
 use qwenrt_kernels as k;
+use rayon::prelude::*;
 
 use super::rope::{MRope, Position3};
 use super::{grow, LayerWeights};
@@ -34,7 +35,8 @@ pub struct AttentionScratch {
     k: Vec<f32>,
     v: Vec<f32>,
     attn: Vec<f32>,
-    scores: Vec<f32>,
+    /// Per query head: attention probabilities and that head's output rows `[t, head_dim]`.
+    heads: Vec<(Vec<f32>, Vec<f32>)>,
     cos: Vec<f32>,
     sin: Vec<f32>,
 }
@@ -127,30 +129,37 @@ impl GatedAttention {
         values.extend_from_slice(vx);
 
         // softmax(q k^T * head_dim^-0.5 + causal_mask) v, one query row at a time so that a long
-        // prompt never materialises a [t, t] matrix.
+        // prompt never materialises a [t, t] matrix; query heads run in parallel.
         let scale = (hd as f32).powf(-0.5);
         let group = self.heads / self.kv_heads;
-        let attn = grow(&mut s.attn, t * q_width);
-        let scores_buf = grow(&mut s.scores, past + t);
-        for ti in 0..t {
-            let visible = past + ti + 1;
-            for h in 0..self.heads {
-                let kvh = h / group;
+        if s.heads.len() < self.heads {
+            s.heads.resize_with(self.heads, Default::default);
+        }
+        let (keys, values, q) = (&keys[..], &values[..], &*q);
+        s.heads[..self.heads].par_iter_mut().enumerate().for_each(|(h, (scores_buf, out))| {
+            let kvh = h / group;
+            let scores_buf = grow(scores_buf, past + t);
+            let out = grow(out, t * hd);
+            for ti in 0..t {
+                let visible = past + ti + 1;
                 let qh = &q[ti * q_width + h * hd..ti * q_width + (h + 1) * hd];
                 let scores = &mut scores_buf[..visible];
                 for (j, sc) in scores.iter_mut().enumerate() {
-                    let kj = &keys[j * kv_width + kvh * hd..j * kv_width + (kvh + 1) * hd];
-                    *sc = k::dot(qh, kj) * scale;
+                    *sc = k::dot(qh, &keys[j * kv_width + kvh * hd..j * kv_width + (kvh + 1) * hd]) * scale;
                 }
                 k::softmax(scores);
-                let oh = &mut attn[ti * q_width + h * hd..ti * q_width + (h + 1) * hd];
+                let oh = &mut out[ti * hd..(ti + 1) * hd];
                 oh.fill(0.0);
                 for (j, &p) in scores.iter().enumerate() {
-                    let vj = &values[j * kv_width + kvh * hd..j * kv_width + (kvh + 1) * hd];
-                    for (o, &vv) in oh.iter_mut().zip(vj) {
-                        *o += p * vv;
-                    }
+                    k::axpy(oh, p, &values[j * kv_width + kvh * hd..j * kv_width + (kvh + 1) * hd]);
                 }
+            }
+        });
+        let attn = grow(&mut s.attn, t * q_width);
+        for (h, (_, out)) in s.heads[..self.heads].iter().enumerate() {
+            for ti in 0..t {
+                attn[ti * q_width + h * hd..ti * q_width + (h + 1) * hd]
+                    .copy_from_slice(&out[ti * hd..(ti + 1) * hd]);
             }
         }
 

@@ -12,6 +12,7 @@
 //! [`delta_rule_step`] for decoding one token (`torch_recurrent_gated_delta_rule`).
 
 use qwenrt_kernels as k;
+use rayon::prelude::*;
 
 use super::{grow, LayerWeights};
 use crate::config::ModelConfig;
@@ -74,8 +75,8 @@ pub struct DeltaNetScratch {
     a: Vec<f32>,
     conv_out: Vec<f32>,
     core: Vec<f32>,
-    head: HeadScratch,
-    chunk: ChunkScratch,
+    /// One per value head, so heads run in parallel.
+    heads: Vec<HeadScratch>,
 }
 
 /// One value head's inputs gathered contiguously: q, k `[T, dk]`, v and out `[T, dv]`, g and β `[T]`.
@@ -87,6 +88,7 @@ struct HeadScratch {
     g: Vec<f32>,
     beta: Vec<f32>,
     out: Vec<f32>,
+    chunk: ChunkScratch,
 }
 
 impl GatedDeltaNet {
@@ -181,41 +183,48 @@ impl GatedDeltaNet {
         let core = grow(&mut s.core, t * value_dim);
         let group = d.hv / d.hk;
         let state_len = d.dk * d.dv;
-        for h in 0..d.hv {
-            let kh = h / group; // repeat_interleave: value head h reads key head h // group
-            let state = &mut ssm_state[h * state_len..(h + 1) * state_len];
-            let q_off = kh * d.dk;
-            let k_off = key_dim + kh * d.dk;
-            let v_off = 2 * key_dim + h * d.dv;
-            if t == 1 {
-                let row = &conv_out[..conv_dim];
-                delta_rule_step(
-                    &row[q_off..q_off + d.dk],
-                    &row[k_off..k_off + d.dk],
-                    &row[v_off..v_off + d.dv],
-                    g[h],
-                    beta[h],
-                    state,
-                    &mut core[h * d.dv..(h + 1) * d.dv],
-                );
-                continue;
-            }
-            let hs = &mut s.head;
-            let (q, kk, v) =
-                (grow(&mut hs.q, t * d.dk), grow(&mut hs.k, t * d.dk), grow(&mut hs.v, t * d.dv));
-            let (gh, bh) = (grow(&mut hs.g, t), grow(&mut hs.beta, t));
-            for (ti, row) in conv_out.chunks_exact(conv_dim).enumerate() {
-                q[ti * d.dk..(ti + 1) * d.dk].copy_from_slice(&row[q_off..q_off + d.dk]);
-                kk[ti * d.dk..(ti + 1) * d.dk].copy_from_slice(&row[k_off..k_off + d.dk]);
-                v[ti * d.dv..(ti + 1) * d.dv].copy_from_slice(&row[v_off..v_off + d.dv]);
-                gh[ti] = g[ti * d.hv + h];
-                bh[ti] = beta[ti * d.hv + h];
-            }
-            let o = grow(&mut hs.out, t * d.dv);
-            delta_rule_chunked(q, kk, v, gh, bh, d.dk, d.dv, state, o, &mut s.chunk);
+        if s.heads.len() < d.hv {
+            s.heads.resize_with(d.hv, HeadScratch::default);
+        }
+        let conv_out = &*conv_out;
+        // Value heads are independent: each runs on its own state and scratch.
+        s.heads[..d.hv].par_iter_mut().zip(ssm_state.par_chunks_mut(state_len)).enumerate().for_each(
+            |(h, (hs, state))| {
+                let kh = h / group; // repeat_interleave: value head h reads key head h // group
+                let q_off = kh * d.dk;
+                let k_off = key_dim + kh * d.dk;
+                let v_off = 2 * key_dim + h * d.dv;
+                let o = grow(&mut hs.out, t * d.dv);
+                if t == 1 {
+                    let row = &conv_out[..conv_dim];
+                    delta_rule_step(
+                        &row[q_off..q_off + d.dk],
+                        &row[k_off..k_off + d.dk],
+                        &row[v_off..v_off + d.dv],
+                        g[h],
+                        beta[h],
+                        state,
+                        o,
+                    );
+                    return;
+                }
+                let (q, kk, v) =
+                    (grow(&mut hs.q, t * d.dk), grow(&mut hs.k, t * d.dk), grow(&mut hs.v, t * d.dv));
+                let (gh, bh) = (grow(&mut hs.g, t), grow(&mut hs.beta, t));
+                for (ti, row) in conv_out.chunks_exact(conv_dim).enumerate() {
+                    q[ti * d.dk..(ti + 1) * d.dk].copy_from_slice(&row[q_off..q_off + d.dk]);
+                    kk[ti * d.dk..(ti + 1) * d.dk].copy_from_slice(&row[k_off..k_off + d.dk]);
+                    v[ti * d.dv..(ti + 1) * d.dv].copy_from_slice(&row[v_off..v_off + d.dv]);
+                    gh[ti] = g[ti * d.hv + h];
+                    bh[ti] = beta[ti * d.hv + h];
+                }
+                delta_rule_chunked(q, kk, v, gh, bh, d.dk, d.dv, state, o, &mut hs.chunk);
+            },
+        );
+        for (h, hs) in s.heads[..d.hv].iter().enumerate() {
             for ti in 0..t {
                 core[ti * value_dim + h * d.dv..ti * value_dim + (h + 1) * d.dv]
-                    .copy_from_slice(&o[ti * d.dv..(ti + 1) * d.dv]);
+                    .copy_from_slice(&hs.out[ti * d.dv..(ti + 1) * d.dv]);
             }
         }
 
@@ -280,19 +289,15 @@ pub fn delta_rule_step(
     let mut delta = [0.0f32; MAX_HEAD_DIM];
     let delta = &mut delta[..dv];
     delta.copy_from_slice(v);
-    for (ki, srow) in k.iter().zip(state.chunks_exact(dv)) {
-        for (dj, &sj) in delta.iter_mut().zip(srow) {
-            *dj -= ki * sj;
-        }
+    for (&ki, srow) in k.iter().zip(state.chunks_exact(dv)) {
+        k::axpy(delta, -ki, srow);
     }
     delta.iter_mut().for_each(|x| *x *= beta);
     // S = S + k[:, None] * delta[None, :];  out = (S * q[:, None]).sum(-2)
     out.fill(0.0);
     for ((&ki, &qi), srow) in k.iter().zip(q).zip(state.chunks_exact_mut(dv)) {
-        for ((sj, &dj), oj) in srow.iter_mut().zip(delta.iter()).zip(out.iter_mut()) {
-            *sj += ki * dj;
-            *oj += qi * *sj;
-        }
+        k::axpy(srow, ki, delta);
+        k::axpy(out, qi, srow);
     }
 }
 
@@ -378,19 +383,12 @@ pub fn delta_rule_chunked(
             for x in 0..dk {
                 w[i * dk + x] = k[i * dk + x] * scale_k;
             }
+            let (done_u, cur_u) = u.split_at_mut(i * dv);
+            let (done_w, cur_w) = w.split_at_mut(i * dk);
             for j in 0..i {
                 let a = ut[i * c + j];
-                if a == 0.0 {
-                    continue;
-                }
-                let (done_u, cur_u) = u.split_at_mut(i * dv);
-                for (ux, &uj) in cur_u[..dv].iter_mut().zip(&done_u[j * dv..(j + 1) * dv]) {
-                    *ux -= a * uj;
-                }
-                let (done_w, cur_w) = w.split_at_mut(i * dk);
-                for (wx, &wj) in cur_w[..dk].iter_mut().zip(&done_w[j * dk..(j + 1) * dk]) {
-                    *wx -= a * wj;
-                }
+                k::axpy(&mut cur_u[..dv], -a, &done_u[j * dv..(j + 1) * dv]);
+                k::axpy(&mut cur_w[..dk], -a, &done_w[j * dk..(j + 1) * dk]);
             }
         }
 
@@ -399,10 +397,8 @@ pub fn delta_rule_chunked(
         v_new.copy_from_slice(u);
         for i in 0..c {
             let vi = &mut v_new[i * dv..(i + 1) * dv];
-            for (a, srow) in w[i * dk..(i + 1) * dk].iter().zip(state.chunks_exact(dv)) {
-                for (vx, &sx) in vi.iter_mut().zip(srow) {
-                    *vx -= a * sx;
-                }
+            for (&a, srow) in w[i * dk..(i + 1) * dk].iter().zip(state.chunks_exact(dv)) {
+                k::axpy(vi, -a, srow);
             }
         }
 
@@ -412,16 +408,10 @@ pub fn delta_rule_chunked(
             oi.fill(0.0);
             let eg = cum[i].exp();
             for (&qa, srow) in q[i * dk..(i + 1) * dk].iter().zip(state.chunks_exact(dv)) {
-                let qa = qa * eg;
-                for (ox, &sx) in oi.iter_mut().zip(srow) {
-                    *ox += qa * sx;
-                }
+                k::axpy(oi, qa * eg, srow);
             }
             for j in 0..=i {
-                let a = qk[i * c + j];
-                for (ox, &vx) in oi.iter_mut().zip(&v_new[j * dv..(j + 1) * dv]) {
-                    *ox += a * vx;
-                }
+                k::axpy(oi, qk[i * c + j], &v_new[j * dv..(j + 1) * dv]);
             }
         }
 
@@ -433,10 +423,7 @@ pub fn delta_rule_chunked(
             let kd = (last - cum[j]).exp();
             let vj = &v_new[j * dv..(j + 1) * dv];
             for (&ka, srow) in k[j * dk..(j + 1) * dk].iter().zip(state.chunks_exact_mut(dv)) {
-                let ka = ka * kd;
-                for (sx, &vx) in srow.iter_mut().zip(vj) {
-                    *sx += ka * vx;
-                }
+                k::axpy(srow, ka * kd, vj);
             }
         }
     }

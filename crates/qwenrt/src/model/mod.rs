@@ -23,7 +23,7 @@ pub use state::{SessionState, Snapshot};
 
 use crate::config::{LayerType, ModelConfig};
 use crate::error::{Error, Result};
-use crate::linear::{load_vector, Linear};
+use crate::linear::{load_vector, Linear, LoadOptions, WeightDtype};
 use crate::weights::WeightStore;
 use attention::{AttentionScratch, GatedAttention};
 use deltanet::{DeltaNetScratch, GatedDeltaNet};
@@ -50,11 +50,12 @@ pub enum Logits {
 pub(crate) struct LayerWeights<'a> {
     pub store: &'a WeightStore,
     pub prefix: String,
+    pub dtype: WeightDtype,
 }
 
 impl LayerWeights<'_> {
     pub fn linear(&self, name: &str, out_features: usize, in_features: usize) -> Result<Linear> {
-        Linear::load(self.store, name, out_features, in_features)
+        Linear::load(self.store, name, out_features, in_features, self.dtype)
     }
 
     /// A zero-centred RMSNorm weight, stored `w` and applied as `1 + w`: folded here.
@@ -117,22 +118,45 @@ pub struct Model {
 }
 
 impl Model {
-    /// Loads `config.json` and the safetensors weights of a model folder.
+    /// Loads `config.json` and the safetensors weights of a model folder in f32, the exactness
+    /// mode.
     pub fn load(dir: &Path) -> Result<Self> {
-        let config = ModelConfig::from_file(&dir.join("config.json"))?;
-        let store = WeightStore::open_dir(dir)?;
-        Self::from_store(config, &store)
+        Self::load_with(dir, &LoadOptions::with_dtype(WeightDtype::F32))
     }
 
-    /// Builds the model from already opened weights, checking every tensor's shape.
+    /// Loads a model folder with the given weight precision.
+    pub fn load_with(dir: &Path, options: &LoadOptions) -> Result<Self> {
+        let config = ModelConfig::from_file(&dir.join("config.json"))?;
+        let store = WeightStore::open_dir(dir)?;
+        Self::from_store_with(config, &store, options)
+    }
+
+    /// Builds an f32 model from already opened weights, checking every tensor's shape.
     pub fn from_store(config: ModelConfig, store: &WeightStore) -> Result<Self> {
+        Self::from_store_with(config, store, &LoadOptions::with_dtype(WeightDtype::F32))
+    }
+
+    /// Builds the model from already opened weights, converting them to `options.dtype`.
+    pub fn from_store_with(config: ModelConfig, store: &WeightStore, options: &LoadOptions) -> Result<Self> {
         let t = &config.text;
         let (hidden, vocab) = (t.hidden_size, t.vocab_size);
         let prefix = config.tensor_prefix();
-        let embed_tokens = Linear::load(store, &format!("{prefix}embed_tokens.weight"), vocab, hidden)?;
+        let dtype = options.dtype;
+        let steps = t.num_hidden_layers as u64 + 1;
+        let progress = |done: u64| {
+            if let Some(p) = &options.progress {
+                p(done, steps)
+            }
+        };
+        // The embedding doubles as the LM head; in int4 mode it stays int8: the head decides
+        // every token, and 8 bits keep its logits close to f32 for a quarter of the model's bytes.
+        let embed_dtype = if dtype == WeightDtype::Int4 { WeightDtype::Int8 } else { dtype };
+        let embed_tokens =
+            Linear::load(store, &format!("{prefix}embed_tokens.weight"), vocab, hidden, embed_dtype)?;
+        progress(1);
         let mut layers = Vec::with_capacity(t.num_hidden_layers);
         for (i, kind) in config.layer_types.iter().enumerate() {
-            let w = LayerWeights { store, prefix: format!("{prefix}layers.{i}.") };
+            let w = LayerWeights { store, prefix: format!("{prefix}layers.{i}."), dtype };
             let mixer = match kind {
                 LayerType::LinearAttention => Mixer::DeltaNet(GatedDeltaNet::load(&w, &config)?),
                 LayerType::FullAttention => Mixer::Attention(GatedAttention::load(&w, &config)?),
@@ -150,13 +174,14 @@ impl Model {
                     down_proj: w.linear(&mp("down_proj"), hidden, inter)?,
                 },
             });
+            progress(i as u64 + 2);
         }
-        let top = LayerWeights { store, prefix: prefix.to_owned() };
+        let top = LayerWeights { store, prefix: prefix.to_owned(), dtype };
         let norm = top.norm_1p(&format!("{prefix}norm.weight"), hidden)?;
         let lm_head = if config.tie_word_embeddings {
             None
         } else {
-            Some(Linear::load(store, "lm_head.weight", vocab, hidden)?)
+            Some(Linear::load(store, "lm_head.weight", vocab, hidden, embed_dtype)?)
         };
         let rope = MRope::new(&config);
         Ok(Model { config, embed_tokens, layers, norm, lm_head, rope })
@@ -208,9 +233,14 @@ impl Model {
             + self.lm_head.as_ref().map_or(0, Linear::bytes)
     }
 
-    /// Name of the element type the weights are held in.
+    /// Name of the element type the decoder's matrices are held in (the first MLP's).
     pub fn weight_dtype(&self) -> &'static str {
-        self.embed_tokens.dtype_name()
+        self.layers.first().map_or(self.embed_tokens.dtype_name(), |l| l.mlp.gate_proj.dtype_name())
+    }
+
+    /// Name of the element type of the (tied) LM head.
+    pub fn lm_head_dtype(&self) -> &'static str {
+        self.lm_head().dtype_name()
     }
 
     /// Feeds `tokens` after what `state` holds and returns the logits of the last one

@@ -1,0 +1,250 @@
+//! `qwenrt bench` (a llama-bench-like table) and `qwenrt synth` (write a random full-size model).
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use qwenrt::{Logits, Model};
+
+use crate::{load_options, Dtype};
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Hugging Face model folder to measure.
+    #[arg(long, required_unless_present = "synthetic", conflicts_with = "synthetic")]
+    model: Option<PathBuf>,
+    /// Measure a random-weight model of this geometry instead (written once to a cache folder).
+    #[arg(long, value_name = "PRESET")]
+    synthetic: Option<String>,
+    /// Weight precision.
+    #[arg(long, value_enum, default_value = "int8")]
+    dtype: Dtype,
+    /// Prompt tokens for the prefill test (0 skips it).
+    #[arg(short = 'p', long = "prompt", default_value_t = 512)]
+    n_prompt: usize,
+    /// Tokens generated in the decode test (0 skips it).
+    #[arg(short = 'n', long = "gen", default_value_t = 128)]
+    n_gen: usize,
+    /// Context depths (tokens already in the state) at which decode is measured, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "0")]
+    ctx: Vec<usize>,
+    /// Repetitions of each test; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+    /// Print JSON lines instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct SynthArgs {
+    /// Folder to write (created if needed).
+    #[arg(long)]
+    out: PathBuf,
+    /// Geometry to build.
+    #[arg(long, default_value = "qwen3.5-0.8b")]
+    preset: String,
+    /// Random seed of the weights.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+pub fn synth(args: SynthArgs) -> Result<()> {
+    let start = Instant::now();
+    qwenrt::synthetic::write_synthetic_model(&args.out, &args.preset, args.seed)?;
+    eprintln!("wrote {} ({}) in {:.1} s", args.out.display(), args.preset, start.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// The cache folder of a synthetic model, written on first use.
+fn synthetic_folder(preset: &str) -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("qwenrt-synthetic-{preset}-seed0"));
+    if !dir.join("config.json").exists() {
+        eprintln!("writing synthetic {preset} to {} (once)", dir.display());
+        let partial = dir.with_extension("partial");
+        qwenrt::synthetic::write_synthetic_model(&partial, preset, 0)?;
+        std::fs::rename(&partial, &dir).with_context(|| format!("renaming {}", partial.display()))?;
+    }
+    Ok(dir)
+}
+
+/// Peak resident memory of this process (VmHWM), in bytes.
+fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
+}
+
+/// Sequential read bandwidth over a buffer much larger than the caches, on all threads (bytes/s).
+fn read_bandwidth() -> f64 {
+    use rayon::prelude::*;
+    let words = 256 << 20 >> 3; // 256 MiB
+    let buf: Vec<u64> = (0..words as u64).collect();
+    let mut best = 0.0f64;
+    for _ in 0..5 {
+        let start = Instant::now();
+        let sum: u64 = buf.par_chunks(1 << 16).map(|c| c.iter().fold(0u64, |a, &b| a.wrapping_add(b))).sum();
+        let secs = start.elapsed().as_secs_f64();
+        std::hint::black_box(sum);
+        best = best.max((words * 8) as f64 / secs);
+    }
+    best
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn tokens(n: usize, vocab: usize, salt: u64) -> Vec<u32> {
+    let mut s = 0x2545F4914F6CDD1Du64 ^ salt;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s % (vocab.min(248_000) as u64)) as u32
+        })
+        .collect()
+}
+
+struct Row {
+    test: String,
+    tokens_per_second: f64,
+    spread: f64,
+    extra: serde_json::Value,
+}
+
+pub fn bench(args: BenchArgs) -> Result<()> {
+    if args.reps == 0 {
+        bail!("--reps must be at least 1");
+    }
+    let dir = match (&args.model, &args.synthetic) {
+        (Some(dir), _) => dir.clone(),
+        (None, Some(preset)) => synthetic_folder(preset)?,
+        (None, None) => unreachable!("clap requires one"),
+    };
+    let name = args
+        .synthetic
+        .clone()
+        .unwrap_or_else(|| dir.file_name().unwrap_or_default().to_string_lossy().into());
+    let start = Instant::now();
+    let model = Model::load_with(&dir, &load_options(args.dtype))
+        .with_context(|| format!("loading {}", dir.display()))?;
+    let load_secs = start.elapsed().as_secs_f64();
+    let vocab = model.vocab_size();
+    let mut rows = Vec::new();
+
+    if args.n_prompt > 0 {
+        let prompt = tokens(args.n_prompt, vocab, 1);
+        let mut rates = Vec::new();
+        for _ in 0..args.reps {
+            let mut state = model.new_state();
+            let t0 = Instant::now();
+            model.forward(&mut state, &prompt, Logits::Last)?;
+            rates.push(args.n_prompt as f64 / t0.elapsed().as_secs_f64());
+        }
+        let spread =
+            rates.iter().cloned().fold(0.0, f64::max) - rates.iter().cloned().fold(f64::MAX, f64::min);
+        rows.push(Row {
+            test: format!("pp{}", args.n_prompt),
+            tokens_per_second: median(&mut rates),
+            spread,
+            extra: serde_json::json!({}),
+        });
+    }
+
+    let bandwidth = if args.n_gen > 0 { read_bandwidth() } else { 0.0 };
+    for &depth in &args.ctx {
+        if args.n_gen == 0 {
+            break;
+        }
+        let mut state = model.new_state();
+        if depth > 0 {
+            model.forward(&mut state, &tokens(depth, vocab, 2), Logits::None)?;
+        }
+        let snapshot = state.snapshot();
+        let gen = tokens(args.n_gen, vocab, 3);
+        let mut rates = Vec::new();
+        for _ in 0..args.reps {
+            state.restore(&snapshot);
+            let t0 = Instant::now();
+            for &id in &gen {
+                model.forward(&mut state, &[id], Logits::Last)?;
+            }
+            rates.push(args.n_gen as f64 / t0.elapsed().as_secs_f64());
+        }
+        // Bytes a decode step must read: every weight matrix once (the tied embedding once, as
+        // the LM head) plus the session state (KV cache and DeltaNet states).
+        let bytes_per_token = (model.weight_bytes() + state.cache_bytes()) as f64;
+        let bound = bandwidth / bytes_per_token;
+        let spread =
+            rates.iter().cloned().fold(0.0, f64::max) - rates.iter().cloned().fold(f64::MAX, f64::min);
+        let rate = median(&mut rates);
+        rows.push(Row {
+            test: if depth == 0 {
+                format!("tg{}", args.n_gen)
+            } else {
+                format!("tg{} @ d{depth}", args.n_gen)
+            },
+            tokens_per_second: rate,
+            spread,
+            extra: serde_json::json!({
+                "bytes_per_token": bytes_per_token,
+                "read_bandwidth_bytes_per_second": bandwidth,
+                "bandwidth_bound_tokens_per_second": bound,
+                "fraction_of_bound": rate / bound,
+            }),
+        });
+    }
+
+    let rss = peak_rss();
+    let threads = qwenrt::threads();
+    let dtype = args.dtype.weight_dtype().name();
+    if args.json {
+        for row in &rows {
+            let json = serde_json::json!({
+                "model": name, "dtype": dtype, "threads": threads, "test": row.test,
+                "tokens_per_second": row.tokens_per_second, "spread": row.spread, "reps": args.reps,
+                "load_seconds": load_secs, "weight_bytes": model.weight_bytes(), "peak_rss_bytes": rss,
+                "isa": qwenrt_isa(), "details": row.extra,
+            });
+            println!("{json}");
+        }
+        return Ok(());
+    }
+    let gib = |b: f64| b / (1u64 << 30) as f64;
+    println!("| model | dtype | threads | test | t/s | note |");
+    println!("|---|---|---|---|---|---|");
+    for row in &rows {
+        let note = match row.extra.get("fraction_of_bound") {
+            Some(f) => format!(
+                "{:.0} % of the {:.1} t/s bandwidth bound ({:.2} GB/token at {:.1} GB/s)",
+                f.as_f64().unwrap_or(0.0) * 100.0,
+                row.extra["bandwidth_bound_tokens_per_second"].as_f64().unwrap_or(0.0),
+                row.extra["bytes_per_token"].as_f64().unwrap_or(0.0) / 1e9,
+                row.extra["read_bandwidth_bytes_per_second"].as_f64().unwrap_or(0.0) / 1e9
+            ),
+            None => String::new(),
+        };
+        println!(
+            "| {name} | {dtype} | {threads} | {} | {:.2} ± {:.2} | {note} |",
+            row.test,
+            row.tokens_per_second,
+            row.spread / 2.0
+        );
+    }
+    println!(
+        "load {:.2} s; weights {:.2} GiB; peak RSS {}; kernels {}",
+        load_secs,
+        gib(model.weight_bytes() as f64),
+        rss.map_or("unknown".into(), |r| format!("{:.2} GiB", gib(r as f64))),
+        qwenrt_isa()
+    );
+    Ok(())
+}
+
+fn qwenrt_isa() -> &'static str {
+    qwenrt::isa_name()
+}

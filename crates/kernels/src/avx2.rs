@@ -1,0 +1,367 @@
+//! AVX2 + FMA + F16C twins of the scalar matrix kernels. Every function here is `unsafe` and
+//! must only be called after [`crate::Isa::detect`] found these features.
+//!
+//! Each kernel computes the dot products of one weight row with `M` activation rows at once
+//! (M = 1 for decode, 4 for prefill), so every weight load feeds `M` multiply-adds.
+
+use std::arch::x86_64::*;
+
+use crate::quant::{BlockQ4, BlockQ8, BlockQ8Act, QK};
+
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn hsum(v: __m256) -> f32 {
+    let lo = _mm256_castps256_ps128(v);
+    let hi = _mm256_extractf128_ps(v, 1);
+    let s = _mm_add_ps(lo, hi);
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 0x55));
+    _mm_cvtss_f32(s)
+}
+
+#[inline(always)]
+unsafe fn f16_to_f32(bits: u16) -> f32 {
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+}
+
+/// Dot product of two equal-length f32 slices.
+///
+/// # Safety
+/// AVX2 and FMA must be available and `a.len() == b.len()`.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len();
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut i = 0;
+    while i + 32 <= n {
+        for (j, acc) in acc.iter_mut().enumerate() {
+            *acc =
+                _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i + 8 * j)), _mm256_loadu_ps(pb.add(i + 8 * j)), *acc);
+        }
+        i += 32;
+    }
+    while i + 8 <= n {
+        acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc[0]);
+        i += 8;
+    }
+    let mut sum = hsum(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+    while i < n {
+        sum += *pa.add(i) * *pb.add(i);
+        i += 1;
+    }
+    sum
+}
+
+/// `acc[i] += a * x[i]`.
+///
+/// # Safety
+/// AVX2 and FMA must be available and `acc.len() == x.len()`.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn axpy(acc: &mut [f32], a: f32, x: &[f32]) {
+    let n = acc.len();
+    let (po, px) = (acc.as_mut_ptr(), x.as_ptr());
+    let av = _mm256_set1_ps(a);
+    let mut i = 0;
+    while i + 8 <= n {
+        _mm256_storeu_ps(
+            po.add(i),
+            _mm256_fmadd_ps(av, _mm256_loadu_ps(px.add(i)), _mm256_loadu_ps(po.add(i))),
+        );
+        i += 8;
+    }
+    while i < n {
+        *po.add(i) += a * *px.add(i);
+        i += 1;
+    }
+}
+
+/// Loads 8 weights of the given storage as f32.
+pub trait Lanes {
+    const BYTES: usize;
+    unsafe fn load8(p: *const u8) -> __m256;
+    unsafe fn scalar(p: *const u8) -> f32;
+}
+
+pub struct F32;
+pub struct Bf16;
+pub struct F16;
+
+impl Lanes for F32 {
+    const BYTES: usize = 4;
+    #[inline(always)]
+    unsafe fn load8(p: *const u8) -> __m256 {
+        _mm256_loadu_ps(p as *const f32)
+    }
+    #[inline(always)]
+    unsafe fn scalar(p: *const u8) -> f32 {
+        (p as *const f32).read_unaligned()
+    }
+}
+
+impl Lanes for Bf16 {
+    const BYTES: usize = 2;
+    #[inline(always)]
+    unsafe fn load8(p: *const u8) -> __m256 {
+        // bf16 is the top half of an f32: widen to 32 bits and shift into place.
+        let h = _mm_loadu_si128(p as *const __m128i);
+        _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))
+    }
+    #[inline(always)]
+    unsafe fn scalar(p: *const u8) -> f32 {
+        f32::from_bits(((p as *const u16).read_unaligned() as u32) << 16)
+    }
+}
+
+impl Lanes for F16 {
+    const BYTES: usize = 2;
+    #[inline(always)]
+    unsafe fn load8(p: *const u8) -> __m256 {
+        _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+    }
+    #[inline(always)]
+    unsafe fn scalar(p: *const u8) -> f32 {
+        f16_to_f32((p as *const u16).read_unaligned())
+    }
+}
+
+/// `out[m] = w · x[m]` for one weight row `w` (k values of storage `L`) and M f32 rows.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_rows<L: Lanes, const M: usize>(w: *const u8, xs: [*const f32; M], k: usize) -> [f32; M] {
+    let mut acc0 = [_mm256_setzero_ps(); M];
+    let mut acc1 = [_mm256_setzero_ps(); M];
+    let mut i = 0;
+    while i + 16 <= k {
+        let w0 = L::load8(w.add(i * L::BYTES));
+        let w1 = L::load8(w.add((i + 8) * L::BYTES));
+        for m in 0..M {
+            acc0[m] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xs[m].add(i)), acc0[m]);
+            acc1[m] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xs[m].add(i + 8)), acc1[m]);
+        }
+        i += 16;
+    }
+    if i + 8 <= k {
+        let w0 = L::load8(w.add(i * L::BYTES));
+        for m in 0..M {
+            acc0[m] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xs[m].add(i)), acc0[m]);
+        }
+        i += 8;
+    }
+    let mut out = [0.0f32; M];
+    for m in 0..M {
+        out[m] = hsum(_mm256_add_ps(acc0[m], acc1[m]));
+    }
+    while i < k {
+        let wv = L::scalar(w.add(i * L::BYTES));
+        for m in 0..M {
+            out[m] += wv * *xs[m].add(i);
+        }
+        i += 1;
+    }
+    out
+}
+
+/// Rows `rows` of `out[t, n] = x[t, k] @ w.T` for float weights of storage `L` (`w` as bytes).
+///
+/// # Safety
+/// AVX2, FMA and F16C must be available; `w` holds `n * k` values, `x` `t * k`, and `out` points
+/// to `t * n` floats of which this call writes only the columns in `rows`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn matmul_float<L: Lanes>(
+    x: &[f32],
+    w: &[u8],
+    out: *mut f32,
+    t: usize,
+    k: usize,
+    n: usize,
+    rows: std::ops::Range<usize>,
+) {
+    let wp = w.as_ptr();
+    let xp = x.as_ptr();
+    let block = row_block(k * L::BYTES);
+    for r0 in rows.clone().step_by(block) {
+        let rb = r0..(r0 + block).min(rows.end);
+        let mut ti = 0;
+        while ti + 4 <= t {
+            let xs = [xp.add(ti * k), xp.add((ti + 1) * k), xp.add((ti + 2) * k), xp.add((ti + 3) * k)];
+            for r in rb.clone() {
+                let d = dot_rows::<L, 4>(wp.add(r * k * L::BYTES), xs, k);
+                for (m, v) in d.iter().enumerate() {
+                    *out.add((ti + m) * n + r) = *v;
+                }
+            }
+            ti += 4;
+        }
+        while ti < t {
+            let xs = [xp.add(ti * k)];
+            for r in rb.clone() {
+                *out.add(ti * n + r) = dot_rows::<L, 1>(wp.add(r * k * L::BYTES), xs, k)[0];
+            }
+            ti += 1;
+        }
+    }
+}
+
+/// Weight rows processed against every activation row before moving on, so that a prompt's
+/// product reads the weights from memory once rather than once per group of 4 tokens: a block
+/// of ~192 KiB stays in the 512 KiB L2 while the activations stream past it.
+fn row_block(row_bytes: usize) -> usize {
+    ((192 << 10) / row_bytes.max(1)).clamp(4, 1024)
+}
+
+/// Integer dot of 32 signed weights with 32 signed activations, as 8 i32 lanes → f32.
+#[inline(always)]
+unsafe fn dot32(abs_w: __m256i, w: __m256i, x: __m256i) -> __m256 {
+    // maddubs needs one unsigned operand: |w| · (x · sign(w)) == w · x.
+    let sx = _mm256_sign_epi8(x, w);
+    let p16 = _mm256_maddubs_epi16(abs_w, sx);
+    _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)))
+}
+
+#[inline(always)]
+unsafe fn unpack_q4(b: &BlockQ4) -> __m256i {
+    let packed = _mm_loadu_si128(b.qs.as_ptr() as *const __m128i);
+    let mask = _mm_set1_epi8(0x0f);
+    let lo = _mm_and_si128(packed, mask);
+    let hi = _mm_and_si128(_mm_srli_epi16(packed, 4), mask);
+    _mm256_sub_epi8(_mm256_set_m128i(hi, lo), _mm256_set1_epi8(8))
+}
+
+pub trait QuantRow {
+    type Block;
+    unsafe fn load(b: &Self::Block) -> (__m256i, f32);
+}
+
+pub struct Q8;
+pub struct Q4;
+
+impl QuantRow for Q8 {
+    type Block = BlockQ8;
+    #[inline(always)]
+    unsafe fn load(b: &BlockQ8) -> (__m256i, f32) {
+        (_mm256_loadu_si256(b.qs.as_ptr() as *const __m256i), f16_to_f32(b.d.to_bits()))
+    }
+}
+
+impl QuantRow for Q4 {
+    type Block = BlockQ4;
+    #[inline(always)]
+    unsafe fn load(b: &BlockQ4) -> (__m256i, f32) {
+        (unpack_q4(b), f16_to_f32(b.d.to_bits()))
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_quant<Q: QuantRow, const M: usize>(w: &[Q::Block], xs: [&[BlockQ8Act]; M]) -> [f32; M] {
+    let mut acc = [_mm256_setzero_ps(); M];
+    for (b, wb) in w.iter().enumerate() {
+        let (wq, dw) = Q::load(wb);
+        let aw = _mm256_sign_epi8(wq, wq);
+        for m in 0..M {
+            let xb = xs[m].get_unchecked(b);
+            let p = dot32(aw, wq, _mm256_loadu_si256(xb.qs.as_ptr() as *const __m256i));
+            acc[m] = _mm256_fmadd_ps(_mm256_set1_ps(dw * xb.d), p, acc[m]);
+        }
+    }
+    let mut out = [0.0f32; M];
+    for m in 0..M {
+        out[m] = hsum(acc[m]);
+    }
+    out
+}
+
+/// Rows `rows` of `out[t, n] = x[t, k] @ w.T` for block-quantized weights, with the
+/// activations already quantized (`x`: `t` rows of `k / 32` blocks).
+///
+/// # Safety
+/// As [`matmul_float`].
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn matmul_quant<Q: QuantRow>(
+    x: &[BlockQ8Act],
+    w: &[Q::Block],
+    out: *mut f32,
+    t: usize,
+    k: usize,
+    n: usize,
+    rows: std::ops::Range<usize>,
+) {
+    let nb = k / QK;
+    let block = row_block(nb * std::mem::size_of::<Q::Block>());
+    for r0 in rows.clone().step_by(block) {
+        let rb = r0..(r0 + block).min(rows.end);
+        let mut ti = 0;
+        while ti + 4 <= t {
+            let xs = [
+                &x[ti * nb..(ti + 1) * nb],
+                &x[(ti + 1) * nb..(ti + 2) * nb],
+                &x[(ti + 2) * nb..(ti + 3) * nb],
+                &x[(ti + 3) * nb..(ti + 4) * nb],
+            ];
+            for r in rb.clone() {
+                let d = dot_quant::<Q, 4>(&w[r * nb..(r + 1) * nb], xs);
+                for (m, v) in d.iter().enumerate() {
+                    *out.add((ti + m) * n + r) = *v;
+                }
+            }
+            ti += 4;
+        }
+        while ti < t {
+            let xs = [&x[ti * nb..(ti + 1) * nb]];
+            for r in rb.clone() {
+                *out.add(ti * n + r) = dot_quant::<Q, 1>(&w[r * nb..(r + 1) * nb], xs)[0];
+            }
+            ti += 1;
+        }
+    }
+}
+
+/// Quantizes activation rows to Q8 blocks (same rounding as the scalar version).
+///
+/// # Safety
+/// AVX2 must be available; `x.len() == out.len() * 32`.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn quantize_act(x: &[f32], out: &mut [BlockQ8Act]) {
+    let sign_mask = _mm256_set1_ps(-0.0);
+    for (c, b) in x.chunks_exact(QK).zip(out.iter_mut()) {
+        let p = c.as_ptr();
+        let v = [
+            _mm256_loadu_ps(p),
+            _mm256_loadu_ps(p.add(8)),
+            _mm256_loadu_ps(p.add(16)),
+            _mm256_loadu_ps(p.add(24)),
+        ];
+        let mut amax = _mm256_setzero_ps();
+        for vi in v {
+            amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign_mask, vi));
+        }
+        let amax = {
+            let m = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
+            let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+            _mm_cvtss_f32(_mm_max_ss(m, _mm_shuffle_ps(m, m, 0x55)))
+        };
+        let d = amax / 127.0;
+        let inv = _mm256_set1_ps(if d == 0.0 { 0.0 } else { 1.0 / d });
+        b.d = d;
+        for (j, vi) in v.iter().enumerate() {
+            // C's roundf (half away from zero), which the scalar twin uses: round to nearest
+            // even, then move exact halves away from zero (s ± 0.5 is exact for |s| <= 127).
+            let s = _mm256_mul_ps(*vi, inv);
+            let r = _mm256_round_ps(s, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            let is_half = _mm256_cmp_ps(
+                _mm256_andnot_ps(sign_mask, _mm256_sub_ps(s, r)),
+                _mm256_set1_ps(0.5),
+                _CMP_EQ_OQ,
+            );
+            let away = _mm256_add_ps(s, _mm256_or_ps(_mm256_and_ps(s, sign_mask), _mm256_set1_ps(0.5)));
+            let r = _mm256_blendv_ps(r, away, is_half);
+            let i = _mm256_cvtps_epi32(r);
+            let mut lanes = [0i32; 8];
+            _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, i);
+            for (l, q) in lanes.iter().zip(&mut b.qs[j * 8..j * 8 + 8]) {
+                *q = *l as i8;
+            }
+        }
+    }
+}

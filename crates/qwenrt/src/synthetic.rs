@@ -1,0 +1,127 @@
+//! Full-size models with seeded random weights, for speed work without a download.
+//!
+//! [`write_synthetic_model`] writes a complete Hugging Face folder of the real Qwen3.5-0.8B
+//! geometry — the published `config.json`, every tensor of the published checkpoint (decoder,
+//! vision tower, MTP head) in bf16, the chat template and `generation_config.json` — so that
+//! qwenrt and other engines (after their own conversion) run the very same weights.
+
+use std::path::Path;
+
+use rayon::prelude::*;
+use safetensors::tensor::{Dtype, TensorView};
+
+use crate::error::{Error, Result};
+
+const CONFIG_0_8B: &str = include_str!("../../../fixtures/config/qwen3_5-0.8b.json");
+const TENSORS_0_8B: &str = include_str!("../../../fixtures/config/qwen3_5-0.8b.tensors.tsv");
+const CHAT_TEMPLATE: &str = include_str!("../../../fixtures/chat/qwen3_5/chat_template.jinja");
+const GENERATION_CONFIG: &str = r#"{"bos_token_id": 248044, "do_sample": true, "eos_token_id": [248046, 248044], "pad_token_id": 248044, "temperature": 1.0, "top_k": 20, "top_p": 0.95}"#;
+
+/// The geometries [`write_synthetic_model`] knows.
+pub const PRESETS: &[&str] = &["qwen3.5-0.8b"];
+
+/// SplitMix64: a tiny, well-mixed generator; each tensor gets its own stream from its name.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E3779B97F4A7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in [-1, 1).
+    fn uniform(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+}
+
+fn stream(seed: u64, name: &str) -> SplitMix {
+    let mut h = seed ^ 0xcbf29ce484222325;
+    for b in name.bytes() {
+        h = (h ^ b as u64).wrapping_mul(0x100000001b3);
+    }
+    SplitMix(h)
+}
+
+/// Values for one tensor, scaled like a trained model so activations stay O(1) through the
+/// layers: matrices ~ U(±√3/√fan_in) (unit variance outputs), norms near their identity, DeltaNet
+/// decays spread between fast and slow.
+fn values(name: &str, shape: &[usize], seed: u64) -> Vec<f32> {
+    let n: usize = shape.iter().product();
+    let mut rng = stream(seed, name);
+    let mut out = Vec::with_capacity(n);
+    let leaf = name.rsplit('.').nth(1).unwrap_or("");
+    if name.ends_with("A_log") {
+        out.extend((0..n).map(|_| (1.0 + 7.5 * (rng.uniform() + 1.0)).ln()));
+    } else if name.ends_with("dt_bias") {
+        out.extend((0..n).map(|_| rng.uniform()));
+    } else if name.ends_with("conv1d.weight") {
+        out.extend((0..n).map(|_| 0.5 * rng.uniform()));
+    } else if shape.len() == 1 {
+        // Zero-centred norms are applied as 1 + w; the others (gated norm, LayerNorm) as w.
+        let centred = !(leaf == "norm" && name.contains("linear_attn")) && !name.contains("visual");
+        let base = if centred || name.ends_with(".bias") { 0.0 } else { 1.0 };
+        out.extend((0..n).map(|_| base + 0.1 * rng.uniform()));
+    } else {
+        let fan_in: usize = shape[1..].iter().product();
+        let scale = if name.contains("embed_tokens") { 1.0 } else { 3f32.sqrt() / (fan_in as f32).sqrt() };
+        out.extend((0..n).map(|_| scale * rng.uniform()));
+    }
+    out
+}
+
+/// Writes a random-weight model of `preset` geometry to `dir` (created if needed).
+pub fn write_synthetic_model(dir: &Path, preset: &str, seed: u64) -> Result<()> {
+    if preset != "qwen3.5-0.8b" {
+        return Err(Error::InvalidInput(format!(
+            "unknown synthetic model `{preset}`; known: {}",
+            PRESETS.join(", ")
+        )));
+    }
+    let io = |path: &Path, e: std::io::Error| Error::Io { path: path.to_owned(), source: e };
+    std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+    let tensors: Vec<(String, Vec<usize>)> = TENSORS_0_8B
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|line| {
+            let (name, shape) = line.split_once('\t').expect("name<TAB>shape");
+            let dims = shape
+                .trim_matches(|c| c == '[' || c == ']')
+                .split(',')
+                .map(|d| d.trim().parse::<usize>().expect("dimension"))
+                .collect();
+            (name.to_owned(), dims)
+        })
+        .collect();
+    let data: Vec<Vec<u8>> = tensors
+        .par_iter()
+        .map(|(name, shape)| {
+            values(name, shape, seed).iter().flat_map(|v| half::bf16::from_f32(*v).to_le_bytes()).collect()
+        })
+        .collect();
+    let views: Vec<(String, TensorView)> = tensors
+        .iter()
+        .zip(&data)
+        .map(|((name, shape), bytes)| {
+            (name.clone(), TensorView::new(Dtype::BF16, shape.clone(), bytes).expect("consistent tensor"))
+        })
+        .collect();
+    let weights = dir.join("model.safetensors");
+    safetensors::serialize_to_file(views, None, &weights)
+        .map_err(|e| Error::Safetensors { path: weights.clone(), message: e.to_string() })?;
+    for (name, text) in [
+        ("config.json", CONFIG_0_8B),
+        ("generation_config.json", GENERATION_CONFIG),
+        ("chat_template.jinja", CHAT_TEMPLATE),
+        (
+            "tokenizer_config.json",
+            r#"{"tokenizer_class": "Qwen2Tokenizer", "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}"#,
+        ),
+    ] {
+        let path = dir.join(name);
+        std::fs::write(&path, text).map_err(|e| io(&path, e))?;
+    }
+    Ok(())
+}
