@@ -1,5 +1,8 @@
 //! `qwenrt`: run Qwen3.5 models on the CPU from the command line.
 
+mod bench;
+mod chat;
+mod gen_args;
 mod inspect;
 mod run;
 mod score;
@@ -9,22 +12,32 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
+use qwenrt::{LanguageModel, LoadOptions, WeightDtype};
 
 #[derive(Parser)]
 #[command(name = "qwenrt", version, about = "Run Qwen3.5 models on the CPU", propagate_version = true)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Threads for matrix products (default: all cores).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Generate text from a prompt, streaming it to stdout.
     Run(run::RunArgs),
+    /// Talk with a model: a multi-turn conversation on stdin/stdout.
+    Chat(chat::ChatArgs),
     /// Score a text: perplexity and per-token log-probabilities.
     Score(score::ScoreArgs),
     /// Describe a model folder: architecture, parameters, dtypes, memory.
     Inspect(inspect::InspectArgs),
+    /// Measure prefill and decode speed (a llama-bench-like table).
+    Bench(bench::BenchArgs),
+    /// Write a full-size model with seeded random weights (bf16 safetensors folder).
+    Synth(bench::SynthArgs),
 }
 
 /// Precision the weights are held in while running.
@@ -32,6 +45,51 @@ enum Command {
 pub enum Dtype {
     /// 32-bit floats: the exactness mode, numerically matching the reference implementation.
     F32,
+    /// bfloat16 (memory-mapped without a copy when the checkpoint is bf16).
+    Bf16,
+    /// IEEE half precision.
+    F16,
+    /// 8-bit blocks (Q8_0 layout), quantized at load.
+    Int8,
+    /// 4-bit blocks (Q4_0 layout) with an 8-bit LM head, quantized at load.
+    Int4,
+}
+
+impl Dtype {
+    pub fn weight_dtype(self) -> WeightDtype {
+        match self {
+            Dtype::F32 => WeightDtype::F32,
+            Dtype::Bf16 => WeightDtype::Bf16,
+            Dtype::F16 => WeightDtype::F16,
+            Dtype::Int8 => WeightDtype::Int8,
+            Dtype::Int4 => WeightDtype::Int4,
+        }
+    }
+}
+
+/// Load options with a progress bar on stderr (shown only on a terminal).
+pub fn load_options(dtype: Dtype) -> LoadOptions {
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("loading ({msg}) {bar:30} {pos}/{len} layers")
+            .expect("valid template"),
+    );
+    bar.set_message(dtype.weight_dtype().name());
+    LoadOptions {
+        dtype: dtype.weight_dtype(),
+        progress: Some(std::sync::Arc::new(move |done, total| {
+            bar.set_length(total);
+            bar.set_position(done);
+            if done == total {
+                bar.finish_and_clear();
+            }
+        })),
+    }
+}
+
+/// Loads a model folder (weights, tokenizer, template, generation config) at `dtype`.
+pub fn load_lm(dir: &std::path::Path, dtype: Dtype) -> Result<LanguageModel> {
+    LanguageModel::load_with(dir, &load_options(dtype)).with_context(|| format!("loading {}", dir.display()))
 }
 
 /// Where the text comes from: an argument, `-` for stdin, or `--file`.
@@ -53,10 +111,23 @@ pub fn read_text(arg: Option<&str>, file: Option<&PathBuf>) -> Result<String> {
 
 fn main() {
     let cli = Cli::parse();
+    if let Some(threads) = cli.threads {
+        if threads == 0 {
+            eprintln!("error: --threads must be at least 1");
+            std::process::exit(2);
+        }
+        if let Err(e) = qwenrt::set_threads(threads) {
+            eprintln!("error: cannot start {threads} threads: {e}");
+            std::process::exit(1);
+        }
+    }
     let result = match cli.command {
         Command::Run(args) => run::run(args),
+        Command::Chat(args) => chat::chat(args),
         Command::Score(args) => score::score(args),
         Command::Inspect(args) => inspect::inspect(args),
+        Command::Bench(args) => bench::bench(args),
+        Command::Synth(args) => bench::synth(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

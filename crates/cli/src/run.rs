@@ -1,13 +1,15 @@
 //! `qwenrt run`: one prompt in, streamed text out.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
+use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Result};
 use clap::Args;
 use qwenrt::chat::Message;
-use qwenrt::{generate, GenerateOptions, LanguageModel};
+use qwenrt::{ChatSession, Event, SessionOptions};
 
+use crate::gen_args::GenArgs;
 use crate::{read_text, Dtype};
 
 #[derive(Args)]
@@ -25,124 +27,96 @@ pub struct RunArgs {
     /// streaming text.
     #[arg(long)]
     json: bool,
-    /// Most tokens to generate.
-    #[arg(long, default_value_t = 512)]
-    max_tokens: usize,
-    /// Sampling temperature; 0 is greedy. Default: the model's generation_config.json.
+    /// A system message before the prompt (not with --raw).
     #[arg(long)]
-    temperature: Option<f32>,
-    /// Sample among the K most likely tokens (0: all). Default: generation_config.json.
-    #[arg(long)]
-    top_k: Option<usize>,
-    /// Sample among the most likely tokens covering probability P. Default: generation_config.json.
-    #[arg(long)]
-    top_p: Option<f32>,
-    /// Random seed, for reproducible sampling.
-    #[arg(long)]
-    seed: Option<u64>,
-    /// Ask the model to think before answering (chat template's enable_thinking=true).
-    #[arg(long, conflicts_with = "no_think")]
-    think: bool,
-    /// Ask the model to answer without thinking (enable_thinking=false).
-    #[arg(long)]
-    no_think: bool,
+    system: Option<String>,
+    #[command(flatten)]
+    gen: GenArgs,
     /// Weight precision.
-    #[arg(long, value_enum, default_value = "f32")]
+    #[arg(long, value_enum, default_value = "int8")]
     dtype: Dtype,
 }
 
 pub fn run(args: RunArgs) -> Result<()> {
     let prompt_text = read_text(Some(&args.prompt), None)?;
-    let lm = LanguageModel::load(&args.model).with_context(|| format!("loading {}", args.model.display()))?;
-    let enable_thinking = match (args.think, args.no_think) {
-        (true, _) => Some(true),
-        (_, true) => Some(false),
-        _ => None,
-    };
+    if args.raw && args.system.is_some() {
+        bail!("--system needs the chat template; it cannot be combined with --raw");
+    }
+    let lm = Arc::new(crate::load_lm(&args.model, args.dtype)?);
+    let params = args.gen.params(&lm)?;
     let text = if args.raw {
         prompt_text
     } else {
-        lm.render_chat(&[Message::user(prompt_text)], true, enable_thinking)?
+        let mut messages: Vec<Message> = args.system.iter().map(|s| Message::system(s.as_str())).collect();
+        messages.push(Message::user(prompt_text));
+        lm.render_chat(&messages, true, params.enable_thinking)?
     };
     let prompt = lm.encode(&text)?;
 
-    let mut sampling = lm.generation_config.default_sampling();
-    if let Some(t) = args.temperature {
-        sampling.temperature = t;
-    }
-    if let Some(k) = args.top_k {
-        sampling.top_k = k;
-    }
-    if let Some(p) = args.top_p {
-        sampling.top_p = p;
-    }
-    sampling.seed = args.seed;
-    let options = GenerateOptions { max_tokens: args.max_tokens, sampling, stop_ids: lm.stop_ids().to_vec() };
-
-    let mut state = lm.model.new_state();
-    let mut decoder = lm.tokenizer.stream_decoder();
+    // One prompt, nothing to reuse: no snapshots.
+    let mut session =
+        ChatSession::with_options(lm.clone(), SessionOptions { prompt_cache_bytes: 0, max_context: None });
+    let cancel = session.cancel_token();
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    let mut write_error = None;
-    // The embedding matrix is padded past the tokenizer's vocabulary; such ids have no text
-    // (transformers' decode drops them too).
-    let has_text = |id: u32| (id as usize) < lm.tokenizer.vocab_size() && !options.stop_ids.contains(&id);
-    let generation = generate(&lm.model, &mut state, &prompt, &options, |id| {
-        if args.json || !has_text(id) {
-            return true;
+    let dim = std::io::stderr().is_terminal();
+    let mut write_error: Option<std::io::Error> = None;
+    let reply = session.complete(&prompt, &params, |event| {
+        if args.json || write_error.is_some() {
+            return;
         }
-        let piece = match decoder.push(id) {
-            Ok(piece) => piece,
-            Err(e) => {
-                write_error = Some(anyhow::Error::from(e));
-                return false;
-            }
+        let written = match event {
+            Event::Content(text) => out.write_all(text.as_bytes()).and_then(|_| out.flush()),
+            // The thought goes to stderr, so that stdout carries only the answer.
+            Event::Reasoning(text) if dim => write!(std::io::stderr(), "\x1b[2m{text}\x1b[0m"),
+            Event::Reasoning(text) => write!(std::io::stderr(), "{text}"),
+            Event::Done(_) => Ok(()),
         };
-        if let Err(e) = out.write_all(piece.as_bytes()).and_then(|_| out.flush()) {
+        if let Err(e) = written {
             // A closed pipe (e.g. `| head`) ends generation instead of wasting compute.
-            write_error = Some(e.into());
-            return false;
+            write_error = Some(e);
+            cancel.cancel();
         }
-        true
     })?;
     if let Some(e) = write_error {
-        if !is_broken_pipe(&e) {
-            return Err(e);
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            return Ok(());
         }
-        return Ok(());
+        return Err(e.into());
     }
 
-    let content: Vec<u32> = generation.tokens.iter().copied().filter(|&id| has_text(id)).collect();
+    let usage = &reply.usage;
+    let prefill_tokens_per_second = (usage.prompt_tokens - usage.cached_prompt_tokens) as f64
+        / usage.time_to_first_token.as_secs_f64().max(1e-9);
     if args.json {
-        let text = lm.tokenizer.decode(&content)?;
         let json = serde_json::json!({
             "prompt_tokens": prompt,
-            "tokens": generation.tokens,
-            "text": text,
-            "finish_reason": generation.finish_reason.as_str(),
+            "tokens": reply.tokens,
+            "text": reply.content,
+            "reasoning": reply.reasoning,
+            "finish_reason": reply.finish_reason.as_str(),
+            "stop_string": reply.stop_string,
             "timings": {
-                "prefill_tokens_per_second": generation.prefill_tokens_per_second(),
-                "decode_tokens_per_second": generation.decode_tokens_per_second(),
-                "prefill_ms": generation.prefill_time.as_secs_f64() * 1e3,
-                "decode_ms": generation.decode_time.as_secs_f64() * 1e3,
+                "prefill_tokens_per_second": prefill_tokens_per_second,
+                "decode_tokens_per_second": usage.decode_tokens_per_second(),
+                "prefill_ms": usage.time_to_first_token.as_secs_f64() * 1e3,
+                "decode_ms": usage.decode_time.as_secs_f64() * 1e3,
             },
         });
         writeln!(out, "{json}")?;
     } else {
-        let rest = decoder.finish();
-        writeln!(out, "{rest}")?;
+        if !reply.reasoning.is_empty() {
+            eprintln!();
+        }
+        writeln!(out)?;
         eprintln!(
             "[{} prompt tokens, {:.1} tok/s prefill; {} generated, {:.1} tok/s; finish: {}]",
-            generation.prompt_tokens,
-            generation.prefill_tokens_per_second(),
-            generation.tokens.len(),
-            generation.decode_tokens_per_second(),
-            generation.finish_reason.as_str()
+            usage.prompt_tokens,
+            prefill_tokens_per_second,
+            usage.completion_tokens,
+            usage.decode_tokens_per_second(),
+            reply.finish_reason.as_str()
         );
     }
     Ok(())
-}
-
-fn is_broken_pipe(e: &anyhow::Error) -> bool {
-    e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
 }

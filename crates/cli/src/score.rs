@@ -3,10 +3,9 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::Args;
 use qwenrt::chat::Message;
-use qwenrt::LanguageModel;
 
 use crate::{read_text, Dtype};
 
@@ -28,13 +27,13 @@ pub struct ScoreArgs {
     #[arg(long)]
     json: bool,
     /// Weight precision.
-    #[arg(long, value_enum, default_value = "f32")]
+    #[arg(long, value_enum, default_value = "int8")]
     dtype: Dtype,
 }
 
 pub fn score(args: ScoreArgs) -> Result<()> {
     let text = read_text(args.text.as_deref(), args.file.as_ref())?;
-    let lm = LanguageModel::load(&args.model).with_context(|| format!("loading {}", args.model.display()))?;
+    let lm = crate::load_lm(&args.model, args.dtype)?;
     let text = if args.raw { text } else { lm.render_chat(&[Message::user(text)], false, None)? };
     let tokens = lm.encode(&text)?;
     if tokens.len() < 2 {

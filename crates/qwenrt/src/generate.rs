@@ -3,12 +3,11 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use rand::{RngExt, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
 use crate::model::{Logits, Model, SessionState};
+pub use crate::sampling::{argmax, Sampler, SamplingParams};
 
 /// The keys of `generation_config.json` that qwenrt uses.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -23,6 +22,14 @@ pub struct GenerationConfig {
     pub top_k: Option<usize>,
     #[serde(default)]
     pub top_p: Option<f32>,
+    #[serde(default)]
+    pub min_p: Option<f32>,
+    #[serde(default)]
+    pub repetition_penalty: Option<f32>,
+    #[serde(default)]
+    pub presence_penalty: Option<f32>,
+    #[serde(default)]
+    pub frequency_penalty: Option<f32>,
 }
 
 /// `eos_token_id` is a single id or a list of them.
@@ -58,122 +65,16 @@ impl GenerationConfig {
         if self.do_sample == Some(false) {
             return SamplingParams::greedy();
         }
-        SamplingParams {
-            temperature: self.temperature.unwrap_or(1.0),
-            top_k: self.top_k.unwrap_or(0),
-            top_p: self.top_p.unwrap_or(1.0),
-            seed: None,
-        }
+        let mut params = SamplingParams::default();
+        params.temperature = self.temperature.unwrap_or(params.temperature);
+        params.top_k = self.top_k.unwrap_or(params.top_k);
+        params.top_p = self.top_p.unwrap_or(params.top_p);
+        params.min_p = self.min_p.unwrap_or(params.min_p);
+        params.repetition_penalty = self.repetition_penalty.unwrap_or(params.repetition_penalty);
+        params.presence_penalty = self.presence_penalty.unwrap_or(params.presence_penalty);
+        params.frequency_penalty = self.frequency_penalty.unwrap_or(params.frequency_penalty);
+        params
     }
-}
-
-/// How the next token is chosen. `temperature == 0` means greedy (argmax).
-#[derive(Debug, Clone, PartialEq)]
-pub struct SamplingParams {
-    pub temperature: f32,
-    /// Keep only the `top_k` most likely tokens; 0 keeps all.
-    pub top_k: usize,
-    /// Keep the smallest set of most likely tokens whose probability reaches `top_p`; 1 keeps all.
-    pub top_p: f32,
-    /// Seed of the random generator; `None` seeds from the clock.
-    pub seed: Option<u64>,
-}
-
-impl SamplingParams {
-    pub fn greedy() -> Self {
-        SamplingParams { temperature: 0.0, top_k: 0, top_p: 1.0, seed: None }
-    }
-
-    pub fn validate(&self) -> Result<()> {
-        if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
-            return Err(Error::InvalidInput(format!(
-                "temperature must be a finite number >= 0, got {}",
-                self.temperature
-            )));
-        }
-        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return Err(Error::InvalidInput(format!("top_p must be in (0, 1], got {}", self.top_p)));
-        }
-        Ok(())
-    }
-}
-
-/// Chooses tokens from logits: temperature, then top-k, then top-p (the order of transformers'
-/// logits warpers), then a draw from what is left.
-pub struct Sampler {
-    params: SamplingParams,
-    rng: ChaCha8Rng,
-    candidates: Vec<(f32, u32)>,
-}
-
-impl Sampler {
-    pub fn new(params: SamplingParams) -> Result<Self> {
-        params.validate()?;
-        let seed = params.seed.unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(0)
-        });
-        Ok(Sampler { params, rng: ChaCha8Rng::seed_from_u64(seed), candidates: Vec::new() })
-    }
-
-    pub fn sample(&mut self, logits: &[f32]) -> u32 {
-        if self.params.temperature == 0.0 {
-            return argmax(logits);
-        }
-        let inv_t = 1.0 / self.params.temperature;
-        let c = &mut self.candidates;
-        c.clear();
-        c.extend(logits.iter().enumerate().map(|(i, &l)| (l * inv_t, i as u32)));
-        let by_logit_desc = |a: &(f32, u32), b: &(f32, u32)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
-        let k = self.params.top_k;
-        if k > 0 && k < c.len() {
-            c.select_nth_unstable_by(k - 1, by_logit_desc);
-            c.truncate(k);
-        }
-        c.sort_unstable_by(by_logit_desc);
-        // Softmax over the survivors (the max is c[0]).
-        let max = c[0].0;
-        let mut total = 0.0f64;
-        for cand in c.iter_mut() {
-            cand.0 = (cand.0 - max).exp();
-            total += cand.0 as f64;
-        }
-        if self.params.top_p < 1.0 {
-            // Keep tokens while the probability mass before them is below top_p (at least one).
-            let mut mass = 0.0f64;
-            let mut keep = 0;
-            for cand in c.iter() {
-                if keep > 0 && mass / total >= self.params.top_p as f64 {
-                    break;
-                }
-                mass += cand.0 as f64;
-                keep += 1;
-            }
-            c.truncate(keep);
-            total = mass;
-        }
-        let mut r = self.rng.random::<f64>() * total;
-        for &(p, id) in c.iter() {
-            r -= p as f64;
-            if r < 0.0 {
-                return id;
-            }
-        }
-        c[c.len() - 1].1
-    }
-}
-
-/// Index of the largest logit; the first one on ties, as `torch.argmax`.
-pub fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &l) in logits.iter().enumerate() {
-        if l > logits[best] {
-            best = i;
-        }
-    }
-    best as u32
 }
 
 /// Why generation ended.
@@ -183,8 +84,12 @@ pub enum FinishReason {
     Stop,
     /// `max_tokens` or the context length was reached.
     Length,
-    /// The token callback asked to stop.
+    /// The token callback asked to stop, or the generation was cancelled.
     Cancelled,
+    /// One of the stop strings appeared in the text (it is not part of the output).
+    StopString,
+    /// The repetition guard found the output looping on a repeated n-gram.
+    Repetition,
 }
 
 impl FinishReason {
@@ -193,6 +98,8 @@ impl FinishReason {
             FinishReason::Stop => "stop",
             FinishReason::Length => "length",
             FinishReason::Cancelled => "cancelled",
+            FinishReason::StopString => "stop_string",
+            FinishReason::Repetition => "repetition",
         }
     }
 }
@@ -239,6 +146,7 @@ pub fn generate(
         return Err(Error::InvalidInput("the prompt is empty".into()));
     }
     let mut sampler = Sampler::new(options.sampling.clone())?;
+    sampler.observe_prompt(prompt);
     let start = Instant::now();
     let mut next = sampler.sample(model.forward(state, prompt, Logits::Last)?);
     let prefill_time = start.elapsed();
@@ -249,6 +157,7 @@ pub fn generate(
             break FinishReason::Length;
         }
         tokens.push(next);
+        sampler.accept(next);
         if !on_token(next) {
             break FinishReason::Cancelled;
         }
@@ -273,83 +182,13 @@ pub fn generate(
 mod tests {
     use super::*;
 
-    fn sampler(temperature: f32, top_k: usize, top_p: f32, seed: u64) -> Sampler {
-        Sampler::new(SamplingParams { temperature, top_k, top_p, seed: Some(seed) }).unwrap()
-    }
-
-    #[test]
-    fn greedy_takes_first_maximum() {
-        assert_eq!(argmax(&[0.0, 3.0, 1.0, 3.0]), 1);
-        assert_eq!(sampler(0.0, 0, 1.0, 1).sample(&[0.0, 3.0, 1.0, 3.0]), 1);
-    }
-
-    #[test]
-    fn top_k_never_leaves_the_k_best() {
-        let logits: Vec<f32> = (0..50).map(|i| ((i * 37) % 50) as f32 * 0.1).collect();
-        let mut best: Vec<usize> = (0..50).collect();
-        best.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
-        let allowed = &best[..5];
-        let mut s = sampler(2.0, 5, 1.0, 7);
-        let mut seen = std::collections::HashSet::new();
-        for _ in 0..2000 {
-            let id = s.sample(&logits) as usize;
-            assert!(allowed.contains(&id), "sampled {id} outside the top 5");
-            seen.insert(id);
-        }
-        assert_eq!(seen.len(), 5, "a high temperature should reach every one of the 5");
-    }
-
-    #[test]
-    fn top_p_keeps_the_nucleus_only() {
-        // Probabilities 0.5, 0.3, 0.15, 0.05: top_p 0.7 keeps the first two.
-        let logits: Vec<f32> = [0.5f32, 0.3, 0.15, 0.05].iter().map(|p| p.ln()).collect();
-        let mut s = sampler(1.0, 0, 0.7, 3);
-        let mut counts = [0usize; 4];
-        for _ in 0..4000 {
-            counts[s.sample(&logits) as usize] += 1;
-        }
-        assert_eq!(counts[2] + counts[3], 0, "{counts:?}");
-        let frac0 = counts[0] as f64 / 4000.0;
-        assert!((frac0 - 0.625).abs() < 0.03, "renormalised 0.5/0.8, got {frac0}");
-    }
-
-    #[test]
-    fn same_seed_same_draws_and_frequencies_follow_softmax() {
-        let logits = [1.0f32, 0.0, -1.0];
-        let draws = |seed| {
-            (0..100)
-                .map(|_| 0)
-                .scan(sampler(1.0, 0, 1.0, seed), |s, _: i32| Some(s.sample(&logits)))
-                .collect::<Vec<_>>()
-        };
-        assert_eq!(draws(42), draws(42));
-        assert_ne!(draws(42), draws(43));
-        let mut s = sampler(1.0, 0, 1.0, 9);
-        let mut c = [0usize; 3];
-        for _ in 0..20000 {
-            c[s.sample(&logits) as usize] += 1;
-        }
-        let z: f64 = logits.iter().map(|&l| (l as f64).exp()).sum();
-        for i in 0..3 {
-            let want = (logits[i] as f64).exp() / z;
-            let got = c[i] as f64 / 20000.0;
-            assert!((got - want).abs() < 0.015, "token {i}: {got} vs {want}");
-        }
-    }
-
-    #[test]
-    fn invalid_parameters_are_rejected() {
-        let bad = SamplingParams { temperature: -1.0, ..SamplingParams::greedy() };
-        assert!(Sampler::new(bad).err().unwrap().to_string().contains("temperature"));
-        let bad = SamplingParams { top_p: 0.0, temperature: 1.0, ..SamplingParams::greedy() };
-        assert!(Sampler::new(bad).err().unwrap().to_string().contains("top_p"));
-    }
-
     #[test]
     fn generation_config_reads_both_eos_forms() {
         let g: GenerationConfig =
             serde_json::from_str(r#"{"eos_token_id": [248046, 248044], "top_k": 20}"#).unwrap();
-        assert_eq!(g.eos_token_id.unwrap().to_vec(), [248046, 248044]);
+        assert_eq!(g.eos_token_id.clone().unwrap().to_vec(), [248046, 248044]);
+        let p = g.default_sampling();
+        assert_eq!((p.top_k, p.top_p, p.temperature, p.repetition_penalty), (20, 1.0, 1.0, 1.0));
         let g: GenerationConfig = serde_json::from_str(r#"{"eos_token_id": 7}"#).unwrap();
         assert_eq!(g.eos_token_id.unwrap().to_vec(), [7]);
     }

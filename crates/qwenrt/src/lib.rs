@@ -29,6 +29,10 @@ pub mod generate;
 pub mod linear;
 mod lm;
 pub mod model;
+pub mod prompt_cache;
+pub mod sampling;
+pub mod session;
+pub mod synthetic;
 pub mod tokenizer;
 pub mod weights;
 
@@ -37,5 +41,17 @@ pub use error::{Error, Result};
 pub use generate::{
     generate, FinishReason, GenerateOptions, Generation, GenerationConfig, Sampler, SamplingParams,
 };
+pub use linear::{LoadOptions, WeightDtype};
+pub use qwenrt_kernels::{set_threads, threads};
+
+/// The instruction set the kernels chose for this CPU.
+pub fn isa_name() -> &'static str {
+    qwenrt_kernels::Isa::detect().name()
+}
 pub use lm::LanguageModel;
 pub use model::{Logits, Model, SessionState, Snapshot};
+pub use prompt_cache::{CacheStats, PromptCache};
+pub use session::{
+    CancelToken, ChatParams, ChatSession, Event, MemoryFootprint, RepetitionGuard, Reply, SessionOptions,
+    Usage,
+};

@@ -7,6 +7,7 @@ use crate::chat::{ChatTemplate, Message, RenderRequest};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::generate::GenerationConfig;
+use crate::linear::{LoadOptions, WeightDtype};
 use crate::model::Model;
 use crate::tokenizer::Tokenizer;
 use crate::weights::WeightStore;
@@ -25,6 +26,11 @@ impl LanguageModel {
     /// the chat template (`chat_template.jinja` or `tokenizer_config.json`) and
     /// `generation_config.json`.
     pub fn load(dir: &Path) -> Result<Self> {
+        Self::load_with(dir, &LoadOptions::with_dtype(WeightDtype::F32))
+    }
+
+    /// [`LanguageModel::load`] with the weight precision (and a progress callback) of `options`.
+    pub fn load_with(dir: &Path, options: &LoadOptions) -> Result<Self> {
         if !dir.is_dir() {
             return Err(Error::Io {
                 path: dir.to_owned(),
@@ -43,7 +49,7 @@ impl LanguageModel {
         };
         let generation_config = GenerationConfig::from_dir(dir)?;
         let store = WeightStore::open_dir(dir)?;
-        let model = Model::from_store(config, &store)?;
+        let model = Model::from_store_with(config, &store, options)?;
 
         // Stop on every id of generation_config.json's eos list. Without that file, fall back
         // to config.json's eos and the ChatML end-of-turn token: a Qwen turn ends with
@@ -59,6 +65,15 @@ impl LanguageModel {
         }
         stop_ids.dedup();
         Ok(LanguageModel { model, tokenizer, chat_template, generation_config, stop_ids })
+    }
+
+    /// Generation parameters from `generation_config.json` (sampling; thinking as the template
+    /// decides), to adjust per turn.
+    pub fn default_params(&self) -> crate::session::ChatParams {
+        crate::session::ChatParams {
+            sampling: self.generation_config.default_sampling(),
+            ..Default::default()
+        }
     }
 
     /// Token ids that end generation.

@@ -84,7 +84,13 @@ fn generation_stops_at_a_stop_token_and_reports_why() {
 
     // Seeded sampling is reproducible.
     let sampled = |seed| {
-        let sampling = SamplingParams { temperature: 1.0, top_k: 20, top_p: 0.95, seed: Some(seed) };
+        let sampling = SamplingParams {
+            temperature: 1.0,
+            top_k: 20,
+            top_p: 0.95,
+            seed: Some(seed),
+            ..Default::default()
+        };
         let options = GenerateOptions { max_tokens: 16, sampling, stop_ids: vec![] };
         let mut state = lm.model.new_state();
         generate(&lm.model, &mut state, &ids, &options, |_| true).unwrap().tokens

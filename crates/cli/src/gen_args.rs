@@ -1,0 +1,123 @@
+//! Generation flags shared by `run` and `chat`: sampling, stops, thinking.
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use qwenrt::{ChatParams, LanguageModel, RepetitionGuard};
+
+#[derive(Args, Debug, Clone)]
+pub struct GenArgs {
+    /// Most tokens to generate per answer (reasoning included).
+    #[arg(long, default_value_t = 512)]
+    pub max_tokens: usize,
+    /// Sampling temperature; 0 is greedy. Default: the model's generation_config.json.
+    #[arg(long)]
+    pub temperature: Option<f32>,
+    /// Sample among the K most likely tokens (0: all). Default: generation_config.json.
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// Sample among the most likely tokens covering probability P. Default: generation_config.json.
+    #[arg(long)]
+    pub top_p: Option<f32>,
+    /// Drop tokens less likely than P times the most likely one (0: off).
+    #[arg(long)]
+    pub min_p: Option<f32>,
+    /// Penalise tokens already in the context (1: off; transformers' repetition_penalty).
+    #[arg(long)]
+    pub repetition_penalty: Option<f32>,
+    /// Subtract this from the logit of every token generated so far (OpenAI's presence_penalty).
+    #[arg(long)]
+    pub presence_penalty: Option<f32>,
+    /// Subtract this per occurrence of a generated token (OpenAI's frequency_penalty).
+    #[arg(long)]
+    pub frequency_penalty: Option<f32>,
+    /// Add BIAS to token ID's logit before sampling (repeatable; -inf bans the token).
+    #[arg(long, value_name = "ID=BIAS")]
+    pub logit_bias: Vec<String>,
+    /// Random seed, for reproducible sampling.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// End the answer at this text, which is not printed (repeatable).
+    #[arg(long)]
+    pub stop: Vec<String>,
+    /// Ask the model to think before answering (chat template's enable_thinking=true).
+    #[arg(long, conflicts_with = "no_think")]
+    pub think: bool,
+    /// Ask the model to answer without thinking (enable_thinking=false).
+    #[arg(long)]
+    pub no_think: bool,
+    /// Close the thought after N reasoning tokens and go on with the answer.
+    #[arg(long, value_name = "N")]
+    pub max_thinking_tokens: Option<usize>,
+    /// End generation when the output loops on a repeated n-gram of up to N tokens.
+    #[arg(long, value_name = "N")]
+    pub repetition_guard: Option<usize>,
+}
+
+impl GenArgs {
+    pub fn enable_thinking(&self) -> Option<bool> {
+        match (self.think, self.no_think) {
+            (true, _) => Some(true),
+            (_, true) => Some(false),
+            _ => None,
+        }
+    }
+
+    /// The model's defaults with these flags applied.
+    pub fn params(&self, lm: &LanguageModel) -> Result<ChatParams> {
+        let mut p = lm.default_params();
+        p.max_tokens = self.max_tokens;
+        let s = &mut p.sampling;
+        s.temperature = self.temperature.unwrap_or(s.temperature);
+        s.top_k = self.top_k.unwrap_or(s.top_k);
+        s.top_p = self.top_p.unwrap_or(s.top_p);
+        s.min_p = self.min_p.unwrap_or(s.min_p);
+        s.repetition_penalty = self.repetition_penalty.unwrap_or(s.repetition_penalty);
+        s.presence_penalty = self.presence_penalty.unwrap_or(s.presence_penalty);
+        s.frequency_penalty = self.frequency_penalty.unwrap_or(s.frequency_penalty);
+        s.seed = self.seed;
+        for entry in &self.logit_bias {
+            s.logit_bias.push(parse_bias(entry)?);
+        }
+        p.stop = self.stop.iter().map(|s| unescape(s)).collect();
+        p.enable_thinking = self.enable_thinking();
+        p.max_thinking_tokens = self.max_thinking_tokens;
+        p.repetition_guard =
+            self.repetition_guard.map(|n| RepetitionGuard { max_ngram: n, ..RepetitionGuard::default() });
+        p.validate()?;
+        Ok(p)
+    }
+}
+
+fn parse_bias(entry: &str) -> Result<(u32, f32)> {
+    let (id, bias) =
+        entry.split_once('=').with_context(|| format!("--logit-bias {entry:?}: expected ID=BIAS"))?;
+    let id = id.trim().parse().with_context(|| format!("--logit-bias {entry:?}: bad token id"))?;
+    let bias = match bias.trim() {
+        "-inf" => f32::NEG_INFINITY,
+        b => b.parse().with_context(|| format!("--logit-bias {entry:?}: bad bias"))?,
+    };
+    if !(bias.is_finite() || bias == f32::NEG_INFINITY) {
+        bail!("--logit-bias {entry:?}: bias must be a number or -inf");
+    }
+    Ok((id, bias))
+}
+
+/// `\n` and `\t` written on a command line become the characters (a stop at a blank line is common).
+fn unescape(s: &str) -> String {
+    s.replace("\\n", "\n").replace("\\t", "\t")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logit_bias_entries_parse() {
+        assert_eq!(parse_bias("42=1.5").unwrap(), (42, 1.5));
+        assert_eq!(parse_bias("7=-inf").unwrap(), (7, f32::NEG_INFINITY));
+        assert!(parse_bias("7").is_err());
+        assert!(parse_bias("x=1").is_err());
+        assert!(parse_bias("7=inf").is_err());
+        assert_eq!(unescape("a\\n\\nb"), "a\n\nb");
+    }
+}

@@ -1,0 +1,494 @@
+//! Choosing the next token from logits: logit bias, repetition/presence/frequency penalties,
+//! temperature, top-k, top-p, min-p, then a seeded draw.
+//!
+//! The order and the formulas are transformers' (`RepetitionPenaltyLogitsProcessor`, then the
+//! temperature, top-k, top-p and min-p warpers), with OpenAI's `logit_bias` (added first) and
+//! presence/frequency penalties (over generated tokens only).
+//!
+//! ```
+//! use qwenrt::{Sampler, SamplingParams};
+//!
+//! let params = SamplingParams { temperature: 0.7, top_k: 2, seed: Some(42), ..SamplingParams::default() };
+//! let mut sampler = Sampler::new(params)?;
+//! let logits = [2.0, 1.0, -5.0, 0.5];
+//! let id = sampler.sample(&logits);
+//! assert!(id == 0 || id == 1, "top-k 2 keeps the two best");
+//! sampler.accept(id); // feeds the repetition/presence/frequency penalties, when set
+//! # Ok::<(), qwenrt::Error>(())
+//! ```
+
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::error::{Error, Result};
+
+/// How the next token is chosen. `temperature == 0` means greedy (argmax after bias and
+/// penalties; the filters then do not matter).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplingParams {
+    pub temperature: f32,
+    /// Keep only the `top_k` most likely tokens; 0 keeps all.
+    pub top_k: usize,
+    /// Keep the smallest set of most likely tokens whose probability reaches `top_p`; 1 keeps all.
+    pub top_p: f32,
+    /// Drop tokens less likely than `min_p` times the most likely one (after temperature); 0 keeps all.
+    pub min_p: f32,
+    /// Divides positive logits and multiplies negative ones of every token already in the context
+    /// (prompt and generated); 1 is off.
+    pub repetition_penalty: f32,
+    /// Subtracted once from the logit of every token generated so far; 0 is off.
+    pub presence_penalty: f32,
+    /// Subtracted from a token's logit once per time it was generated; 0 is off.
+    pub frequency_penalty: f32,
+    /// Added to the logits of these ids before anything else (`f32::NEG_INFINITY` bans a token).
+    pub logit_bias: Vec<(u32, f32)>,
+    /// Seed of the random generator; `None` seeds from the clock. Same seed, same tokens.
+    pub seed: Option<u64>,
+}
+
+impl Default for SamplingParams {
+    /// Plain sampling from the model's distribution: temperature 1, no filters, no penalties.
+    fn default() -> Self {
+        SamplingParams {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            repetition_penalty: 1.0,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            logit_bias: Vec::new(),
+            seed: None,
+        }
+    }
+}
+
+impl SamplingParams {
+    pub fn greedy() -> Self {
+        SamplingParams { temperature: 0.0, ..Self::default() }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let bad = |msg: String| Err(Error::InvalidInput(msg));
+        if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
+            return bad(format!("temperature must be a finite number >= 0, got {}", self.temperature));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return bad(format!("top_p must be in (0, 1], got {}", self.top_p));
+        }
+        if !(0.0..=1.0).contains(&self.min_p) {
+            return bad(format!("min_p must be in [0, 1], got {}", self.min_p));
+        }
+        if !(self.repetition_penalty > 0.0 && self.repetition_penalty.is_finite()) {
+            return bad(format!(
+                "repetition_penalty must be a finite number > 0, got {}",
+                self.repetition_penalty
+            ));
+        }
+        if !self.presence_penalty.is_finite() || !self.frequency_penalty.is_finite() {
+            return bad(format!(
+                "presence and frequency penalties must be finite, got {} and {}",
+                self.presence_penalty, self.frequency_penalty
+            ));
+        }
+        if let Some((id, b)) = self.logit_bias.iter().find(|(_, b)| b.is_nan() || *b == f32::INFINITY) {
+            return bad(format!("logit_bias for token {id} must be finite or -inf, got {b}"));
+        }
+        Ok(())
+    }
+
+    fn penalises_context(&self) -> bool {
+        self.repetition_penalty != 1.0
+    }
+
+    fn penalises_output(&self) -> bool {
+        self.presence_penalty != 0.0 || self.frequency_penalty != 0.0
+    }
+}
+
+/// First candidate-set size tried when top-p needs the most likely tokens in order: sorting the
+/// whole 248k vocabulary per token would cost more than the draw is worth.
+const NUCLEUS_START: usize = 64;
+
+/// Chooses tokens from logits. Holds the seeded generator, the penalty bookkeeping and reusable
+/// buffers, so sampling a token allocates nothing once the buffers have grown.
+pub struct Sampler {
+    params: SamplingParams,
+    rng: ChaCha8Rng,
+    work: Vec<f32>,
+    candidates: Vec<(f32, u32)>,
+    /// Per id: whether it is in the context (repetition penalty) …
+    in_context: Vec<bool>,
+    context_ids: Vec<u32>,
+    /// … and how often it was generated (presence/frequency penalties).
+    counts: Vec<u32>,
+    generated_ids: Vec<u32>,
+}
+
+impl Sampler {
+    pub fn new(params: SamplingParams) -> Result<Self> {
+        params.validate()?;
+        let seed = params.seed.unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0)
+        });
+        Ok(Sampler {
+            params,
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            work: Vec::new(),
+            candidates: Vec::new(),
+            in_context: Vec::new(),
+            context_ids: Vec::new(),
+            counts: Vec::new(),
+            generated_ids: Vec::new(),
+        })
+    }
+
+    pub fn params(&self) -> &SamplingParams {
+        &self.params
+    }
+
+    /// Records context tokens that were not generated (the prompt), for the repetition penalty.
+    pub fn observe_prompt(&mut self, ids: &[u32]) {
+        if self.params.penalises_context() {
+            for &id in ids {
+                self.mark_context(id);
+            }
+        }
+    }
+
+    /// Records a token that was generated (or forced into the output), for the penalties.
+    pub fn accept(&mut self, id: u32) {
+        if self.params.penalises_context() {
+            self.mark_context(id);
+        }
+        if self.params.penalises_output() {
+            let i = id as usize;
+            if i >= self.counts.len() {
+                self.counts.resize(i + 1, 0);
+            }
+            if self.counts[i] == 0 {
+                self.generated_ids.push(id);
+            }
+            self.counts[i] += 1;
+        }
+    }
+
+    fn mark_context(&mut self, id: u32) {
+        let i = id as usize;
+        if i >= self.in_context.len() {
+            self.in_context.resize(i + 1, false);
+        }
+        if !self.in_context[i] {
+            self.in_context[i] = true;
+            self.context_ids.push(id);
+        }
+    }
+
+    /// Picks the next token.
+    pub fn sample(&mut self, logits: &[f32]) -> u32 {
+        let p = &self.params;
+        let modifies =
+            !p.logit_bias.is_empty() || !self.context_ids.is_empty() || !self.generated_ids.is_empty();
+        if p.temperature == 0.0 && !modifies {
+            return argmax(logits);
+        }
+        let w = &mut self.work;
+        w.clear();
+        w.extend_from_slice(logits);
+        let n = w.len();
+        for &(id, bias) in &p.logit_bias {
+            if let Some(l) = w.get_mut(id as usize) {
+                *l += bias;
+            }
+        }
+        for &id in self.context_ids.iter().filter(|&&id| (id as usize) < n) {
+            let l = &mut w[id as usize];
+            *l = if *l < 0.0 { *l * p.repetition_penalty } else { *l / p.repetition_penalty };
+        }
+        for &id in self.generated_ids.iter().filter(|&&id| (id as usize) < n) {
+            let count = self.counts[id as usize] as f32;
+            w[id as usize] -= count * p.frequency_penalty + p.presence_penalty;
+        }
+        if p.temperature == 0.0 {
+            return argmax(w);
+        }
+        let t = p.temperature;
+        for l in w.iter_mut() {
+            *l /= t;
+        }
+        self.draw()
+    }
+
+    /// Top-k, top-p and min-p over `self.work` (already divided by the temperature), then a draw.
+    fn draw(&mut self) -> u32 {
+        let p = &self.params;
+        let w = &self.work;
+        let n = w.len();
+        let max = w.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let by_logit_desc = |a: &(f32, u32), b: &(f32, u32)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
+        let c = &mut self.candidates;
+        c.clear();
+        // The normaliser of the distribution top-p sees: the top-k survivors, or everything.
+        let top_k = p.top_k > 0 && p.top_k < n;
+        let total: f64 = if top_k {
+            c.extend(w.iter().enumerate().map(|(i, &l)| (l, i as u32)));
+            c.select_nth_unstable_by(p.top_k - 1, by_logit_desc);
+            c.truncate(p.top_k);
+            c.iter().map(|&(l, _)| ((l - max) as f64).exp()).sum()
+        } else {
+            w.iter().map(|&l| ((l - max) as f64).exp()).sum()
+        };
+        // min-p keeps a most-likely-first prefix, like top-k and top-p, so applying it as a
+        // threshold up front gives the same survivors as transformers' order.
+        let min_logit = if p.min_p > 0.0 { max + p.min_p.ln() } else { f32::NEG_INFINITY };
+        if !top_k && p.top_p >= 1.0 && p.min_p <= 0.0 {
+            let mut r = self.rng.random::<f64>() * total;
+            let mut last = 0;
+            for (i, &l) in w.iter().enumerate() {
+                let prob = ((l - max) as f64).exp();
+                if prob > 0.0 {
+                    r -= prob;
+                    last = i;
+                    if r < 0.0 {
+                        return i as u32;
+                    }
+                }
+            }
+            return last as u32;
+        }
+        if top_k {
+            c.retain(|&(l, _)| l >= min_logit);
+        } else {
+            c.extend(w.iter().enumerate().filter(|(_, &l)| l >= min_logit).map(|(i, &l)| (l, i as u32)));
+        }
+        let mut keep = c.len();
+        if p.top_p < 1.0 {
+            // The nucleus in order of likelihood, growing the sorted prefix only as far as needed.
+            let mut want = NUCLEUS_START.min(c.len());
+            loop {
+                if want < c.len() {
+                    c.select_nth_unstable_by(want - 1, by_logit_desc);
+                }
+                c[..want].sort_unstable_by(by_logit_desc);
+                let mut mass = 0.0f64;
+                let mut kept = 0;
+                let mut reached = false;
+                for &(l, _) in &c[..want] {
+                    if kept > 0 && mass / total >= p.top_p as f64 {
+                        reached = true;
+                        break;
+                    }
+                    mass += ((l - max) as f64).exp();
+                    kept += 1;
+                }
+                if reached || want == c.len() {
+                    keep = kept;
+                    break;
+                }
+                want = (want * 4).min(c.len());
+            }
+        }
+        let survivors = &c[..keep];
+        let mass: f64 = survivors.iter().map(|&(l, _)| ((l - max) as f64).exp()).sum();
+        let mut r = self.rng.random::<f64>() * mass;
+        for &(l, id) in survivors {
+            r -= ((l - max) as f64).exp();
+            if r < 0.0 {
+                return id;
+            }
+        }
+        survivors.last().map_or_else(|| argmax(w), |&(_, id)| id)
+    }
+}
+
+/// Index of the largest logit; the first one on ties, as `torch.argmax`.
+pub fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &l) in logits.iter().enumerate() {
+        if l > logits[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sampler(params: SamplingParams, seed: u64) -> Sampler {
+        Sampler::new(SamplingParams { seed: Some(seed), ..params }).unwrap()
+    }
+
+    fn at(temperature: f32) -> SamplingParams {
+        SamplingParams { temperature, ..SamplingParams::default() }
+    }
+
+    fn softmax(logits: &[f32]) -> Vec<f64> {
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let e: Vec<f64> = logits.iter().map(|&l| (l as f64 - max).exp()).collect();
+        let z: f64 = e.iter().sum();
+        e.iter().map(|x| x / z).collect()
+    }
+
+    fn frequencies(s: &mut Sampler, logits: &[f32], draws: usize) -> Vec<f64> {
+        let mut c = vec![0usize; logits.len()];
+        for _ in 0..draws {
+            c[s.sample(logits) as usize] += 1;
+        }
+        c.iter().map(|&x| x as f64 / draws as f64).collect()
+    }
+
+    fn assert_close(got: &[f64], want: &[f64], tol: f64) {
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            assert!((g - w).abs() < tol, "token {i}: frequency {g} vs probability {w}\n{got:?}\n{want:?}");
+        }
+    }
+
+    #[test]
+    fn greedy_takes_first_maximum() {
+        assert_eq!(argmax(&[0.0, 3.0, 1.0, 3.0]), 1);
+        assert_eq!(sampler(SamplingParams::greedy(), 1).sample(&[0.0, 3.0, 1.0, 3.0]), 1);
+    }
+
+    #[test]
+    fn top_k_never_leaves_the_k_best() {
+        let logits: Vec<f32> = (0..50).map(|i| ((i * 37) % 50) as f32 * 0.1).collect();
+        let mut best: Vec<usize> = (0..50).collect();
+        best.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+        let allowed = &best[..5];
+        let mut s = sampler(SamplingParams { top_k: 5, ..at(2.0) }, 7);
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..2000 {
+            let id = s.sample(&logits) as usize;
+            assert!(allowed.contains(&id), "sampled {id} outside the top 5");
+            seen.insert(id);
+        }
+        assert_eq!(seen.len(), 5, "a high temperature should reach every one of the 5");
+    }
+
+    #[test]
+    fn top_p_keeps_the_nucleus_only() {
+        // Probabilities 0.5, 0.3, 0.15, 0.05: top_p 0.7 keeps the first two.
+        let logits: Vec<f32> = [0.5f32, 0.3, 0.15, 0.05].iter().map(|p| p.ln()).collect();
+        let mut s = sampler(SamplingParams { top_p: 0.7, ..at(1.0) }, 3);
+        let f = frequencies(&mut s, &logits, 4000);
+        assert_eq!(f[2] + f[3], 0.0, "{f:?}");
+        assert!((f[0] - 0.625).abs() < 0.03, "renormalised 0.5/0.8, got {}", f[0]);
+    }
+
+    #[test]
+    fn top_p_over_a_wide_nucleus_grows_past_the_first_candidates() {
+        // 1000 equally likely tokens and 1000 negligible ones: top_p 0.5 keeps ~500 of the first
+        // kind, far more than the first sorted batch.
+        let logits: Vec<f32> = (0..2000).map(|i| if i < 1000 { 0.0 } else { -30.0 }).collect();
+        let mut s = sampler(SamplingParams { top_p: 0.5, ..at(1.0) }, 11);
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..20000 {
+            let id = s.sample(&logits);
+            // 500 tokens hold exactly half the mass; the negligible tail makes it a hair less, so
+            // a 501st joins (ties break towards lower ids).
+            assert!(id <= 500, "{id} is outside the nucleus");
+            seen.insert(id);
+        }
+        assert!(seen.len() > 450, "only {} distinct tokens drawn", seen.len());
+    }
+
+    #[test]
+    fn min_p_drops_tokens_below_the_fraction_of_the_best() {
+        // Probabilities ∝ 1, 0.5, 0.2, 0.05: min_p 0.1 drops the last only.
+        let logits: Vec<f32> = [1.0f32, 0.5, 0.2, 0.05].iter().map(|p| p.ln()).collect();
+        let mut s = sampler(SamplingParams { min_p: 0.1, ..at(1.0) }, 5);
+        let f = frequencies(&mut s, &logits, 20000);
+        assert_close(&f, &[1.0 / 1.7, 0.5 / 1.7, 0.2 / 1.7, 0.0], 0.015);
+        // After temperature: at T = 2 the ratios are square roots (1, .71, .45, .22), so min_p 0.3
+        // keeps three.
+        let mut s = sampler(SamplingParams { min_p: 0.3, ..at(2.0) }, 5);
+        let f = frequencies(&mut s, &logits, 5000);
+        assert_eq!(f[3], 0.0);
+        assert!(f[2] > 0.1, "{f:?}");
+    }
+
+    #[test]
+    fn repetition_penalty_divides_positive_and_multiplies_negative_logits() {
+        let mut s = sampler(SamplingParams { repetition_penalty: 1.5, ..SamplingParams::greedy() }, 1);
+        s.observe_prompt(&[0]);
+        assert_eq!(s.sample(&[2.0, 1.5]), 1, "2 / 1.5 < 1.5");
+        assert_eq!(s.sample(&[-1.0, -1.2]), 1, "-1 * 1.5 < -1.2");
+        assert_eq!(s.sample(&[3.5, 2.0]), 0, "3.5 / 1.5 > 2");
+        // The distribution after the penalty.
+        let mut s = sampler(SamplingParams { repetition_penalty: 2.0, ..at(1.0) }, 9);
+        s.accept(1);
+        let logits = [1.0f32, 2.0, -1.0];
+        let f = frequencies(&mut s, &logits, 20000);
+        assert_close(&f, &softmax(&[1.0, 1.0, -1.0]), 0.015);
+    }
+
+    #[test]
+    fn presence_and_frequency_penalties_count_generated_tokens() {
+        let params = SamplingParams { presence_penalty: 0.5, frequency_penalty: 0.25, ..at(1.0) };
+        let mut s = sampler(params, 4);
+        s.observe_prompt(&[2]); // the prompt is not penalised
+        s.accept(0);
+        s.accept(0);
+        s.accept(1);
+        let logits = [1.0f32, 1.0, 1.0];
+        let f = frequencies(&mut s, &logits, 20000);
+        assert_close(&f, &softmax(&[1.0 - 0.5 - 0.5, 1.0 - 0.5 - 0.25, 1.0]), 0.015);
+    }
+
+    #[test]
+    fn logit_bias_is_added_first() {
+        let ban = SamplingParams { logit_bias: vec![(0, f32::NEG_INFINITY)], ..SamplingParams::greedy() };
+        assert_eq!(sampler(ban, 1).sample(&[5.0, 1.0, 0.0]), 1);
+        let push = SamplingParams { logit_bias: vec![(2, 10.0), (99, 1.0)], top_k: 1, ..at(1.0) };
+        assert_eq!(sampler(push, 1).sample(&[5.0, 1.0, 0.0]), 2, "ids outside the vocabulary are ignored");
+        let shift = SamplingParams { logit_bias: vec![(1, 1.0)], ..at(1.0) };
+        let f = frequencies(&mut sampler(shift, 2), &[0.0, 0.0], 20000);
+        assert_close(&f, &softmax(&[0.0, 1.0]), 0.015);
+    }
+
+    #[test]
+    fn same_seed_same_draws_and_frequencies_follow_softmax() {
+        let logits = [1.0f32, 0.0, -1.0];
+        let draws = |seed| {
+            let mut s = sampler(at(1.0), seed);
+            (0..100).map(|_| s.sample(&logits)).collect::<Vec<_>>()
+        };
+        assert_eq!(draws(42), draws(42));
+        assert_ne!(draws(42), draws(43));
+        let f = frequencies(&mut sampler(at(1.0), 9), &logits, 20000);
+        assert_close(&f, &softmax(&logits), 0.015);
+        // Temperature 0.5 doubles the logits.
+        let f = frequencies(&mut sampler(at(0.5), 9), &logits, 20000);
+        assert_close(&f, &softmax(&[2.0, 0.0, -2.0]), 0.015);
+    }
+
+    #[test]
+    fn filters_combine_like_transformers() {
+        // top_k 3 renormalises over {0, 1, 2}; top_p 0.8 of that keeps {0, 1}.
+        let probs = [0.4f32, 0.3, 0.2, 0.1];
+        let logits: Vec<f32> = probs.iter().map(|p| p.ln()).collect();
+        let mut s = sampler(SamplingParams { top_k: 3, top_p: 0.7, ..at(1.0) }, 8);
+        let f = frequencies(&mut s, &logits, 20000);
+        // Mass before token 1 is 0.4/0.9 = 0.44 < 0.7; before token 2 it is 0.78 >= 0.7.
+        assert_close(&f, &[0.4 / 0.7, 0.3 / 0.7, 0.0, 0.0], 0.015);
+    }
+
+    #[test]
+    fn invalid_parameters_are_rejected() {
+        let check = |p: SamplingParams, word: &str| {
+            let e = Sampler::new(p).err().expect("should be rejected").to_string();
+            assert!(e.contains(word), "{e}");
+        };
+        check(at(-1.0), "temperature");
+        check(SamplingParams { top_p: 0.0, ..at(1.0) }, "top_p");
+        check(SamplingParams { min_p: 1.5, ..at(1.0) }, "min_p");
+        check(SamplingParams { repetition_penalty: 0.0, ..at(1.0) }, "repetition_penalty");
+        check(SamplingParams { presence_penalty: f32::NAN, ..at(1.0) }, "presence");
+        check(SamplingParams { logit_bias: vec![(3, f32::INFINITY)], ..at(1.0) }, "logit_bias");
+    }
+}

@@ -1,0 +1,810 @@
+//! Chat sessions: a conversation over a shared model, streamed as reasoning and content deltas,
+//! with per-turn sampling, thinking control, stop strings, a repetition guard, cancellation from
+//! another thread, and reuse of saved states across turns so the history is not prefilled again.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use qwenrt::chat::Message;
+//! use qwenrt::{ChatSession, Event, LanguageModel};
+//!
+//! let lm = Arc::new(LanguageModel::load("Qwen3.5-0.8B".as_ref())?);
+//! let mut session = ChatSession::new(lm.clone()); // as many sessions as you like share `lm`
+//! let mut params = lm.default_params();
+//! params.max_tokens = 256;
+//! params.enable_thinking = Some(true);
+//! params.max_thinking_tokens = Some(128);
+//! for question in ["What is a delta rule?", "Shorter, please."] {
+//!     let reply = session.send(Message::user(question), &params, |event| match event {
+//!         Event::Reasoning(text) => eprint!("{text}"),
+//!         Event::Content(text) => print!("{text}"),
+//!         Event::Done(_) => println!(),
+//!     })?;
+//!     // The second turn reuses the state saved at the end of the first prompt.
+//!     eprintln!("{} of {} prompt tokens cached", reply.usage.cached_prompt_tokens, reply.usage.prompt_tokens);
+//! }
+//! # Ok::<(), qwenrt::Error>(())
+//! ```
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::chat::Message;
+use crate::error::{Error, Result};
+use crate::generate::FinishReason;
+use crate::lm::LanguageModel;
+use crate::model::{Logits, SessionState};
+use crate::prompt_cache::{CacheStats, PromptCache, DEFAULT_PROMPT_CACHE_BYTES};
+use crate::sampling::{Sampler, SamplingParams};
+use crate::tokenizer::{StreamDecoder, Tokenizer};
+
+/// Stops a generation from another thread: clone it, move the clone anywhere, call
+/// [`cancel`](Self::cancel). The generation in progress ends before its next token (or the next
+/// one to start, if none is running); the request is consumed by the generation that honours it.
+///
+/// ```no_run
+/// # use std::sync::Arc;
+/// # use qwenrt::{chat::Message, ChatSession, FinishReason, LanguageModel};
+/// # let lm = Arc::new(LanguageModel::load("Qwen3.5-0.8B".as_ref())?);
+/// let mut session = ChatSession::new(lm.clone());
+/// let cancel = session.cancel_token();
+/// let timer = std::thread::spawn(move || {
+///     std::thread::sleep(std::time::Duration::from_secs(2));
+///     cancel.cancel(); // e.g. the user pressed "stop"
+/// });
+/// let reply = session.send(Message::user("Write a long essay."), &lm.default_params(), |_| {})?;
+/// assert!(matches!(reply.finish_reason, FinishReason::Cancelled | FinishReason::Stop | FinishReason::Length));
+/// timer.join().unwrap();
+/// # Ok::<(), qwenrt::Error>(())
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct CancelToken(Arc<AtomicBool>);
+
+impl CancelToken {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+
+    fn take(&self) -> bool {
+        self.0.swap(false, Ordering::SeqCst)
+    }
+}
+
+/// Ends generation when the output loops: the last tokens are one n-gram (`n <= max_ngram`)
+/// repeated at least `min_repeats` times back to back, spanning at least `min_tokens` tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RepetitionGuard {
+    pub max_ngram: usize,
+    pub min_repeats: usize,
+    pub min_tokens: usize,
+}
+
+impl Default for RepetitionGuard {
+    fn default() -> Self {
+        RepetitionGuard { max_ngram: 32, min_repeats: 3, min_tokens: 32 }
+    }
+}
+
+impl RepetitionGuard {
+    /// Whether `tokens` ends in a loop.
+    pub fn is_looping(&self, tokens: &[u32]) -> bool {
+        (1..=self.max_ngram).any(|n| {
+            let repeats = self.min_repeats.max(self.min_tokens.div_ceil(n)).max(2);
+            let span = n * repeats;
+            span <= tokens.len() && {
+                let tail = &tokens[tokens.len() - span..];
+                (n..span).all(|i| tail[i] == tail[i - n])
+            }
+        })
+    }
+}
+
+/// What one turn generates and how.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatParams {
+    pub sampling: SamplingParams,
+    /// Most tokens to sample, reasoning included.
+    pub max_tokens: usize,
+    /// Generation ends when the text contains one of these (checked across token boundaries);
+    /// the stop string and anything after it are not part of the output. Reasoning and content
+    /// are searched separately.
+    pub stop: Vec<String>,
+    /// The chat template's `enable_thinking`; `None` lets the template decide (off for
+    /// Qwen3.5-0.8B and 2B, on for the larger ones).
+    pub enable_thinking: Option<bool>,
+    /// When the reasoning reaches this many tokens, the thought is closed (`</think>` and what
+    /// the template puts after it are fed to the model) and the answer begins.
+    pub max_thinking_tokens: Option<usize>,
+    /// Off by default.
+    pub repetition_guard: Option<RepetitionGuard>,
+}
+
+impl Default for ChatParams {
+    /// Model-independent defaults; [`LanguageModel::default_params`] uses the model's own
+    /// `generation_config.json` instead.
+    fn default() -> Self {
+        ChatParams {
+            sampling: SamplingParams::default(),
+            max_tokens: 1024,
+            stop: Vec::new(),
+            enable_thinking: None,
+            max_thinking_tokens: None,
+            repetition_guard: None,
+        }
+    }
+}
+
+impl ChatParams {
+    pub fn validate(&self) -> Result<()> {
+        self.sampling.validate()?;
+        if self.stop.iter().any(String::is_empty) {
+            return Err(Error::InvalidInput("stop strings must not be empty".into()));
+        }
+        if let Some(g) = &self.repetition_guard {
+            if g.max_ngram == 0 || g.min_repeats < 2 {
+                return Err(Error::InvalidInput(format!(
+                    "repetition guard needs max_ngram >= 1 and min_repeats >= 2, got {g:?}"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What a turn streams.
+#[derive(Debug, Clone, Copy)]
+pub enum Event<'a> {
+    /// Text the model writes inside `<think>…</think>`.
+    Reasoning(&'a str),
+    /// Answer text. Deltas never split a UTF-8 character and never contain `<|im_end|>`.
+    Content(&'a str),
+    /// The turn is over.
+    Done(&'a Reply),
+}
+
+/// Token counts and timings of a turn.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Usage {
+    /// Tokens of the rendered prompt (the whole conversation so far).
+    pub prompt_tokens: usize,
+    /// Of those, how many came from a saved state instead of being prefilled.
+    pub cached_prompt_tokens: usize,
+    /// Tokens sampled, reasoning included (the forced `</think>` is not counted).
+    pub completion_tokens: usize,
+    pub reasoning_tokens: usize,
+    /// From the call to the first sampled token: state restore, prefill, first sample.
+    pub time_to_first_token: Duration,
+    /// From the first sampled token to the end.
+    pub decode_time: Duration,
+}
+
+impl Usage {
+    /// Decode speed over the tokens after the first (the first comes out of the prefill).
+    pub fn decode_tokens_per_second(&self) -> f64 {
+        self.completion_tokens.saturating_sub(1) as f64 / self.decode_time.as_secs_f64().max(1e-9)
+    }
+}
+
+/// The result of a turn.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reply {
+    pub content: String,
+    /// The thought, without `<think>` tags; empty when the turn did not think.
+    pub reasoning: String,
+    /// Every token after the prompt: sampled ones, forced ones (closing a thought on budget) and
+    /// the stop token if one ended the turn.
+    pub tokens: Vec<u32>,
+    pub finish_reason: FinishReason,
+    /// The stop string that ended the turn, for [`FinishReason::StopString`].
+    pub stop_string: Option<String>,
+    pub usage: Usage,
+}
+
+/// How a session is set up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionOptions {
+    /// Byte budget of the prompt cache; 0 disables it.
+    pub prompt_cache_bytes: usize,
+    /// Most tokens the conversation may hold (bounds KV memory); `None` is the model's context.
+    pub max_context: Option<usize>,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        SessionOptions { prompt_cache_bytes: DEFAULT_PROMPT_CACHE_BYTES, max_context: None }
+    }
+}
+
+/// Bytes held, by part.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryFootprint {
+    /// The model's weights (shared by all sessions).
+    pub weights: usize,
+    /// This session's live state (KV caches, DeltaNet conv and recurrent states).
+    pub state: usize,
+    /// This session's saved states.
+    pub prompt_cache: usize,
+}
+
+/// Token sequences a session needs to recognise, encoded once.
+struct Markers {
+    /// `<|im_start|>assistant\n`: what every rendering of an assistant turn starts with, so the
+    /// state just after it survives re-rendering of the conversation.
+    assistant_header: Vec<u32>,
+    /// `<think>\n`: a prompt ending so opens a thought.
+    think_open: Vec<u32>,
+    think_end: Option<u32>,
+    /// What closes a thought on budget, as the template renders `reasoning + '\n</think>\n\n'`,
+    /// and the same when the reasoning already ends with a newline.
+    close: Vec<u32>,
+    close_after_newline: Vec<u32>,
+}
+
+impl Markers {
+    fn new(lm: &LanguageModel) -> Result<Self> {
+        Ok(Markers {
+            assistant_header: lm.encode("<|im_start|>assistant\n")?,
+            think_open: lm.encode("<think>\n")?,
+            think_end: lm.tokenizer.token_id("</think>"),
+            close: lm.encode("\n</think>\n\n")?,
+            close_after_newline: lm.encode("</think>\n\n")?,
+        })
+    }
+}
+
+/// A conversation with a shared [`LanguageModel`]: its messages, the model state, and a cache
+/// of states saved at points that survive re-rendering the conversation.
+///
+/// Each turn renders the whole conversation with the chat template (as transformers would),
+/// then continues from the longest prefix of it that the session still holds (the live state or
+/// a saved one) and prefills only the rest. The Qwen3.5 template drops the reasoning of earlier
+/// turns and re-renders their answers, so the state saved right after each prompt's
+/// `<|im_start|>assistant\n` is what the next turn reuses; [`prepare`](Self::prepare) goes
+/// further and prefills the previous answer as the next turn will render it.
+pub struct ChatSession {
+    lm: Arc<LanguageModel>,
+    messages: Vec<Message>,
+    state: SessionState,
+    /// The tokens `state` has consumed.
+    state_tokens: Vec<u32>,
+    cache: PromptCache,
+    stats: CacheStats,
+    cancel: CancelToken,
+    markers: Markers,
+}
+
+impl std::fmt::Debug for ChatSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChatSession")
+            .field("messages", &self.messages.len())
+            .field("context_tokens", &self.state_tokens.len())
+            .field("cache", &self.cache)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ChatSession {
+    pub fn new(lm: Arc<LanguageModel>) -> Self {
+        Self::with_options(lm, SessionOptions::default())
+    }
+
+    pub fn with_options(lm: Arc<LanguageModel>, options: SessionOptions) -> Self {
+        let state = match options.max_context {
+            Some(n) => lm.model.new_state_with_limit(n),
+            None => lm.model.new_state(),
+        };
+        // Encoding these short literals cannot fail with a loaded tokenizer; empty markers would
+        // only disable the features that use them.
+        let markers = Markers::new(&lm).unwrap_or(Markers {
+            assistant_header: Vec::new(),
+            think_open: Vec::new(),
+            think_end: None,
+            close: Vec::new(),
+            close_after_newline: Vec::new(),
+        });
+        ChatSession {
+            lm,
+            messages: Vec::new(),
+            state,
+            state_tokens: Vec::new(),
+            cache: PromptCache::new(options.prompt_cache_bytes),
+            stats: CacheStats::default(),
+            cancel: CancelToken::new(),
+            markers,
+        }
+    }
+
+    pub fn model(&self) -> &Arc<LanguageModel> {
+        &self.lm
+    }
+
+    pub fn messages(&self) -> &[Message] {
+        &self.messages
+    }
+
+    /// Replaces the conversation (e.g. one loaded from a file). Saved states stay usable for
+    /// whatever prefix the new conversation shares with them.
+    pub fn set_messages(&mut self, messages: Vec<Message>) {
+        self.messages = messages;
+    }
+
+    /// Appends a message without generating (e.g. a tool result before [`respond`](Self::respond)).
+    pub fn push(&mut self, message: Message) {
+        self.messages.push(message);
+    }
+
+    /// Sets (or with `None` removes) the system message at the start of the conversation.
+    pub fn set_system(&mut self, system: Option<&str>) {
+        if self.messages.first().is_some_and(|m| m.role == "system") {
+            self.messages.remove(0);
+        }
+        if let Some(text) = system {
+            self.messages.insert(0, Message::system(text));
+        }
+    }
+
+    /// Forgets the conversation and the live state. Saved states are kept (they are keyed by
+    /// tokens, so they stay valid); [`clear_cache`](Self::clear_cache) drops them.
+    pub fn reset(&mut self) {
+        self.messages.clear();
+        self.state.reset();
+        self.state_tokens.clear();
+    }
+
+    pub fn clear_cache(&mut self) {
+        self.cache.clear();
+    }
+
+    pub fn prompt_cache(&self) -> &PromptCache {
+        &self.cache
+    }
+
+    pub fn prompt_cache_mut(&mut self) -> &mut PromptCache {
+        &mut self.cache
+    }
+
+    /// Prompt-token reuse over the session's turns.
+    pub fn stats(&self) -> CacheStats {
+        self.stats
+    }
+
+    /// Tokens the live state holds.
+    pub fn context_tokens(&self) -> usize {
+        self.state_tokens.len()
+    }
+
+    pub fn memory(&self) -> MemoryFootprint {
+        MemoryFootprint {
+            weights: self.lm.model.weight_bytes(),
+            state: self.state.cache_bytes(),
+            prompt_cache: self.cache.bytes(),
+        }
+    }
+
+    /// A handle that cancels this session's generation from any thread.
+    pub fn cancel_token(&self) -> CancelToken {
+        self.cancel.clone()
+    }
+
+    /// Adds `message` (normally a user message) and generates the assistant's reply, which is
+    /// appended to the conversation (also when cancelled, with what was generated so far).
+    pub fn send(
+        &mut self,
+        message: Message,
+        params: &ChatParams,
+        on_event: impl FnMut(Event<'_>),
+    ) -> Result<Reply> {
+        self.messages.push(message);
+        let reply = self.respond(params, on_event);
+        if reply.is_err() {
+            self.messages.pop();
+        }
+        reply
+    }
+
+    /// Generates the assistant's reply to the conversation as it is and appends it.
+    pub fn respond(&mut self, params: &ChatParams, mut on_event: impl FnMut(Event<'_>)) -> Result<Reply> {
+        params.validate()?;
+        let text = self.lm.render_chat(&self.messages, true, params.enable_thinking)?;
+        let prompt = self.lm.encode(&text)?;
+        let thinking = self.opens_thought(&prompt);
+        let reply = self.run(&prompt, params, &mut on_event)?;
+        let mut answer = Message::assistant(reply.content.clone());
+        if thinking {
+            answer.reasoning_content = Some(reply.reasoning.clone());
+        }
+        self.messages.push(answer);
+        Ok(reply)
+    }
+
+    /// Generates after exactly `prompt` (already rendered and tokenized), leaving the message
+    /// history alone. Saved states are reused as for chat turns.
+    pub fn complete(
+        &mut self,
+        prompt: &[u32],
+        params: &ChatParams,
+        mut on_event: impl FnMut(Event<'_>),
+    ) -> Result<Reply> {
+        params.validate()?;
+        self.run(prompt, params, &mut on_event)
+    }
+
+    /// Prefills the conversation as the next turn will render it (earlier answers without their
+    /// reasoning), so that the next turn only processes the new message. Worth calling while
+    /// waiting for the user; returns the number of tokens now held.
+    pub fn prepare(&mut self, enable_thinking: Option<bool>) -> Result<usize> {
+        if self.messages.last().is_none_or(|m| m.role != "assistant") {
+            return Ok(self.state_tokens.len());
+        }
+        // Render with a stand-in next question, so the template treats the last answer as
+        // history, and keep everything before that question.
+        let mut next = self.messages.clone();
+        next.push(Message::user("?"));
+        let text = self.lm.render_chat(&next, false, enable_thinking)?;
+        let Some(cut) = text.rfind("<|im_start|>user") else {
+            return Ok(self.state_tokens.len());
+        };
+        // Special tokens split the text before byte-level BPE runs, so the tokens of this prefix
+        // are a prefix of the next prompt's tokens.
+        let history = self.lm.encode(&text[..cut])?;
+        self.reuse_longest(&history, history.len());
+        let held = self.state_tokens.len();
+        if held < history.len() {
+            self.feed(&history[held..])?;
+            self.save_snapshot();
+        }
+        Ok(self.state_tokens.len())
+    }
+
+    fn opens_thought(&self, prompt: &[u32]) -> bool {
+        let m = &self.markers;
+        m.think_end.is_some() && !m.think_open.is_empty() && prompt.ends_with(&m.think_open)
+    }
+
+    /// Brings the live state to the longest prefix of `tokens` (at most `max_len` long) that the
+    /// session holds: the live state itself, a saved state, or nothing. Returns its length.
+    fn reuse_longest(&mut self, tokens: &[u32], max_len: usize) -> usize {
+        let live = (self.state_tokens.len() <= max_len && tokens.starts_with(&self.state_tokens))
+            .then_some(self.state_tokens.len());
+        if let Some(snapshot) = self.cache.longest_prefix(tokens, max_len) {
+            if live.is_none_or(|n| snapshot.len() > n) {
+                self.state.restore(snapshot);
+                self.state_tokens.clear();
+                self.state_tokens.extend_from_slice(&tokens[..snapshot.len()]);
+                return snapshot.len();
+            }
+        }
+        if let Some(n) = live {
+            return n;
+        }
+        self.state.reset();
+        self.state_tokens.clear();
+        0
+    }
+
+    fn feed(&mut self, tokens: &[u32]) -> Result<()> {
+        self.lm.model.forward(&mut self.state, tokens, Logits::None)?;
+        self.state_tokens.extend_from_slice(tokens);
+        Ok(())
+    }
+
+    fn save_snapshot(&mut self) {
+        let bytes = self.state.cache_bytes();
+        if bytes <= self.cache.budget() && !self.cache.contains(&self.state_tokens) {
+            self.cache.insert(self.state_tokens.clone(), self.state.snapshot(), bytes);
+        }
+    }
+
+    /// One turn after `prompt`: reuse, prefill, decode.
+    fn run(
+        &mut self,
+        prompt: &[u32],
+        params: &ChatParams,
+        on_event: &mut dyn FnMut(Event<'_>),
+    ) -> Result<Reply> {
+        let start = Instant::now();
+        if prompt.is_empty() {
+            return Err(Error::InvalidInput("the prompt is empty".into()));
+        }
+        let lm = self.lm.clone();
+        let mut sampler = Sampler::new(params.sampling.clone())?;
+        sampler.observe_prompt(prompt);
+        let thinking = self.opens_thought(prompt);
+
+        // At least one prompt token must be fed to get logits.
+        let cached = self.reuse_longest(prompt, prompt.len() - 1);
+        self.stats.lookups += 1;
+        self.stats.hits += u64::from(cached > 0);
+        self.stats.prompt_tokens += prompt.len() as u64;
+        self.stats.cached_tokens += cached as u64;
+        let h = &self.markers.assistant_header;
+        let header_end =
+            (!h.is_empty()).then(|| prompt.windows(h.len()).rposition(|w| w == h.as_slice())).flatten();
+        if let Some(point) = header_end.map(|i| i + h.len()) {
+            if point > cached && point < prompt.len() {
+                self.feed(&prompt[cached..point])?;
+                self.save_snapshot();
+            }
+        }
+
+        let mut pending = prompt[self.state_tokens.len()..].to_vec();
+        let mut tokens = Vec::new();
+        let mut out = TextOut::new(&lm.tokenizer, &params.stop, thinking);
+        if thinking && params.max_thinking_tokens == Some(0) {
+            pending.extend_from_slice(&self.markers.close);
+            tokens.extend_from_slice(&self.markers.close);
+            out.close_thought(on_event)?;
+        }
+        let stop_ids = lm.stop_ids();
+        let mut sampled = 0;
+        let mut reasoning_tokens = 0;
+        let mut first_token_at = None;
+        let mut stop_string = None;
+        let finish = loop {
+            if self.cancel.take() {
+                break FinishReason::Cancelled;
+            }
+            if sampled == params.max_tokens
+                || (sampled > 0 && self.state_tokens.len() + pending.len() > self.state.max_len())
+            {
+                break FinishReason::Length;
+            }
+            let logits = lm.model.forward(&mut self.state, &pending, Logits::Last)?;
+            self.state_tokens.extend_from_slice(&pending);
+            let next = sampler.sample(logits);
+            first_token_at.get_or_insert_with(Instant::now);
+            sampled += 1;
+            tokens.push(next);
+            if stop_ids.contains(&next) {
+                break FinishReason::Stop;
+            }
+            sampler.accept(next);
+            pending.clear();
+            pending.push(next);
+            if out.in_thought() && Some(next) == self.markers.think_end {
+                out.close_thought(on_event)?;
+            } else {
+                if out.in_thought() {
+                    reasoning_tokens += 1;
+                }
+                if let Some(stop) = out.push_token(next, on_event)? {
+                    stop_string = Some(stop);
+                    break FinishReason::StopString;
+                }
+                if out.in_thought() && params.max_thinking_tokens.is_some_and(|max| reasoning_tokens >= max) {
+                    let close = if out.ends_with_newline() {
+                        &self.markers.close_after_newline
+                    } else {
+                        &self.markers.close
+                    };
+                    pending.extend_from_slice(close);
+                    tokens.extend_from_slice(close);
+                    sampler.observe_prompt(close);
+                    out.close_thought(on_event)?;
+                }
+            }
+            if params.repetition_guard.is_some_and(|g| g.is_looping(&tokens)) {
+                break FinishReason::Repetition;
+            }
+        };
+        if finish != FinishReason::StopString {
+            out.finish(on_event)?;
+        }
+        let now = Instant::now();
+        let first = first_token_at.unwrap_or(now);
+        let (reasoning, content) = out.into_texts();
+        let reply = Reply {
+            content,
+            reasoning,
+            tokens,
+            finish_reason: finish,
+            stop_string,
+            usage: Usage {
+                prompt_tokens: prompt.len(),
+                cached_prompt_tokens: cached,
+                completion_tokens: sampled,
+                reasoning_tokens,
+                time_to_first_token: first - start,
+                decode_time: now - first,
+            },
+        };
+        on_event(Event::Done(&reply));
+        Ok(reply)
+    }
+}
+
+/// Turns sampled ids into reasoning and content deltas: whole UTF-8 characters only, the
+/// newlines the template strips around a thought removed, stop strings held back until they can
+/// be ruled out and cut when they appear.
+struct TextOut<'t> {
+    tokenizer: &'t Tokenizer,
+    decoder: StreamDecoder<'t>,
+    stops: &'t [String],
+    in_thought: bool,
+    /// At the start of a thought or of the answer after one: leading newlines are dropped.
+    at_start: bool,
+    /// Newlines at the end of the reasoning so far, held back (the template strips them).
+    newlines: usize,
+    /// Text that may be the beginning of a stop string.
+    held: String,
+    reasoning: String,
+    content: String,
+}
+
+impl<'t> TextOut<'t> {
+    fn new(tokenizer: &'t Tokenizer, stops: &'t [String], in_thought: bool) -> Self {
+        TextOut {
+            tokenizer,
+            decoder: tokenizer.stream_decoder(),
+            stops,
+            in_thought,
+            // The template strips the newlines that open a thought and those between `</think>`
+            // and the answer; an answer that starts the turn is shown as generated.
+            at_start: in_thought,
+            newlines: 0,
+            held: String::new(),
+            reasoning: String::new(),
+            content: String::new(),
+        }
+    }
+
+    fn in_thought(&self) -> bool {
+        self.in_thought
+    }
+
+    fn ends_with_newline(&self) -> bool {
+        self.newlines > 0 || self.held.ends_with('\n')
+    }
+
+    /// Returns the stop string if this token completed one.
+    fn push_token(&mut self, id: u32, emit: &mut dyn FnMut(Event<'_>)) -> Result<Option<String>> {
+        // The embedding table is padded past the tokenizer's vocabulary; such ids have no text.
+        if id as usize >= self.tokenizer.vocab_size() {
+            return Ok(None);
+        }
+        let piece = self.decoder.push(id)?;
+        Ok(self.push_text(&piece, emit))
+    }
+
+    fn push_text(&mut self, piece: &str, emit: &mut dyn FnMut(Event<'_>)) -> Option<String> {
+        let mut piece = piece;
+        if self.at_start {
+            piece = piece.trim_start_matches('\n');
+            if piece.is_empty() {
+                return None;
+            }
+            self.at_start = false;
+        }
+        self.held.push_str(piece);
+        let found = self
+            .stops
+            .iter()
+            .filter_map(|s| self.held.find(s.as_str()).map(|at| (at, s)))
+            .min_by_key(|&(at, _)| at);
+        if let Some((at, stop)) = found {
+            let before = self.held[..at].to_owned();
+            self.held.clear();
+            self.emit(&before, emit);
+            return Some(stop.clone());
+        }
+        let ready = self.held.len() - partial_stop_len(&self.held, self.stops);
+        if ready > 0 {
+            let text: String = self.held.drain(..ready).collect();
+            self.emit(&text, emit);
+        }
+        None
+    }
+
+    fn emit(&mut self, text: &str, emit: &mut dyn FnMut(Event<'_>)) {
+        if text.is_empty() {
+            return;
+        }
+        if !self.in_thought {
+            self.content.push_str(text);
+            emit(Event::Content(text));
+            return;
+        }
+        let body = text.trim_end_matches('\n');
+        if body.is_empty() {
+            self.newlines += text.len();
+            return;
+        }
+        let mut delta = "\n".repeat(self.newlines);
+        delta.push_str(body);
+        self.newlines = text.len() - body.len();
+        self.reasoning.push_str(&delta);
+        emit(Event::Reasoning(&delta));
+    }
+
+    /// Flushes what the channel holds (no stop string can complete any more).
+    fn flush(&mut self, emit: &mut dyn FnMut(Event<'_>)) -> Result<()> {
+        let decoder = std::mem::replace(&mut self.decoder, self.tokenizer.stream_decoder());
+        let rest = decoder.finish();
+        if !rest.is_empty() && self.push_text(&rest, emit).is_some() {
+            return Ok(());
+        }
+        let held = std::mem::take(&mut self.held);
+        self.emit(&held, emit);
+        Ok(())
+    }
+
+    fn close_thought(&mut self, emit: &mut dyn FnMut(Event<'_>)) -> Result<()> {
+        self.flush(emit)?;
+        self.in_thought = false;
+        self.at_start = true;
+        self.newlines = 0;
+        Ok(())
+    }
+
+    fn finish(&mut self, emit: &mut dyn FnMut(Event<'_>)) -> Result<()> {
+        self.flush(emit)
+    }
+
+    fn into_texts(self) -> (String, String) {
+        (self.reasoning, self.content)
+    }
+}
+
+/// Length of the longest end of `text` that is the beginning of a stop string (and so must
+/// wait for the next token before it can be shown).
+fn partial_stop_len(text: &str, stops: &[String]) -> usize {
+    let bytes = text.as_bytes();
+    let mut best = 0;
+    for stop in stops {
+        let longest = (stop.len() - 1).min(bytes.len());
+        for k in (best + 1..=longest).rev() {
+            if text.is_char_boundary(bytes.len() - k)
+                && stop.as_bytes().starts_with(&bytes[bytes.len() - k..])
+            {
+                best = k;
+                break;
+            }
+        }
+    }
+    best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partial_stop_strings_are_held_back() {
+        let stops = ["END".to_owned(), "\n\n".to_owned()];
+        assert_eq!(partial_stop_len("abc", &stops), 0);
+        assert_eq!(partial_stop_len("abcE", &stops), 1);
+        assert_eq!(partial_stop_len("abcEN", &stops), 2);
+        assert_eq!(partial_stop_len("abc\n", &stops), 1);
+        assert_eq!(partial_stop_len("EN", &stops), 2);
+        assert_eq!(partial_stop_len("é", &["éa".to_owned()]), 2, "whole characters");
+    }
+
+    #[test]
+    fn repetition_guard_spots_loops_of_any_period() {
+        let g = RepetitionGuard { max_ngram: 4, min_repeats: 3, min_tokens: 6 };
+        assert!(g.is_looping(&[9, 1, 1, 1, 1, 1, 1]), "period 1 needs 6 tokens");
+        assert!(!g.is_looping(&[9, 1, 1, 1, 1, 1]));
+        assert!(g.is_looping(&[1, 2, 3, 1, 2, 3, 1, 2, 3]), "period 3, three times");
+        assert!(!g.is_looping(&[1, 2, 3, 1, 2, 3, 1, 2, 4]));
+        assert!(!g.is_looping(&[1, 2, 3, 4, 5, 1, 2, 3, 4, 5, 1, 2, 3, 4, 5]), "period 5 > max_ngram");
+        assert!(!g.is_looping(&[]));
+    }
+
+    #[test]
+    fn cancel_tokens_are_shared_and_consumed() {
+        let a = CancelToken::new();
+        let b = a.clone();
+        std::thread::spawn(move || b.cancel()).join().unwrap();
+        assert!(a.is_cancelled());
+        assert!(a.take());
+        assert!(!a.is_cancelled());
+    }
+}
