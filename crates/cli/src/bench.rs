@@ -35,6 +35,10 @@ pub struct BenchArgs {
     /// Print JSON lines instead of a table.
     #[arg(long)]
     json: bool,
+    /// Also measure quality: logit cosine and top-1 agreement with the f32 model over this many
+    /// prompt positions (loads the f32 model too).
+    #[arg(long, value_name = "TOKENS")]
+    quality: Option<usize>,
 }
 
 #[derive(Args)]
@@ -199,6 +203,19 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         });
     }
 
+    if let Some(n) = args.quality {
+        let reference = Model::load(&dir)?;
+        let a = qwenrt::quality::compare_logits(&reference, &model, &tokens(n, vocab, 4))?;
+        rows.push(Row {
+            test: format!("quality vs f32 ({n} positions)"),
+            tokens_per_second: f64::NAN,
+            spread: 0.0,
+            extra: serde_json::json!({
+                "mean_cosine": a.mean_cosine, "min_cosine": a.min_cosine, "top1_agreement": a.top1,
+            }),
+        });
+    }
+
     let rss = peak_rss();
     let threads = qwenrt::threads();
     let dtype = args.dtype.weight_dtype().name();
@@ -218,6 +235,16 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     println!("| model | dtype | threads | test | t/s | note |");
     println!("|---|---|---|---|---|---|");
     for row in &rows {
+        if let Some(c) = row.extra.get("mean_cosine") {
+            println!(
+                "| {name} | {dtype} | {threads} | {} | | logit cosine mean {:.5} (min {:.5}), top-1 agreement {:.1} % |",
+                row.test,
+                c.as_f64().unwrap_or(0.0),
+                row.extra["min_cosine"].as_f64().unwrap_or(0.0),
+                row.extra["top1_agreement"].as_f64().unwrap_or(0.0) * 100.0
+            );
+            continue;
+        }
         let note = match row.extra.get("fraction_of_bound") {
             Some(f) => format!(
                 "{:.0} % of the {:.1} t/s bandwidth bound ({:.2} GB/token at {:.1} GB/s)",

@@ -182,3 +182,38 @@ fn run_takes_stops_system_and_thinking_budget() {
     let biased = json(&["--logit-bias", "248046=100", "Tell me a story"]);
     assert_eq!((biased["finish_reason"].as_str(), biased["text"].as_str()), (Some("stop"), Some("")));
 }
+
+#[cfg(unix)]
+#[test]
+fn ctrl_c_cancels_the_answer_and_the_conversation_goes_on() {
+    use std::io::Read;
+    let dir = model_folder();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_qwenrt"))
+        .args(["chat", "--model", dir.to_str().unwrap(), "--dtype", "f32", "--max-tokens", "200000"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"Talk forever\n").unwrap();
+    stdin.flush().unwrap();
+    // Wait until the answer is streaming, then press Ctrl-C.
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 1];
+    stdout.read_exact(&mut first).unwrap();
+    let kill = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    // The REPL survives: a second message is answered, then end of input ends it normally.
+    stdin.write_all(b"/think off\n").unwrap();
+    drop(stdin);
+    let mut rest = Vec::new();
+    stdout.read_to_end(&mut rest).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "exit {:?}: {stderr}", out.status);
+    let t = turns(&stderr);
+    assert_eq!(t.len(), 1, "{stderr}");
+    assert!(t[0].2.contains("finish: cancelled"), "{}", t[0].2);
+    assert!(stderr.contains("[thinking off]"), "the REPL went on after the cancel: {stderr}");
+}

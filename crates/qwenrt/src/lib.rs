@@ -29,6 +29,7 @@ pub mod generate;
 pub mod linear;
 mod lm;
 pub mod model;
+pub mod quality;
 pub mod prompt_cache;
 pub mod sampling;
 pub mod session;

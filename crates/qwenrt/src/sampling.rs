@@ -215,32 +215,32 @@ impl Sampler {
         if p.temperature == 0.0 {
             return argmax(w);
         }
-        let t = p.temperature;
-        for l in w.iter_mut() {
-            *l /= t;
-        }
         self.draw()
     }
 
-    /// Top-k, top-p and min-p over `self.work` (already divided by the temperature), then a draw.
+    /// Temperature, top-k, top-p and min-p over `self.work` (biased and penalised logits), then
+    /// a draw.
     fn draw(&mut self) -> u32 {
         let p = &self.params;
-        let w = &self.work;
-        let n = w.len();
-        let max = w.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let t = p.temperature;
+        let n = self.work.len();
         let by_logit_desc = |a: &(f32, u32), b: &(f32, u32)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
         let c = &mut self.candidates;
-        c.clear();
         // The normaliser of the distribution top-p sees: the top-k survivors, or everything.
         let top_k = p.top_k > 0 && p.top_k < n;
-        let total: f64 = if top_k {
-            c.extend(w.iter().enumerate().map(|(i, &l)| (l, i as u32)));
-            c.select_nth_unstable_by(p.top_k - 1, by_logit_desc);
-            c.truncate(p.top_k);
-            c.iter().map(|&(l, _)| ((l - max) as f64).exp()).sum()
+        let (max, total) = if top_k {
+            // Dividing by a positive temperature keeps the order: select first, scale k values.
+            top_k_into(&self.work, p.top_k, c);
+            c.iter_mut().for_each(|x| x.0 /= t);
+            let max = c.iter().map(|x| x.0).fold(f32::NEG_INFINITY, f32::max);
+            (max, c.iter().map(|&(l, _)| ((l - max) as f64).exp()).sum::<f64>())
         } else {
-            w.iter().map(|&l| ((l - max) as f64).exp()).sum()
+            c.clear();
+            self.work.iter_mut().for_each(|l| *l /= t);
+            let max = self.work.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            (max, self.work.iter().map(|&l| ((l - max) as f64).exp()).sum::<f64>())
         };
+        let w = &self.work;
         // min-p keeps a most-likely-first prefix, like top-k and top-p, so applying it as a
         // threshold up front gives the same survivors as transformers' order.
         let min_logit = if p.min_p > 0.0 { max + p.min_p.ln() } else { f32::NEG_INFINITY };
@@ -261,6 +261,9 @@ impl Sampler {
         }
         if top_k {
             c.retain(|&(l, _)| l >= min_logit);
+            if c.is_empty() {
+                return argmax(w);
+            }
         } else {
             c.extend(w.iter().enumerate().filter(|(_, &l)| l >= min_logit).map(|(i, &l)| (l, i as u32)));
         }
@@ -301,6 +304,32 @@ impl Sampler {
             }
         }
         survivors.last().map_or_else(|| argmax(w), |&(_, id)| id)
+    }
+}
+
+/// The `k` largest logits as (logit, id), in no particular order, ties going to the lower id:
+/// one pass over the vocabulary with an occasional compaction, instead of sorting or selecting
+/// over a vocabulary-sized buffer. `-inf` logits (banned tokens) are left out.
+fn top_k_into(logits: &[f32], k: usize, out: &mut Vec<(f32, u32)>) {
+    let by_logit_desc = |a: &(f32, u32), b: &(f32, u32)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
+    let cap = (4 * k).max(256);
+    out.clear();
+    // Nothing below the k-th best seen so far can enter; a later equal logit has a higher id and
+    // loses the tie, so `>` is exact.
+    let mut threshold = f32::NEG_INFINITY;
+    for (i, &l) in logits.iter().enumerate() {
+        if l > threshold {
+            out.push((l, i as u32));
+            if out.len() == cap {
+                out.select_nth_unstable_by(k - 1, by_logit_desc);
+                out.truncate(k);
+                threshold = out[k - 1].0;
+            }
+        }
+    }
+    if out.len() > k {
+        out.select_nth_unstable_by(k - 1, by_logit_desc);
+        out.truncate(k);
     }
 }
 
@@ -368,6 +397,32 @@ mod tests {
             seen.insert(id);
         }
         assert_eq!(seen.len(), 5, "a high temperature should reach every one of the 5");
+    }
+
+    #[test]
+    fn streaming_top_k_equals_a_full_sort() {
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let mut out = Vec::new();
+        for (n, k) in [(10, 3), (1000, 20), (5000, 1), (5000, 700), (300, 299)] {
+            // Few distinct values, so ties are everywhere; some banned tokens.
+            let logits: Vec<f32> = (0..n)
+                .map(|_| match rng.random_range(0..20u32) {
+                    0 => f32::NEG_INFINITY,
+                    v => (v % 7) as f32,
+                })
+                .collect();
+            let mut want: Vec<(f32, u32)> = logits
+                .iter()
+                .enumerate()
+                .filter(|(_, l)| l.is_finite())
+                .map(|(i, &l)| (l, i as u32))
+                .collect();
+            want.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+            want.truncate(k);
+            top_k_into(&logits, k, &mut out);
+            out.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+            assert_eq!(out, want, "n {n}, k {k}");
+        }
     }
 
     #[test]

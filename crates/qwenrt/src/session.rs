@@ -441,7 +441,15 @@ impl ChatSession {
     /// reasoning), so that the next turn only processes the new message. Worth calling while
     /// waiting for the user; returns the number of tokens now held.
     pub fn prepare(&mut self, enable_thinking: Option<bool>) -> Result<usize> {
-        if self.messages.last().is_none_or(|m| m.role != "assistant") {
+        let Some(last) = self.messages.last().filter(|m| m.role == "assistant") else {
+            return Ok(self.state_tokens.len());
+        };
+        // After a tool call the next message is a tool response, and the template renders the
+        // turn as generated (reasoning included): the live state already extends into it, and
+        // preparing for a user message would throw that away.
+        let calls_tool = last.tool_calls.as_ref().is_some_and(|c| !c.is_empty())
+            || matches!(&last.content, crate::chat::MessageContent::Text(t) if t.contains("<tool_call>"));
+        if calls_tool {
             return Ok(self.state_tokens.len());
         }
         // Render with a stand-in next question, so the template treats the last answer as

@@ -35,6 +35,12 @@ impl SplitMix {
     fn uniform(&mut self) -> f32 {
         (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
     }
+    /// Standard normal (Box–Muller).
+    fn normal(&mut self) -> f32 {
+        let u1 = ((self.next() >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
+        let u2 = (self.next() >> 11) as f64 / (1u64 << 53) as f64;
+        ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
+    }
 }
 
 fn stream(seed: u64, name: &str) -> SplitMix {
@@ -45,9 +51,10 @@ fn stream(seed: u64, name: &str) -> SplitMix {
     SplitMix(h)
 }
 
-/// Values for one tensor, scaled like a trained model so activations stay O(1) through the
-/// layers: matrices ~ U(±√3/√fan_in) (unit variance outputs), norms near their identity, DeltaNet
-/// decays spread between fast and slow.
+/// Values for one tensor, scaled so activations stay O(1) through the layers as in a trained model:
+/// matrices ~ N(0, 1/fan_in) (unit-variance outputs), embeddings ~ N(0, 1), norms near their
+/// identity, DeltaNet decays spread between fast (A = 16) and slow (A = 1). (transformers' own
+/// initialisation, N(0, 0.02²) everywhere, gives near-constant logits: useless for judging quality.)
 fn values(name: &str, shape: &[usize], seed: u64) -> Vec<f32> {
     let n: usize = shape.iter().product();
     let mut rng = stream(seed, name);
@@ -56,7 +63,7 @@ fn values(name: &str, shape: &[usize], seed: u64) -> Vec<f32> {
     if name.ends_with("A_log") {
         out.extend((0..n).map(|_| (1.0 + 7.5 * (rng.uniform() + 1.0)).ln()));
     } else if name.ends_with("dt_bias") {
-        out.extend((0..n).map(|_| rng.uniform()));
+        out.extend((0..n).map(|_| 1.0 + 0.1 * rng.uniform()));
     } else if name.ends_with("conv1d.weight") {
         out.extend((0..n).map(|_| 0.5 * rng.uniform()));
     } else if shape.len() == 1 {
@@ -66,8 +73,8 @@ fn values(name: &str, shape: &[usize], seed: u64) -> Vec<f32> {
         out.extend((0..n).map(|_| base + 0.1 * rng.uniform()));
     } else {
         let fan_in: usize = shape[1..].iter().product();
-        let scale = if name.contains("embed_tokens") { 1.0 } else { 3f32.sqrt() / (fan_in as f32).sqrt() };
-        out.extend((0..n).map(|_| scale * rng.uniform()));
+        let scale = if name.contains("embed_tokens") { 1.0 } else { 1.0 / (fan_in as f32).sqrt() };
+        out.extend((0..n).map(|_| scale * rng.normal()));
     }
     out
 }

@@ -378,3 +378,50 @@ fn bad_parameters_are_rejected_before_anything_changes() {
     assert!(session.send(Message::user("Hi"), &params, |_| {}).unwrap_err().to_string().contains("top_p"));
     assert!(session.messages().is_empty(), "a failed turn leaves the conversation as it was");
 }
+
+#[test]
+fn a_prompt_extending_what_was_generated_continues_the_live_state() {
+    // E.g. a tool call: the template re-renders the assistant turn after the last user message
+    // as it was generated, so the next prompt extends the tokens the state has consumed.
+    let lm = load();
+    let mut session = ChatSession::new(lm.clone());
+    let prompt = lm.encode(&lm.render_chat(&[Message::user("Call a tool.")], true, None).unwrap()).unwrap();
+    let first = session.complete(&prompt, &greedy(8), |_| {}).unwrap();
+    assert_eq!(first.finish_reason, FinishReason::Length);
+    let mut next = prompt.clone();
+    next.extend_from_slice(&first.tokens);
+    next.extend(lm.encode("<|im_end|>\n<|im_start|>user\n<tool_response>\n42\n</tool_response><|im_end|>\n<|im_start|>assistant\n").unwrap());
+    let second = session.complete(&next, &greedy(8), |_| {}).unwrap();
+    // The last sampled token was never fed: everything before it is reused.
+    assert_eq!(second.usage.cached_prompt_tokens, prompt.len() + first.tokens.len() - 1);
+    let options = GenerateOptions {
+        max_tokens: 8,
+        sampling: SamplingParams::greedy(),
+        stop_ids: lm.stop_ids().to_vec(),
+    };
+    let mut state = lm.model.new_state();
+    let want = generate(&lm.model, &mut state, &next, &options, |_| true).unwrap();
+    assert_eq!(second.tokens, want.tokens);
+}
+
+#[test]
+fn prepare_leaves_a_tool_call_turn_alone() {
+    let lm = load();
+    let mut session = ChatSession::new(lm.clone());
+    session.send(Message::user("What is 6 x 7?"), &greedy(6), |_| {}).unwrap();
+    let held = session.context_tokens();
+    // The app parsed a tool call out of the answer.
+    let mut call = session.messages().last().unwrap().clone();
+    call.content = "<tool_call>\n<function=multiply>\n</function>\n</tool_call>".into();
+    let mut messages = session.messages().to_vec();
+    *messages.last_mut().unwrap() = call;
+    session.set_messages(messages);
+    let saved = session.prompt_cache().len();
+    assert_eq!(session.prepare(None).unwrap(), held, "the live state is kept for the tool response");
+    assert_eq!(session.prompt_cache().len(), saved, "nothing was prefilled");
+    // Without the tool call, prepare re-renders the answer as history and prefills it.
+    let mut plain = ChatSession::new(lm.clone());
+    plain.send(Message::user("What is 6 x 7?"), &greedy(6), |_| {}).unwrap();
+    plain.prepare(None).unwrap();
+    assert_eq!(plain.prompt_cache().len(), saved + 1);
+}
