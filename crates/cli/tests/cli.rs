@@ -98,6 +98,8 @@ fn run_raw_json_reproduces_transformers_greedy_tokens() {
             "run",
             "--model",
             dir.to_str().unwrap(),
+            "--dtype",
+            "f32",
             "--raw",
             "--json",
             "--temperature",
@@ -116,7 +118,7 @@ fn run_raw_json_reproduces_transformers_greedy_tokens() {
 
     // Streaming prints the same text as the JSON mode, then a newline.
     let streamed = qwenrt(
-        &["run", "--model", dir.to_str().unwrap(), "--raw", "--temperature", "0", "--max-tokens", "64", text],
+        &["run", "--model", dir.to_str().unwrap(), "--dtype", "f32", "--raw", "--temperature", "0", "--max-tokens", "64", text],
         None,
     );
     assert!(streamed.status.success());
@@ -135,6 +137,8 @@ fn run_renders_the_chat_template_by_default_and_reads_stdin() {
             "run",
             "--model",
             dir.to_str().unwrap(),
+            "--dtype",
+            "f32",
             "--json",
             "--temperature",
             "0",
@@ -159,7 +163,7 @@ fn score_log_probabilities_match_transformers() {
     // log_softmax(transformers' last-position logits)[that word's token].
     let scored = format!("{text} The");
     let json =
-        ok_json(&qwenrt(&["score", "--model", dir.to_str().unwrap(), "--raw", "--json", &scored], None));
+        ok_json(&qwenrt(&["score", "--model", dir.to_str().unwrap(), "--dtype", "f32", "--raw", "--json", &scored], None));
     let tokens = as_ids(&json["tokens"]);
     assert_eq!(tokens[..ids.len()], ids[..], "the prompt tokenizes as in the fixture");
     assert_eq!(tokens.len(), ids.len() + 1, "\" The\" is one token");

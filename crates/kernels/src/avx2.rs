@@ -272,6 +272,37 @@ unsafe fn dot_quant<Q: QuantRow, const M: usize>(w: &[Q::Block], xs: [&[BlockQ8A
     out
 }
 
+/// [`dot_quant`] for two weight rows at once: each activation block loaded feeds both rows.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_quant2<Q: QuantRow, const M: usize>(
+    w0: &[Q::Block],
+    w1: &[Q::Block],
+    xs: [&[BlockQ8Act]; M],
+) -> ([f32; M], [f32; M]) {
+    let mut acc0 = [_mm256_setzero_ps(); M];
+    let mut acc1 = [_mm256_setzero_ps(); M];
+    for b in 0..w0.len() {
+        let (q0, d0) = Q::load(w0.get_unchecked(b));
+        let (q1, d1) = Q::load(w1.get_unchecked(b));
+        let (a0, a1) = (_mm256_sign_epi8(q0, q0), _mm256_sign_epi8(q1, q1));
+        let (d0, d1) = (_mm256_set1_ps(d0), _mm256_set1_ps(d1));
+        for m in 0..M {
+            let xb = xs[m].get_unchecked(b);
+            let xq = _mm256_loadu_si256(xb.qs.as_ptr() as *const __m256i);
+            let dx = _mm256_set1_ps(xb.d);
+            acc0[m] = _mm256_fmadd_ps(_mm256_mul_ps(d0, dx), dot32(a0, q0, xq), acc0[m]);
+            acc1[m] = _mm256_fmadd_ps(_mm256_mul_ps(d1, dx), dot32(a1, q1, xq), acc1[m]);
+        }
+    }
+    let (mut out0, mut out1) = ([0.0f32; M], [0.0f32; M]);
+    for m in 0..M {
+        out0[m] = hsum(acc0[m]);
+        out1[m] = hsum(acc1[m]);
+    }
+    (out0, out1)
+}
+
 /// Rows `rows` of `out[t, n] = x[t, k] @ w.T` for block-quantized weights, with the
 /// activations already quantized (`x`: `t` rows of `k / 32` blocks).
 ///
@@ -289,30 +320,34 @@ pub unsafe fn matmul_quant<Q: QuantRow>(
 ) {
     let nb = k / QK;
     let block = row_block(nb * std::mem::size_of::<Q::Block>());
+    let row = |r: usize| &w[r * nb..(r + 1) * nb];
     for r0 in rows.clone().step_by(block) {
         let rb = r0..(r0 + block).min(rows.end);
         let mut ti = 0;
-        while ti + 4 <= t {
-            let xs = [
-                &x[ti * nb..(ti + 1) * nb],
-                &x[(ti + 1) * nb..(ti + 2) * nb],
-                &x[(ti + 2) * nb..(ti + 3) * nb],
-                &x[(ti + 3) * nb..(ti + 4) * nb],
-            ];
-            for r in rb.clone() {
-                let d = dot_quant::<Q, 4>(&w[r * nb..(r + 1) * nb], xs);
-                for (m, v) in d.iter().enumerate() {
-                    *out.add((ti + m) * n + r) = *v;
+        while ti < t {
+            let m = if t - ti >= 4 { 4 } else { 1 };
+            let xr = |i: usize| &x[(ti + i) * nb..(ti + i + 1) * nb];
+            let mut r = rb.start;
+            while r + 2 <= rb.end {
+                if m == 4 {
+                    let (a, b) = dot_quant2::<Q, 4>(row(r), row(r + 1), [xr(0), xr(1), xr(2), xr(3)]);
+                    for i in 0..4 {
+                        *out.add((ti + i) * n + r) = a[i];
+                        *out.add((ti + i) * n + r + 1) = b[i];
+                    }
+                } else {
+                    let (a, b) = dot_quant2::<Q, 1>(row(r), row(r + 1), [xr(0)]);
+                    *out.add(ti * n + r) = a[0];
+                    *out.add(ti * n + r + 1) = b[0];
+                }
+                r += 2;
+            }
+            if r < rb.end {
+                for i in 0..m {
+                    *out.add((ti + i) * n + r) = dot_quant::<Q, 1>(row(r), [xr(i)])[0];
                 }
             }
-            ti += 4;
-        }
-        while ti < t {
-            let xs = [&x[ti * nb..(ti + 1) * nb]];
-            for r in rb.clone() {
-                *out.add(ti * n + r) = dot_quant::<Q, 1>(&w[r * nb..(r + 1) * nb], xs)[0];
-            }
-            ti += 1;
+            ti += m;
         }
     }
 }

@@ -147,6 +147,29 @@ pub fn matmul_with(isa: Isa, x: &[f32], w: Weights, out: &mut [f32], t: usize, k
     }
 }
 
+/// `out[t, n] = x[t, k] @ w.T` for f32 weights on the calling thread only: for small products
+/// inside code that is already parallel (one task per attention or DeltaNet head).
+pub fn matmul_f32_local(x: &[f32], w: &[f32], out: &mut [f32], t: usize, k: usize, n: usize) {
+    assert_eq!(x.len(), t * k, "matmul: x is not [t, k]");
+    assert_eq!(w.len(), n * k, "matmul: w is not [n, k]");
+    assert_eq!(out.len(), t * n, "matmul: out is not [t, n]");
+    // SAFETY: f32 has no invalid bit patterns and u8 no alignment requirement.
+    let bytes = unsafe { std::slice::from_raw_parts(w.as_ptr() as *const u8, std::mem::size_of_val(w)) };
+    let isa = Isa::detect();
+    // SAFETY: this call writes all rows of `out`, on this thread.
+    unsafe { rows_kernel(isa, x, &[], Weights::Float(bytes, FloatFormat::F32), OutPtr(out.as_mut_ptr()), t, k, n, 0..n) }
+}
+
+/// Writes the transpose of `src` (`[rows, cols]`) into `dst` (`[cols, rows]`).
+pub fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
+    assert!(src.len() == rows * cols && dst.len() == rows * cols, "transpose: size mismatch");
+    for r in 0..rows {
+        for c in 0..cols {
+            dst[c * rows + r] = src[r * cols + c];
+        }
+    }
+}
+
 /// Quantizes activation rows (length a multiple of 32) to Q8 blocks.
 pub fn quantize_act(isa: Isa, x: &[f32], out: &mut [BlockQ8Act]) {
     assert_eq!(x.len(), out.len() * QK, "quantize_act: length mismatch");

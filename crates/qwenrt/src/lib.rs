@@ -3,6 +3,8 @@
 //! Weights ([`Model`]) are immutable and shared; each conversation owns a [`SessionState`]
 //! (KV caches, DeltaNet conv and recurrent states) that the caller passes to the model.
 //! [`LanguageModel`] bundles a model with its tokenizer, chat template and generation defaults.
+//! For conversations use [`ChatSession`] (streaming, sampling, thinking control, state reuse
+//! across turns; see the [`session`] module); below is the lower level it is built on.
 //!
 //! ```no_run
 //! use qwenrt::chat::Message;

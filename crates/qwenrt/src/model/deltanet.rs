@@ -316,6 +316,12 @@ pub struct ChunkScratch {
     u: Vec<f32>,
     w: Vec<f32>,
     v_new: Vec<f32>,
+    /// Transposes and products for the matrix-product steps.
+    state_t: Vec<f32>,
+    v_new_t: Vec<f32>,
+    k_decayed_t: Vec<f32>,
+    q_decayed: Vec<f32>,
+    prod: Vec<f32>,
 }
 
 /// The chunked (parallel) delta rule for one value head over `t` tokens, continuing from `state`
@@ -369,6 +375,8 @@ pub fn delta_rule_chunked(
                 ut[i * c + j] = if j < i { beta[i] * k::dot(ki, kj) * decay } else { 0.0 };
                 qk[i * c + j] = k::dot(qi, kj) * decay;
             }
+            // The causal mask: qk multiplies v_new as a full [c, c] matrix below.
+            qk[i * c + i + 1..(i + 1) * c].fill(0.0);
         }
 
         // new_values = solve(ut, v_beta); k_cumdecay = solve(ut, k_beta * exp(cum_decay))
@@ -392,39 +400,45 @@ pub fn delta_rule_chunked(
             }
         }
 
-        // v_new = new_values - k_cumdecay @ S
+        // v_new = new_values - k_cumdecay @ S           ([c, dk] @ [dk, dv], as x @ (S^T)^T)
+        let state_t = grow(&mut s.state_t, dk * dv);
+        k::transpose(state, dk, dv, state_t);
+        let prod = grow(&mut s.prod, c * dv);
+        k::matmul_f32_local(w, state_t, prod, c, dk, dv);
         let v_new = grow(&mut s.v_new, c * dv);
-        v_new.copy_from_slice(u);
-        for i in 0..c {
-            let vi = &mut v_new[i * dv..(i + 1) * dv];
-            for (&a, srow) in w[i * dk..(i + 1) * dk].iter().zip(state.chunks_exact(dv)) {
-                k::axpy(vi, -a, srow);
-            }
+        for ((vn, &ui), &pi) in v_new.iter_mut().zip(u.iter()).zip(prod.iter()) {
+            *vn = ui - pi;
         }
 
         // out = (q * exp(cum_decay)) @ S + intra_chunk_attn @ v_new
+        let q_decayed = grow(&mut s.q_decayed, c * dk);
         for i in 0..c {
-            let oi = &mut out[i * dv..(i + 1) * dv];
-            oi.fill(0.0);
             let eg = cum[i].exp();
-            for (&qa, srow) in q[i * dk..(i + 1) * dk].iter().zip(state.chunks_exact(dv)) {
-                k::axpy(oi, qa * eg, srow);
-            }
-            for j in 0..=i {
-                k::axpy(oi, qk[i * c + j], &v_new[j * dv..(j + 1) * dv]);
+            for (qd, &qv) in q_decayed[i * dk..(i + 1) * dk].iter_mut().zip(&q[i * dk..(i + 1) * dk]) {
+                *qd = qv * eg;
             }
         }
+        k::matmul_f32_local(q_decayed, state_t, out, c, dk, dv);
+        let v_new_t = grow(&mut s.v_new_t, dv * c);
+        k::transpose(v_new, c, dv, v_new_t);
+        let prod = grow(&mut s.prod, c * dv);
+        k::matmul_f32_local(qk, v_new_t, prod, c, c, dv);
+        k::add_assign(out, prod);
 
         // S = S * exp(cum_decay[-1]) + (k * exp(cum_decay[-1] - cum_decay)).T @ v_new
         let last = cum[c - 1];
-        let chunk_decay = last.exp();
-        state.iter_mut().for_each(|x| *x *= chunk_decay);
+        let k_decayed_t = grow(&mut s.k_decayed_t, dk * c);
         for j in 0..c {
             let kd = (last - cum[j]).exp();
-            let vj = &v_new[j * dv..(j + 1) * dv];
-            for (&ka, srow) in k[j * dk..(j + 1) * dk].iter().zip(state.chunks_exact_mut(dv)) {
-                k::axpy(srow, ka * kd, vj);
+            for a in 0..dk {
+                k_decayed_t[a * c + j] = k[j * dk + a] * kd;
             }
+        }
+        let prod = grow(&mut s.prod, dk * dv);
+        k::matmul_f32_local(k_decayed_t, v_new_t, prod, dk, c, dv);
+        let chunk_decay = last.exp();
+        for (sx, &px) in state.iter_mut().zip(prod.iter()) {
+            *sx = *sx * chunk_decay + px;
         }
     }
 }
