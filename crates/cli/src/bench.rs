@@ -172,7 +172,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         let gen = tokens(args.n_gen, vocab, 3);
         let mut rates = Vec::new();
         for _ in 0..args.reps {
-            state.restore(&snapshot);
+            state.restore(&snapshot)?;
             let t0 = Instant::now();
             for &id in &gen {
                 model.forward(&mut state, &[id], Logits::Last)?;

@@ -133,6 +133,9 @@ unsafe fn dot_rows<L: Lanes, const M: usize>(w: *const u8, xs: [*const f32; M], 
     let mut acc1 = [_mm256_setzero_ps(); M];
     let mut i = 0;
     while i + 16 <= k {
+        if M == 1 {
+            _mm_prefetch::<_MM_HINT_T0>(w.add(i * L::BYTES + PREFETCH_BYTES) as *const i8);
+        }
         let w0 = L::load8(w.add(i * L::BYTES));
         let w1 = L::load8(w.add((i + 8) * L::BYTES));
         for m in 0..M {
@@ -272,6 +275,9 @@ unsafe fn dot_quant<Q: QuantRow, const M: usize>(w: &[Q::Block], xs: [&[BlockQ8A
     out
 }
 
+/// How far ahead of the current block decode prefetches weights.
+const PREFETCH_BYTES: usize = 1024;
+
 /// [`dot_quant`] for two weight rows at once: each activation block loaded feeds both rows.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -283,6 +289,12 @@ unsafe fn dot_quant2<Q: QuantRow, const M: usize>(
     let mut acc0 = [_mm256_setzero_ps(); M];
     let mut acc1 = [_mm256_setzero_ps(); M];
     for b in 0..w0.len() {
+        // Decode streams the weights once from memory: ask for them well ahead, as the
+        // hardware prefetcher alone leaves a third of the bandwidth unused here.
+        if M == 1 {
+            _mm_prefetch::<_MM_HINT_T0>((w0.as_ptr().add(b) as *const i8).add(PREFETCH_BYTES));
+            _mm_prefetch::<_MM_HINT_T0>((w1.as_ptr().add(b) as *const i8).add(PREFETCH_BYTES));
+        }
         let (q0, d0) = Q::load(w0.get_unchecked(b));
         let (q1, d1) = Q::load(w1.get_unchecked(b));
         let (a0, a1) = (_mm256_sign_epi8(q0, q0), _mm256_sign_epi8(q1, q1));

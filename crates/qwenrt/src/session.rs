@@ -483,8 +483,9 @@ impl ChatSession {
         let live = (self.state_tokens.len() <= max_len && tokens.starts_with(&self.state_tokens))
             .then_some(self.state_tokens.len());
         if let Some(snapshot) = self.cache.longest_prefix(tokens, max_len) {
-            if live.is_none_or(|n| snapshot.len() > n) {
-                self.state.restore(snapshot);
+            // The cache only holds this session's snapshots, so restoring cannot fail; were it
+            // to, the live state is untouched and still valid.
+            if live.is_none_or(|n| snapshot.len() > n) && self.state.restore(snapshot).is_ok() {
                 self.state_tokens.clear();
                 self.state_tokens.extend_from_slice(&tokens[..snapshot.len()]);
                 return snapshot.len();

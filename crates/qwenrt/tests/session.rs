@@ -165,7 +165,7 @@ fn restoring_a_snapshot_then_continuing_equals_continuing() {
 
     let mut other = lm.model.new_state();
     lm.model.forward(&mut other, &prompt[..5], qwenrt::Logits::None).unwrap(); // something else entirely
-    other.restore(cache.longest_prefix(&prompt, prompt.len()).unwrap());
+    other.restore(cache.longest_prefix(&prompt, prompt.len()).unwrap()).unwrap();
     let restored = generate(&lm.model, &mut other, &prompt[split..], &options, |_| true).unwrap();
     assert_eq!(restored.tokens, continued.tokens);
     assert_eq!(other.len(), state.len());

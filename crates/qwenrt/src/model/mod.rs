@@ -472,7 +472,7 @@ mod tests {
         let want = model.forward(&mut state, &ids[80..], Logits::Last).unwrap().to_vec();
         // Wander off, then come back.
         model.forward(&mut state, &ids[..5], Logits::None).unwrap();
-        state.restore(&snap);
+        state.restore(&snap).unwrap();
         assert_eq!(state.len(), 80);
         let got = model.forward(&mut state, &ids[80..], Logits::Last).unwrap().to_vec();
         assert_eq!(want, got, "restored state must continue bit for bit");

@@ -85,11 +85,25 @@ impl SessionState {
         Snapshot { layers: self.layers.clone(), len: self.len }
     }
 
-    /// Returns to a snapshot taken from a state of the same model.
-    pub fn restore(&mut self, snapshot: &Snapshot) {
-        assert_eq!(self.layers.len(), snapshot.layers.len(), "snapshot from another model");
+    /// Returns to a snapshot taken from a state of the same model; a snapshot of another model
+    /// is an error and leaves the state untouched.
+    pub fn restore(&mut self, snapshot: &Snapshot) -> crate::Result<()> {
+        let compatible = self.layers.len() == snapshot.layers.len()
+            && self.layers.iter().zip(&snapshot.layers).all(|(a, b)| match (a, b) {
+                (LayerCache::DeltaNet { conv: c1, ssm: s1 }, LayerCache::DeltaNet { conv: c2, ssm: s2 }) => {
+                    c1.len() == c2.len() && s1.len() == s2.len()
+                }
+                (LayerCache::Attention { .. }, LayerCache::Attention { .. }) => true,
+                _ => false,
+            });
+        if !compatible || snapshot.len > self.max_len {
+            return Err(crate::Error::InvalidInput(
+                "the snapshot was taken from another model (or exceeds this state's context)".into(),
+            ));
+        }
         self.layers.clone_from(&snapshot.layers);
         self.len = snapshot.len;
+        Ok(())
     }
 
     /// Bytes held by the caches (not counting scratch).
@@ -112,6 +126,17 @@ impl SessionState {
 impl Snapshot {
     pub fn len(&self) -> usize {
         self.len
+    }
+
+    /// Bytes the snapshot holds.
+    pub fn bytes(&self) -> usize {
+        self.layers
+            .iter()
+            .map(|l| match l {
+                LayerCache::DeltaNet { conv, ssm } => (conv.len() + ssm.len()) * 4,
+                LayerCache::Attention { keys, values } => (keys.len() + values.len()) * 4,
+            })
+            .sum()
     }
 
     pub fn is_empty(&self) -> bool {
