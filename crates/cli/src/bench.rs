@@ -159,7 +159,6 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         });
     }
 
-    let bandwidth = if args.n_gen > 0 { read_bandwidth() } else { 0.0 };
     for &depth in &args.ctx {
         if args.n_gen == 0 {
             break;
@@ -182,25 +181,29 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         // Bytes a decode step must read: every weight matrix once (the tied embedding once, as
         // the LM head) plus the session state (KV cache and DeltaNet states).
         let bytes_per_token = (model.weight_bytes() + state.cache_bytes()) as f64;
-        let bound = bandwidth / bytes_per_token;
         let spread =
             rates.iter().cloned().fold(0.0, f64::max) - rates.iter().cloned().fold(f64::MAX, f64::min);
-        let rate = median(&mut rates);
         rows.push(Row {
             test: if depth == 0 {
                 format!("tg{}", args.n_gen)
             } else {
                 format!("tg{} @ d{depth}", args.n_gen)
             },
-            tokens_per_second: rate,
+            tokens_per_second: median(&mut rates),
             spread,
-            extra: serde_json::json!({
-                "bytes_per_token": bytes_per_token,
-                "read_bandwidth_bytes_per_second": bandwidth,
-                "bandwidth_bound_tokens_per_second": bound,
-                "fraction_of_bound": rate / bound,
-            }),
+            extra: serde_json::json!({ "bytes_per_token": bytes_per_token }),
         });
+    }
+    // Peak memory is read before the bandwidth probe allocates its buffer.
+    let rss = peak_rss();
+    if args.n_gen > 0 && !args.ctx.is_empty() {
+        let bandwidth = read_bandwidth();
+        for row in rows.iter_mut().filter(|r| r.test.starts_with("tg")) {
+            let bound = bandwidth / row.extra["bytes_per_token"].as_f64().unwrap_or(f64::NAN);
+            row.extra["read_bandwidth_bytes_per_second"] = bandwidth.into();
+            row.extra["bandwidth_bound_tokens_per_second"] = bound.into();
+            row.extra["fraction_of_bound"] = (row.tokens_per_second / bound).into();
+        }
     }
 
     if let Some(n) = args.quality {
@@ -216,7 +219,6 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         });
     }
 
-    let rss = peak_rss();
     let threads = qwenrt::threads();
     let dtype = args.dtype.weight_dtype().name();
     if args.json {

@@ -118,7 +118,19 @@ fn run_raw_json_reproduces_transformers_greedy_tokens() {
 
     // Streaming prints the same text as the JSON mode, then a newline.
     let streamed = qwenrt(
-        &["run", "--model", dir.to_str().unwrap(), "--dtype", "f32", "--raw", "--temperature", "0", "--max-tokens", "64", text],
+        &[
+            "run",
+            "--model",
+            dir.to_str().unwrap(),
+            "--dtype",
+            "f32",
+            "--raw",
+            "--temperature",
+            "0",
+            "--max-tokens",
+            "64",
+            text,
+        ],
         None,
     );
     assert!(streamed.status.success());
@@ -162,8 +174,10 @@ fn score_log_probabilities_match_transformers() {
     // Score the prompt followed by one more word: the last log-prob is then
     // log_softmax(transformers' last-position logits)[that word's token].
     let scored = format!("{text} The");
-    let json =
-        ok_json(&qwenrt(&["score", "--model", dir.to_str().unwrap(), "--dtype", "f32", "--raw", "--json", &scored], None));
+    let json = ok_json(&qwenrt(
+        &["score", "--model", dir.to_str().unwrap(), "--dtype", "f32", "--raw", "--json", &scored],
+        None,
+    ));
     let tokens = as_ids(&json["tokens"]);
     assert_eq!(tokens[..ids.len()], ids[..], "the prompt tokenizes as in the fixture");
     assert_eq!(tokens.len(), ids.len() + 1, "\" The\" is one token");

@@ -98,8 +98,12 @@ impl Weights<'_> {
     fn check(&self, k: usize, n: usize) {
         match self {
             Weights::Float(w, f) => assert_eq!(w.len(), n * k * f.bytes(), "weights are not [n, k]"),
-            Weights::Q8(w) => assert!(k % QK == 0 && w.len() == n * k / QK, "Q8 weights are not [n, k]"),
-            Weights::Q4(w) => assert!(k % QK == 0 && w.len() == n * k / QK, "Q4 weights are not [n, k]"),
+            Weights::Q8(w) => {
+                assert!(k.is_multiple_of(QK) && w.len() == n * k / QK, "Q8 weights are not [n, k]")
+            }
+            Weights::Q4(w) => {
+                assert!(k.is_multiple_of(QK) && w.len() == n * k / QK, "Q4 weights are not [n, k]")
+            }
         }
     }
 }
@@ -157,7 +161,19 @@ pub fn matmul_f32_local(x: &[f32], w: &[f32], out: &mut [f32], t: usize, k: usiz
     let bytes = unsafe { std::slice::from_raw_parts(w.as_ptr() as *const u8, std::mem::size_of_val(w)) };
     let isa = Isa::detect();
     // SAFETY: this call writes all rows of `out`, on this thread.
-    unsafe { rows_kernel(isa, x, &[], Weights::Float(bytes, FloatFormat::F32), OutPtr(out.as_mut_ptr()), t, k, n, 0..n) }
+    unsafe {
+        rows_kernel(
+            isa,
+            x,
+            &[],
+            Weights::Float(bytes, FloatFormat::F32),
+            OutPtr(out.as_mut_ptr()),
+            t,
+            k,
+            n,
+            0..n,
+        )
+    }
 }
 
 /// Writes the transpose of `src` (`[rows, cols]`) into `dst` (`[cols, rows]`).

@@ -64,7 +64,7 @@ impl std::fmt::Display for NotBlockAligned {
 impl std::error::Error for NotBlockAligned {}
 
 fn check(len: usize) -> Result<(), NotBlockAligned> {
-    if len % QK == 0 {
+    if len.is_multiple_of(QK) {
         Ok(())
     } else {
         Err(NotBlockAligned { len })
@@ -88,9 +88,17 @@ pub fn round(x: f32) -> f32 {
 }
 
 pub fn quantize_q8(x: &[f32]) -> Result<Vec<BlockQ8>, NotBlockAligned> {
+    let mut out = vec![BlockQ8::default(); x.len() / QK];
+    quantize_q8_into(x, &mut out)?;
+    Ok(out)
+}
+
+/// [`quantize_q8`] into an existing slice of `x.len() / 32` blocks.
+pub fn quantize_q8_into(x: &[f32], out: &mut [BlockQ8]) -> Result<(), NotBlockAligned> {
     check(x.len())?;
-    Ok(x.chunks_exact(QK)
-        .map(|c| {
+    assert_eq!(out.len(), x.len() / QK, "quantize_q8_into: wrong number of blocks");
+    for (o, c) in out.iter_mut().zip(x.chunks_exact(QK)) {
+        *o = {
             let amax = c.iter().fold(0.0f32, |m, v| m.max(v.abs()));
             let d = amax / 127.0;
             let inv = if d == 0.0 { 0.0 } else { 1.0 / d };
@@ -99,8 +107,9 @@ pub fn quantize_q8(x: &[f32]) -> Result<Vec<BlockQ8>, NotBlockAligned> {
                 *q = round(v * inv) as i8;
             }
             BlockQ8 { d: f16::from_f32(d), qs }
-        })
-        .collect())
+        };
+    }
+    Ok(())
 }
 
 pub fn dequantize_q8(blocks: &[BlockQ8], out: &mut [f32]) {
@@ -116,8 +125,19 @@ pub fn dequantize_q8(blocks: &[BlockQ8], out: &mut [f32]) {
 /// −8; then one least-squares step refits the scale to the chosen levels (`d = Σ v·q / Σ q²`) and
 /// the result is kept if its squared error is lower, so the error is never worse than Q4_0's.
 pub fn quantize_q4(x: &[f32]) -> Result<Vec<BlockQ4>, NotBlockAligned> {
+    let mut out = vec![BlockQ4::default(); x.len() / QK];
+    quantize_q4_into(x, &mut out)?;
+    Ok(out)
+}
+
+/// [`quantize_q4`] into an existing slice of `x.len() / 32` blocks.
+pub fn quantize_q4_into(x: &[f32], out: &mut [BlockQ4]) -> Result<(), NotBlockAligned> {
     check(x.len())?;
-    Ok(x.chunks_exact(QK).map(quantize_q4_block).collect())
+    assert_eq!(out.len(), x.len() / QK, "quantize_q4_into: wrong number of blocks");
+    for (o, c) in out.iter_mut().zip(x.chunks_exact(QK)) {
+        *o = quantize_q4_block(c);
+    }
+    Ok(())
 }
 
 fn quantize_q4_block(c: &[f32]) -> BlockQ4 {

@@ -189,11 +189,13 @@ fn q4_values(b: &BlockQ4) -> [i8; QK] {
     v
 }
 
-/// Rows `rows` of `out[t, n] = x[t, k] @ w.T` for Q8 weights and quantized activations
-/// (`x`: `t` rows of `k / 32` blocks): per block, the integer dot product scaled by both scales.
-pub fn matmul_q8(
+/// Rows `rows` of `out[t, n] = x[t, k] @ w.T` for block-quantized weights and quantized
+/// activations (`x`: `t` rows of `k / 32` blocks): per block, the integer dot product scaled by
+/// both scales. `values` gives a weight block's scale and signed levels.
+fn matmul_blocks<B>(
     x: &[BlockQ8Act],
-    w: &[BlockQ8],
+    w: &[B],
+    values: impl Fn(&B) -> (f32, [i8; QK]),
     out: &mut [f32],
     (t, k, n): (usize, usize, usize),
     rows: std::ops::Range<usize>,
@@ -203,31 +205,34 @@ pub fn matmul_q8(
         for r in rows.clone() {
             let mut acc = 0.0f32;
             for (wb, xb) in w[r * nb..(r + 1) * nb].iter().zip(&x[ti * nb..(ti + 1) * nb]) {
-                acc += wb.d.to_f32() * xb.d * block_dot(&wb.qs, &xb.qs) as f32;
+                let (d, levels) = values(wb);
+                acc += d * xb.d * block_dot(&levels, &xb.qs) as f32;
             }
             out[ti * n + r] = acc;
         }
     }
 }
 
-/// As [`matmul_q8`] for Q4 weights.
+/// [`matmul_blocks`] for Q8 weights.
+pub fn matmul_q8(
+    x: &[BlockQ8Act],
+    w: &[BlockQ8],
+    out: &mut [f32],
+    dims: (usize, usize, usize),
+    rows: std::ops::Range<usize>,
+) {
+    matmul_blocks(x, w, |b| (b.d.to_f32(), b.qs), out, dims, rows)
+}
+
+/// [`matmul_blocks`] for Q4 weights.
 pub fn matmul_q4(
     x: &[BlockQ8Act],
     w: &[BlockQ4],
     out: &mut [f32],
-    (t, k, n): (usize, usize, usize),
+    dims: (usize, usize, usize),
     rows: std::ops::Range<usize>,
 ) {
-    let nb = k / QK;
-    for ti in 0..t {
-        for r in rows.clone() {
-            let mut acc = 0.0f32;
-            for (wb, xb) in w[r * nb..(r + 1) * nb].iter().zip(&x[ti * nb..(ti + 1) * nb]) {
-                acc += wb.d.to_f32() * xb.d * block_dot(&q4_values(wb), &xb.qs) as f32;
-            }
-            out[ti * n + r] = acc;
-        }
-    }
+    matmul_blocks(x, w, |b| (b.d.to_f32(), q4_values(b)), out, dims, rows)
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use qwenrt_kernels::{FloatFormat, Weights};
 use rayon::prelude::*;
 
 use crate::error::Result;
-use crate::weights::{MappedBytes, StoredDtype, TensorRef, WeightStore};
+use crate::weights::{widen, MappedBytes, StoredDtype, TensorRef, WeightStore};
 
 /// The precision weight matrices are held in while running.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -141,17 +141,13 @@ impl Linear {
 
     fn from_tensor(t: &TensorRef, out_features: usize, in_features: usize, dtype: WeightDtype) -> Self {
         let stored = stored_format(t.dtype);
-        let quantizable = in_features % QK == 0;
+        let quantizable = in_features.is_multiple_of(QK);
         let storage = match dtype {
             WeightDtype::Int8 | WeightDtype::Int4 if !quantizable => {
                 Storage::Float(Bytes::Mapped(t.mapped()), stored)
             }
-            WeightDtype::Int8 => {
-                Storage::Q8(quantize_rows(&t.to_f32(), in_features, quant::quantize_q8).into())
-            }
-            WeightDtype::Int4 => {
-                Storage::Q4(quantize_rows(&t.to_f32(), in_features, quant::quantize_q4).into())
-            }
+            WeightDtype::Int8 => Storage::Q8(quantize_rows(t, in_features, quant::quantize_q8_into).into()),
+            WeightDtype::Int4 => Storage::Q4(quantize_rows(t, in_features, quant::quantize_q4_into).into()),
             float => {
                 let want = match float {
                     WeightDtype::F32 => FloatFormat::F32,
@@ -161,7 +157,9 @@ impl Linear {
                 if want == stored {
                     Storage::Float(Bytes::Mapped(t.mapped()), stored)
                 } else {
-                    Storage::Float(Bytes::Owned(encode(&t.to_f32(), want)), want)
+                    let converted = encode(&t.to_f32(), want);
+                    t.mapped().release_pages();
+                    Storage::Float(Bytes::Owned(converted), want)
                 }
             }
         };
@@ -239,13 +237,26 @@ impl Linear {
     }
 }
 
-/// Quantizes a `[n, k]` matrix row by row on all threads.
-fn quantize_rows<B: Send, E: std::fmt::Debug>(
-    w: &[f32],
+/// Quantizes a `[n, k]` tensor row by row on all threads, widening one row at a time and writing
+/// into a buffer of the final size (peak memory stays the quantized size plus a row per thread),
+/// then lets its pages in the file mapping go.
+fn quantize_rows<B: Send + Clone + Default, E: std::fmt::Debug>(
+    t: &TensorRef,
     k: usize,
-    quantize: impl Fn(&[f32]) -> std::result::Result<Vec<B>, E> + Sync,
+    quantize: impl Fn(&[f32], &mut [B]) -> std::result::Result<(), E> + Sync,
 ) -> Vec<B> {
-    w.par_chunks(k).flat_map_iter(|row| quantize(row).expect("k is a multiple of the block size")).collect()
+    let row_bytes = k * t.element_bytes();
+    let rows = t.bytes.len() / row_bytes;
+    let mut blocks = vec![B::default(); rows * (k / QK)];
+    blocks.par_chunks_mut(k / QK).zip(t.bytes.par_chunks(row_bytes)).for_each_init(
+        || vec![0.0f32; k],
+        |row, (out, bytes)| {
+            widen(t.dtype, bytes, row);
+            quantize(row, out).expect("k is a multiple of the block size");
+        },
+    );
+    t.mapped().release_pages();
+    blocks
 }
 
 /// Loads a 1-D f32 vector (norm weights, biases, per-head scalars), checking its length.

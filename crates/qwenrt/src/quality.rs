@@ -29,7 +29,9 @@ pub fn compare_logits(reference: &Model, candidate: &Model, tokens: &[u32]) -> R
     let vocab = reference.vocab_size();
     let mut want = vec![0.0f32; tokens.len() * vocab];
     let mut state = reference.new_state();
-    reference.forward_all(&mut state, tokens, |pos, logits| want[pos * vocab..(pos + 1) * vocab].copy_from_slice(logits))?;
+    reference.forward_all(&mut state, tokens, |pos, logits| {
+        want[pos * vocab..(pos + 1) * vocab].copy_from_slice(logits)
+    })?;
     let mut state = candidate.new_state();
     let (mut sum, mut min, mut same) = (0.0f64, f64::INFINITY, 0usize);
     candidate.forward_all(&mut state, tokens, |pos, logits| {

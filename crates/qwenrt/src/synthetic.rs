@@ -68,7 +68,8 @@ fn values(name: &str, shape: &[usize], seed: u64) -> Vec<f32> {
         out.extend((0..n).map(|_| 0.5 * rng.uniform()));
     } else if shape.len() == 1 {
         // Zero-centred norms are applied as 1 + w; the others (gated norm, LayerNorm) as w.
-        let centred = !(leaf == "norm" && name.contains("linear_attn")) && !name.contains("visual");
+        let gated_norm = leaf == "norm" && name.contains("linear_attn");
+        let centred = !gated_norm && !name.contains("visual");
         let base = if centred || name.ends_with(".bias") { 0.0 } else { 1.0 };
         out.extend((0..n).map(|_| base + 0.1 * rng.uniform()));
     } else {

@@ -52,15 +52,36 @@ impl TensorRef<'_> {
 
     /// Widens the tensor to f32 (exact for bf16 and f16).
     pub fn to_f32(&self) -> Vec<f32> {
+        let mut out = vec![0.0; self.numel()];
+        widen(self.dtype, self.bytes, &mut out);
+        out
+    }
+
+    /// Bytes per stored element.
+    pub fn element_bytes(&self) -> usize {
         match self.dtype {
-            StoredDtype::F32 => {
-                self.bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+            StoredDtype::F32 => 4,
+            StoredDtype::F16 | StoredDtype::BF16 => 2,
+        }
+    }
+}
+
+/// Widens little-endian `bytes` of `dtype` into `out` (exact for bf16 and f16).
+pub fn widen(dtype: StoredDtype, bytes: &[u8], out: &mut [f32]) {
+    match dtype {
+        StoredDtype::F32 => {
+            for (o, b) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+                *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
             }
-            StoredDtype::BF16 => {
-                self.bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
+        }
+        StoredDtype::BF16 => {
+            for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                *o = half::bf16::from_le_bytes([b[0], b[1]]).to_f32();
             }
-            StoredDtype::F16 => {
-                self.bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
+        }
+        StoredDtype::F16 => {
+            for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                *o = half::f16::from_le_bytes([b[0], b[1]]).to_f32();
             }
         }
     }
@@ -71,6 +92,24 @@ impl TensorRef<'_> {
 pub struct MappedBytes {
     map: Arc<Mmap>,
     range: std::ops::Range<usize>,
+}
+
+impl MappedBytes {
+    /// Tells the kernel the pages of this range will not be needed soon (after a tensor was
+    /// converted), so that loading a checkpoint at another precision does not keep both copies
+    /// resident. A later read simply faults the pages back in from the file.
+    pub fn release_pages(&self) {
+        #[cfg(unix)]
+        // SAFETY: the mapping is a private, read-only map of a file: dropping its pages cannot
+        // change what any reference observes, only make the next access read the file again.
+        unsafe {
+            let _ = self.map.unchecked_advise_range(
+                memmap2::UncheckedAdvice::DontNeed,
+                self.range.start,
+                self.range.len(),
+            );
+        }
+    }
 }
 
 impl std::ops::Deref for MappedBytes {

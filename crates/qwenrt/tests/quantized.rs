@@ -18,7 +18,7 @@ fn every_dtype_agrees_with_f32_within_its_bound() {
     let expected = Expected::load(&dir);
     let reference = Model::load(&dir).unwrap();
     let tokens = expected.ids("prompt6.ids"); // 333 tokens
-    // (dtype, min mean cosine, min top-1 agreement)
+                                              // (dtype, min mean cosine, min top-1 agreement)
     for (dtype, cosine, top1) in [
         (WeightDtype::Bf16, 0.999, 0.9),
         (WeightDtype::F16, 0.99995, 0.99),

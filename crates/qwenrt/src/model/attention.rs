@@ -35,7 +35,8 @@ pub struct AttentionScratch {
     k: Vec<f32>,
     v: Vec<f32>,
     attn: Vec<f32>,
-    /// Per query head: attention probabilities and that head's output rows `[t, head_dim]`.
+    /// Per KV head: attention probabilities of its query heads `[group, past + t]` and their
+    /// output rows `[t, group, head_dim]`.
     heads: Vec<(Vec<f32>, Vec<f32>)>,
     cos: Vec<f32>,
     sin: Vec<f32>,
@@ -129,37 +130,51 @@ impl GatedAttention {
         values.extend_from_slice(vx);
 
         // softmax(q k^T * head_dim^-0.5 + causal_mask) v, one query row at a time so that a long
-        // prompt never materialises a [t, t] matrix; query heads run in parallel.
+        // prompt never materialises a [t, t] matrix. One task per KV head: the query heads that
+        // share it read each cached key and value once, not once per query head.
         let scale = (hd as f32).powf(-0.5);
         let group = self.heads / self.kv_heads;
-        if s.heads.len() < self.heads {
-            s.heads.resize_with(self.heads, Default::default);
+        if s.heads.len() < self.kv_heads {
+            s.heads.resize_with(self.kv_heads, Default::default);
         }
         let (keys, values, q) = (&keys[..], &values[..], &*q);
-        s.heads[..self.heads].par_iter_mut().enumerate().for_each(|(h, (scores_buf, out))| {
-            let kvh = h / group;
-            let scores_buf = grow(scores_buf, past + t);
-            let out = grow(out, t * hd);
+        s.heads[..self.kv_heads].par_iter_mut().enumerate().for_each(|(kvh, (scores_buf, out))| {
+            let span = past + t;
+            let scores_buf = grow(scores_buf, group * span);
+            let out = grow(out, t * group * hd);
+            out.fill(0.0);
+            let key = |j: usize| &keys[j * kv_width + kvh * hd..j * kv_width + (kvh + 1) * hd];
+            let value = |j: usize| &values[j * kv_width + kvh * hd..j * kv_width + (kvh + 1) * hd];
             for ti in 0..t {
                 let visible = past + ti + 1;
-                let qh = &q[ti * q_width + h * hd..ti * q_width + (h + 1) * hd];
-                let scores = &mut scores_buf[..visible];
-                for (j, sc) in scores.iter_mut().enumerate() {
-                    *sc = k::dot(qh, &keys[j * kv_width + kvh * hd..j * kv_width + (kvh + 1) * hd]) * scale;
+                let query = |g: usize| {
+                    let h = kvh * group + g;
+                    &q[ti * q_width + h * hd..ti * q_width + (h + 1) * hd]
+                };
+                for j in 0..visible {
+                    let kj = key(j);
+                    for g in 0..group {
+                        scores_buf[g * span + j] = k::dot(query(g), kj) * scale;
+                    }
                 }
-                k::softmax(scores);
-                let oh = &mut out[ti * hd..(ti + 1) * hd];
-                oh.fill(0.0);
-                for (j, &p) in scores.iter().enumerate() {
-                    k::axpy(oh, p, &values[j * kv_width + kvh * hd..j * kv_width + (kvh + 1) * hd]);
+                for g in 0..group {
+                    k::softmax(&mut scores_buf[g * span..g * span + visible]);
+                }
+                let rows = &mut out[ti * group * hd..(ti + 1) * group * hd];
+                for j in 0..visible {
+                    let vj = value(j);
+                    for (g, oh) in rows.chunks_exact_mut(hd).enumerate() {
+                        k::axpy(oh, scores_buf[g * span + j], vj);
+                    }
                 }
             }
         });
         let attn = grow(&mut s.attn, t * q_width);
-        for (h, (_, out)) in s.heads[..self.heads].iter().enumerate() {
+        for (kvh, (_, out)) in s.heads[..self.kv_heads].iter().enumerate() {
             for ti in 0..t {
-                attn[ti * q_width + h * hd..ti * q_width + (h + 1) * hd]
-                    .copy_from_slice(&out[ti * hd..(ti + 1) * hd]);
+                let first = kvh * group * hd;
+                attn[ti * q_width + first..ti * q_width + first + group * hd]
+                    .copy_from_slice(&out[ti * group * hd..(ti + 1) * group * hd]);
             }
         }
 

@@ -108,13 +108,7 @@ impl SessionState {
 
     /// Bytes held by the caches (not counting scratch).
     pub fn cache_bytes(&self) -> usize {
-        self.layers
-            .iter()
-            .map(|l| match l {
-                LayerCache::DeltaNet { conv, ssm } => (conv.len() + ssm.len()) * 4,
-                LayerCache::Attention { keys, values } => (keys.len() + values.len()) * 4,
-            })
-            .sum()
+        caches_bytes(&self.layers)
     }
 
     #[cfg(test)]
@@ -130,16 +124,20 @@ impl Snapshot {
 
     /// Bytes the snapshot holds.
     pub fn bytes(&self) -> usize {
-        self.layers
-            .iter()
-            .map(|l| match l {
-                LayerCache::DeltaNet { conv, ssm } => (conv.len() + ssm.len()) * 4,
-                LayerCache::Attention { keys, values } => (keys.len() + values.len()) * 4,
-            })
-            .sum()
+        caches_bytes(&self.layers)
     }
 
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+}
+
+fn caches_bytes(layers: &[LayerCache]) -> usize {
+    layers
+        .iter()
+        .map(|l| match l {
+            LayerCache::DeltaNet { conv, ssm } => (conv.len() + ssm.len()) * 4,
+            LayerCache::Attention { keys, values } => (keys.len() + values.len()) * 4,
+        })
+        .sum()
 }
