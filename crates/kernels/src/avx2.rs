@@ -337,27 +337,39 @@ pub unsafe fn matmul_quant<Q: QuantRow>(
         let rb = r0..(r0 + block).min(rows.end);
         let mut ti = 0;
         while ti < t {
-            let m = if t - ti >= 4 { 4 } else { 1 };
+            let m = if t - ti >= 8 {
+                8
+            } else if t - ti >= 4 {
+                4
+            } else {
+                1
+            };
             let xr = |i: usize| &x[(ti + i) * nb..(ti + i + 1) * nb];
             let mut r = rb.start;
-            while r + 2 <= rb.end {
-                if m == 4 {
-                    let (a, b) = dot_quant2::<Q, 4>(row(r), row(r + 1), [xr(0), xr(1), xr(2), xr(3)]);
-                    for i in 0..4 {
-                        *out.add((ti + i) * n + r) = a[i];
-                        *out.add((ti + i) * n + r + 1) = b[i];
-                    }
-                } else {
+            if m == 1 {
+                while r + 2 <= rb.end {
                     let (a, b) = dot_quant2::<Q, 1>(row(r), row(r + 1), [xr(0)]);
                     *out.add(ti * n + r) = a[0];
                     *out.add(ti * n + r + 1) = b[0];
+                    r += 2;
                 }
-                r += 2;
             }
-            if r < rb.end {
-                for i in 0..m {
-                    *out.add((ti + i) * n + r) = dot_quant::<Q, 1>(row(r), [xr(i)])[0];
+            while r < rb.end {
+                if m == 8 {
+                    let a =
+                        dot_quant::<Q, 8>(row(r), [xr(0), xr(1), xr(2), xr(3), xr(4), xr(5), xr(6), xr(7)]);
+                    for (i, v) in a.iter().enumerate() {
+                        *out.add((ti + i) * n + r) = *v;
+                    }
+                } else if m == 4 {
+                    let a = dot_quant::<Q, 4>(row(r), [xr(0), xr(1), xr(2), xr(3)]);
+                    for (i, v) in a.iter().enumerate() {
+                        *out.add((ti + i) * n + r) = *v;
+                    }
+                } else {
+                    *out.add(ti * n + r) = dot_quant::<Q, 1>(row(r), [xr(0)])[0];
                 }
+                r += 1;
             }
             ti += m;
         }
