@@ -1,54 +1,15 @@
 //! `qwenrt chat` driven through piped stdin on the tiny model folder, and the generation flags
 //! `qwenrt run` shares with it.
 
+mod common;
+
 use std::io::Write;
-use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn temp_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "qwenrt-cli-{tag}-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// A temporary copy of fixtures/models/tiny-vl with the generated tokenizer.json added.
-fn model_folder() -> PathBuf {
-    let dst = temp_dir("chat-model");
-    for entry in std::fs::read_dir(root().join("fixtures/models/tiny-vl")).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), dst.join(entry.file_name())).unwrap();
-    }
-    let tokenizer = std::env::var_os("QWENRT_TOKENIZER_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("fixtures-gen/qwen3_5-tokenizer"))
-        .join("tokenizer.json");
-    assert!(
-        tokenizer.exists(),
-        "{} missing: run scripts/build_tokenizer.py (see scripts/test)",
-        tokenizer.display()
-    );
-    std::fs::copy(tokenizer, dst.join("tokenizer.json")).unwrap();
-    dst
-}
+use common::{model_folder, qwenrt_output, temp_dir};
 
 fn qwenrt(args: &[&str], stdin: &str) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_qwenrt"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = qwenrt_output(args, stdin);
     assert!(out.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     out
 }

@@ -1,54 +1,16 @@
 //! The `qwenrt` binary on a complete tiny model folder (published Qwen3.5 layout, real
 //! vocabulary, generated tokenizer.json), checked against transformers' recorded outputs.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+mod common;
+
+use std::process::Output;
+
+use common::{model_folder, qwenrt_output, root};
 
 use safetensors::SafeTensors;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// A temporary copy of fixtures/models/tiny-vl with the generated tokenizer.json added.
-fn model_folder() -> PathBuf {
-    let src = root().join("fixtures/models/tiny-vl");
-    let dst = std::env::temp_dir().join(format!(
-        "qwenrt-cli-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
-    ));
-    std::fs::create_dir_all(&dst).unwrap();
-    for entry in std::fs::read_dir(&src).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), dst.join(entry.file_name())).unwrap();
-    }
-    let tokenizer_dir = std::env::var_os("QWENRT_TOKENIZER_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("fixtures-gen/qwen3_5-tokenizer"));
-    let tokenizer = tokenizer_dir.join("tokenizer.json");
-    assert!(
-        tokenizer.exists(),
-        "{} missing: run scripts/build_tokenizer.py (see scripts/test)",
-        tokenizer.display()
-    );
-    std::fs::copy(tokenizer, dst.join("tokenizer.json")).unwrap();
-    dst
-}
-
 fn qwenrt(args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_qwenrt"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut pipe = child.stdin.take().unwrap();
-    pipe.write_all(stdin.unwrap_or("").as_bytes()).unwrap();
-    drop(pipe);
-    child.wait_with_output().unwrap()
+    qwenrt_output(args, stdin.unwrap_or(""))
 }
 
 fn ok_json(out: &Output) -> serde_json::Value {
