@@ -149,6 +149,7 @@ fn answer(
                 write!(out, "{sep}{t}")
             }
             Event::Done(_) => writeln!(out),
+            Event::Token(_) => Ok(()),
         };
         if let Err(e) = written.and_then(|_| out.flush()) {
             failed.get_or_insert(e);

@@ -70,7 +70,7 @@ pub fn run(args: RunArgs) -> Result<()> {
             // The thought goes to stderr, so that stdout carries only the answer.
             Event::Reasoning(text) if dim => write!(std::io::stderr(), "\x1b[2m{text}\x1b[0m"),
             Event::Reasoning(text) => write!(std::io::stderr(), "{text}"),
-            Event::Done(_) => Ok(()),
+            Event::Done(_) | Event::Token(_) => Ok(()),
         };
         if let Err(e) = written {
             // A closed pipe (e.g. `| head`) ends generation instead of wasting compute.

@@ -56,5 +56,5 @@ pub use model::{Logits, Model, SessionState, Snapshot};
 pub use prompt_cache::{CacheStats, PromptCache};
 pub use session::{
     CancelToken, ChatParams, ChatSession, Event, MemoryFootprint, RepetitionGuard, Reply, SessionOptions,
-    Usage,
+    TokenLogprob, Turn, Usage,
 };

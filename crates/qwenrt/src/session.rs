@@ -18,6 +18,7 @@
 //!         Event::Reasoning(text) => eprint!("{text}"),
 //!         Event::Content(text) => print!("{text}"),
 //!         Event::Done(_) => println!(),
+//!         Event::Token(_) => {}
 //!     })?;
 //!     // The second turn reuses the state saved at the end of the first prompt.
 //!     eprintln!("{} of {} prompt tokens cached", reply.usage.cached_prompt_tokens, reply.usage.prompt_tokens);
@@ -36,7 +37,7 @@ use crate::lm::LanguageModel;
 use crate::model::{Logits, SessionState};
 use crate::prompt_cache::{CacheStats, PromptCache, DEFAULT_PROMPT_CACHE_BYTES};
 use crate::sampling::{Sampler, SamplingParams};
-use crate::tokenizer::{StreamDecoder, Tokenizer};
+use crate::tokenizer::{Tokenizer, Utf8Stream};
 
 /// Stops a generation from another thread: clone it, move the clone anywhere, call
 /// [`cancel`](Self::cancel). The generation in progress ends before its next token (or the next
@@ -125,6 +126,9 @@ pub struct ChatParams {
     pub max_thinking_tokens: Option<usize>,
     /// Off by default.
     pub repetition_guard: Option<RepetitionGuard>,
+    /// Report each sampled token's log-probability and this many most likely alternatives
+    /// ([`Event::Token`], [`Reply::logprobs`]); `None` skips the work.
+    pub logprobs: Option<usize>,
 }
 
 impl Default for ChatParams {
@@ -138,6 +142,7 @@ impl Default for ChatParams {
             enable_thinking: None,
             max_thinking_tokens: None,
             repetition_guard: None,
+            logprobs: None,
         }
     }
 }
@@ -166,6 +171,9 @@ pub enum Event<'a> {
     Reasoning(&'a str),
     /// Answer text. Deltas never split a UTF-8 character and never contain `<|im_end|>`.
     Content(&'a str),
+    /// A token was sampled (only with [`ChatParams::logprobs`]); its text follows in
+    /// `Reasoning`/`Content` events.
+    Token(&'a TokenLogprob),
     /// The turn is over.
     Done(&'a Reply),
 }
@@ -202,6 +210,8 @@ pub struct Reply {
     /// Every token after the prompt: sampled ones, forced ones (closing a thought on budget) and
     /// the stop token if one ended the turn.
     pub tokens: Vec<u32>,
+    /// One entry per sampled token when [`ChatParams::logprobs`] asked for them.
+    pub logprobs: Vec<TokenLogprob>,
     pub finish_reason: FinishReason,
     /// The stop string that ended the turn, for [`FinishReason::StopString`].
     pub stop_string: Option<String>,
@@ -278,7 +288,7 @@ pub struct ChatSession {
     cache: PromptCache,
     stats: CacheStats,
     cancel: CancelToken,
-    markers: Markers,
+    markers: Arc<Markers>,
 }
 
 impl std::fmt::Debug for ChatSession {
@@ -303,13 +313,13 @@ impl ChatSession {
         };
         // Encoding these short literals cannot fail with a loaded tokenizer; empty markers would
         // only disable the features that use them.
-        let markers = Markers::new(&lm).unwrap_or(Markers {
+        let markers = Arc::new(Markers::new(&lm).unwrap_or(Markers {
             assistant_header: Vec::new(),
             think_open: Vec::new(),
             think_end: None,
             close: Vec::new(),
             close_after_newline: Vec::new(),
-        });
+        }));
         ChatSession {
             lm,
             messages: Vec::new(),
@@ -519,11 +529,33 @@ impl ChatSession {
         params: &ChatParams,
         on_event: &mut dyn FnMut(Event<'_>),
     ) -> Result<Reply> {
+        let mut turn = self.begin(prompt, params)?;
+        let model = self.lm.clone();
+        while let Some(input) = turn.next_input(self) {
+            let logits = model.model.forward(&mut self.state, input, Logits::Last)?;
+            self.state_tokens.extend_from_slice(input);
+            turn.accept(logits, on_event)?;
+        }
+        Ok(turn.finish(on_event))
+    }
+
+    /// Starts a turn after `prompt`: brings the live state to the longest prefix of it the
+    /// session holds and saves a state after the last assistant header. The returned [`Turn`]
+    /// says which tokens to feed next; [`advance`](Self::advance) feeds them (or a scheduler
+    /// feeds many sessions' tokens together with [`ChatSession::advance_many`]).
+    pub fn begin(&mut self, prompt: &[u32], params: &ChatParams) -> Result<Turn> {
         let start = Instant::now();
+        params.validate()?;
         if prompt.is_empty() {
             return Err(Error::InvalidInput("the prompt is empty".into()));
         }
-        let lm = self.lm.clone();
+        if prompt.len() > self.state.max_len() {
+            return Err(Error::InvalidInput(format!(
+                "the prompt has {} tokens but the context holds {}",
+                prompt.len(),
+                self.state.max_len()
+            )));
+        }
         let mut sampler = Sampler::new(params.sampling.clone())?;
         sampler.observe_prompt(prompt);
         let thinking = self.opens_thought(prompt);
@@ -544,99 +576,292 @@ impl ChatSession {
             }
         }
 
-        let mut pending = prompt[self.state_tokens.len()..].to_vec();
-        let mut tokens = Vec::new();
-        let mut out = TextOut::new(&lm.tokenizer, &params.stop, thinking);
+        let mut turn = Turn {
+            lm: self.lm.clone(),
+            markers: self.markers.clone(),
+            out: TextOut::new(&params.stop, thinking),
+            params: params.clone(),
+            sampler,
+            pending: prompt[self.state_tokens.len()..].to_vec(),
+            tokens: Vec::new(),
+            logprobs: Vec::new(),
+            prompt_len: prompt.len(),
+            cached,
+            sampled: 0,
+            reasoning_tokens: 0,
+            start,
+            first_token_at: None,
+            stop_string: None,
+            finish: None,
+        };
         if thinking && params.max_thinking_tokens == Some(0) {
-            pending.extend_from_slice(&self.markers.close);
-            tokens.extend_from_slice(&self.markers.close);
-            out.close_thought(on_event)?;
+            turn.close_thought_now(&mut |_| {})?;
         }
-        let stop_ids = lm.stop_ids();
-        let mut sampled = 0;
-        let mut reasoning_tokens = 0;
-        let mut first_token_at = None;
-        let mut stop_string = None;
-        let finish = loop {
-            if self.cancel.take() {
-                break FinishReason::Cancelled;
+        Ok(turn)
+    }
+
+    /// Feeds the tokens `turn` waits for and lets it sample the next one. Returns false once
+    /// the turn is over (then call [`Turn::finish`]).
+    pub fn advance(&mut self, turn: &mut Turn, on_event: &mut dyn FnMut(Event<'_>)) -> Result<bool> {
+        let Some(input) = turn.next_input(self) else { return Ok(false) };
+        let model = self.lm.clone();
+        let logits = model.model.forward(&mut self.state, input, Logits::Last)?;
+        self.state_tokens.extend_from_slice(input);
+        turn.accept(logits, on_event)?;
+        Ok(true)
+    }
+
+    /// Advances several sessions' turns with one pass over the weights: every turn's pending
+    /// tokens (a prompt's remainder or the last sampled token) go through the model together.
+    /// Turns that are over are skipped; `on_event(i, event)` reports turn `i`'s output. Returns
+    /// how many turns took a step. A model error leaves every state unchanged.
+    pub fn advance_many(
+        sessions: &mut [&mut ChatSession],
+        turns: &mut [&mut Turn],
+        mut on_event: impl FnMut(usize, Event<'_>),
+    ) -> Result<usize> {
+        assert_eq!(sessions.len(), turns.len(), "one turn per session");
+        let Some(first) = sessions.first() else { return Ok(0) };
+        let lm = first.lm.clone();
+        let mut active = Vec::with_capacity(sessions.len());
+        for (i, (session, turn)) in sessions.iter_mut().zip(turns.iter_mut()).enumerate() {
+            assert!(Arc::ptr_eq(&session.lm, &lm), "sessions of one batch share a model");
+            if turn.next_input(session).is_some() {
+                active.push(i);
             }
-            if sampled == params.max_tokens
-                || (sampled > 0 && self.state_tokens.len() + pending.len() > self.state.max_len())
-            {
-                break FinishReason::Length;
-            }
-            let logits = lm.model.forward(&mut self.state, &pending, Logits::Last)?;
-            self.state_tokens.extend_from_slice(&pending);
-            let next = sampler.sample(logits);
-            first_token_at.get_or_insert_with(Instant::now);
-            sampled += 1;
-            tokens.push(next);
-            if stop_ids.contains(&next) {
-                break FinishReason::Stop;
-            }
-            sampler.accept(next);
-            pending.clear();
-            pending.push(next);
-            if out.in_thought() && Some(next) == self.markers.think_end {
-                out.close_thought(on_event)?;
-            } else {
-                if out.in_thought() {
-                    reasoning_tokens += 1;
+        }
+        if active.is_empty() {
+            return Ok(0);
+        }
+        // The tokens are recorded first: the borrows of the states below last as long as the
+        // logits, and a rejected batch is rolled back.
+        for &i in &active {
+            sessions[i].state_tokens.extend_from_slice(&turns[i].pending);
+        }
+        let mut states = Vec::with_capacity(active.len());
+        let mut inputs = Vec::with_capacity(active.len());
+        let mut rest = &mut sessions[..];
+        let mut taken = 0;
+        for &i in &active {
+            let (head, tail) = std::mem::take(&mut rest).split_at_mut(i - taken + 1);
+            states.push(&mut head[i - taken].state);
+            inputs.push(turns[i].pending.as_slice());
+            rest = tail;
+            taken = i + 1;
+        }
+        let logits = match lm.model.forward_batch(&mut states, &inputs) {
+            Ok(logits) => logits,
+            Err(e) => {
+                drop(states);
+                for &i in &active {
+                    let held = sessions[i].state.len();
+                    sessions[i].state_tokens.truncate(held);
                 }
-                if let Some(stop) = out.push_token(next, on_event)? {
-                    stop_string = Some(stop);
-                    break FinishReason::StopString;
-                }
-                if out.in_thought() && params.max_thinking_tokens.is_some_and(|max| reasoning_tokens >= max) {
-                    let close = if out.ends_with_newline() {
-                        &self.markers.close_after_newline
-                    } else {
-                        &self.markers.close
-                    };
-                    pending.extend_from_slice(close);
-                    tokens.extend_from_slice(close);
-                    sampler.observe_prompt(close);
-                    out.close_thought(on_event)?;
-                }
-            }
-            if params.repetition_guard.is_some_and(|g| g.is_looping(&tokens)) {
-                break FinishReason::Repetition;
+                return Err(e);
             }
         };
+        let vocab = lm.model.vocab_size();
+        for (row, &i) in active.iter().enumerate() {
+            turns[i].accept(&logits[row * vocab..(row + 1) * vocab], &mut |e| on_event(i, e))?;
+        }
+        Ok(active.len())
+    }
+}
+
+/// One assistant turn in progress. The session feeds [`pending`](Self::pending) tokens to the
+/// model and hands the logits back; the turn samples, streams text and decides when it is over.
+pub struct Turn {
+    lm: Arc<LanguageModel>,
+    markers: Arc<Markers>,
+    params: ChatParams,
+    sampler: Sampler,
+    /// Tokens to feed next: the rest of the prompt, then each sampled token (plus what closes a
+    /// thought on budget).
+    pending: Vec<u32>,
+    tokens: Vec<u32>,
+    logprobs: Vec<TokenLogprob>,
+    out: TextOut,
+    prompt_len: usize,
+    cached: usize,
+    sampled: usize,
+    reasoning_tokens: usize,
+    start: Instant,
+    first_token_at: Option<Instant>,
+    stop_string: Option<String>,
+    finish: Option<FinishReason>,
+}
+
+impl std::fmt::Debug for Turn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Turn")
+            .field("prompt_len", &self.prompt_len)
+            .field("sampled", &self.sampled)
+            .field("finish", &self.finish)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Turn {
+    /// Tokens the model must consume before the next sample.
+    pub fn pending(&self) -> &[u32] {
+        &self.pending
+    }
+
+    /// Whether the turn is over.
+    pub fn is_finished(&self) -> bool {
+        self.finish.is_some()
+    }
+
+    /// Tokens sampled so far.
+    pub fn sampled(&self) -> usize {
+        self.sampled
+    }
+
+    /// The tokens to feed next, or `None` once the turn is over (cancelled, out of budget or
+    /// context, or stopped).
+    fn next_input(&mut self, session: &ChatSession) -> Option<&[u32]> {
+        if self.finish.is_some() {
+            return None;
+        }
+        if session.cancel.take() {
+            self.finish = Some(FinishReason::Cancelled);
+        } else if self.sampled == self.params.max_tokens
+            || (self.sampled > 0 && session.state_tokens.len() + self.pending.len() > session.state.max_len())
+        {
+            self.finish = Some(FinishReason::Length);
+        }
+        self.finish.is_none().then_some(self.pending.as_slice())
+    }
+
+    /// Samples from the logits that followed the pending tokens and streams the result.
+    fn accept(&mut self, logits: &[f32], emit: &mut dyn FnMut(Event<'_>)) -> Result<()> {
+        let lm = self.lm.clone();
+        let next = self.sampler.sample(logits);
+        self.first_token_at.get_or_insert_with(Instant::now);
+        self.sampled += 1;
+        self.tokens.push(next);
+        if let Some(k) = self.params.logprobs {
+            let info = token_logprob(&lm.tokenizer, logits, next, k);
+            emit(Event::Token(&info));
+            self.logprobs.push(info);
+        }
+        if lm.stop_ids().contains(&next) {
+            self.finish = Some(FinishReason::Stop);
+            return Ok(());
+        }
+        self.sampler.accept(next);
+        self.pending.clear();
+        self.pending.push(next);
+        let tokenizer = &lm.tokenizer;
+        if self.out.in_thought() && Some(next) == self.markers.think_end {
+            self.out.close_thought(emit)?;
+        } else {
+            if self.out.in_thought() {
+                self.reasoning_tokens += 1;
+            }
+            if let Some(stop) = self.out.push_token(tokenizer, next, emit)? {
+                self.stop_string = Some(stop);
+                self.finish = Some(FinishReason::StopString);
+                return Ok(());
+            }
+            if self.out.in_thought()
+                && self.params.max_thinking_tokens.is_some_and(|max| self.reasoning_tokens >= max)
+            {
+                self.close_thought_now(emit)?;
+            }
+        }
+        if self.params.repetition_guard.is_some_and(|g| g.is_looping(&self.tokens)) {
+            self.finish = Some(FinishReason::Repetition);
+        }
+        Ok(())
+    }
+
+    /// Ends the thought on budget: feeds what the template puts between a thought and the answer.
+    fn close_thought_now(&mut self, emit: &mut dyn FnMut(Event<'_>)) -> Result<()> {
+        let close = if self.out.ends_with_newline() {
+            &self.markers.close_after_newline
+        } else {
+            &self.markers.close
+        };
+        self.pending.extend_from_slice(close);
+        self.tokens.extend_from_slice(close);
+        self.sampler.observe_prompt(close);
+        self.out.close_thought(emit)
+    }
+
+    /// Ends the turn (cancelling it if it was still going) and returns its reply, which is
+    /// also streamed as [`Event::Done`].
+    pub fn finish(mut self, on_event: &mut dyn FnMut(Event<'_>)) -> Reply {
+        let finish = *self.finish.get_or_insert(FinishReason::Cancelled);
         if finish != FinishReason::StopString {
-            out.finish(on_event)?;
+            // Only a tokenizer without these ids could fail here; the text so far stands.
+            let _ = self.out.finish(on_event);
         }
         let now = Instant::now();
-        let first = first_token_at.unwrap_or(now);
-        let (reasoning, content) = out.into_texts();
+        let first = self.first_token_at.unwrap_or(now);
+        let (reasoning, content) = self.out.into_texts();
         let reply = Reply {
             content,
             reasoning,
-            tokens,
+            tokens: self.tokens,
+            logprobs: self.logprobs,
             finish_reason: finish,
-            stop_string,
+            stop_string: self.stop_string,
             usage: Usage {
-                prompt_tokens: prompt.len(),
-                cached_prompt_tokens: cached,
-                completion_tokens: sampled,
-                reasoning_tokens,
-                time_to_first_token: first - start,
+                prompt_tokens: self.prompt_len,
+                cached_prompt_tokens: self.cached,
+                completion_tokens: self.sampled,
+                reasoning_tokens: self.reasoning_tokens,
+                time_to_first_token: first - self.start,
                 decode_time: now - first,
             },
         };
         on_event(Event::Done(&reply));
-        Ok(reply)
+        reply
+    }
+}
+
+/// The log-probability (under the model's raw distribution, before sampling transforms) of a
+/// sampled token and of the `top` most likely tokens.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprob {
+    pub id: u32,
+    /// The token's text (lossy where the token is part of a multi-byte character).
+    pub text: String,
+    pub logprob: f32,
+    /// The most likely tokens, best first: (id, text, logprob).
+    pub top: Vec<(u32, String, f32)>,
+}
+
+fn token_logprob(tokenizer: &Tokenizer, logits: &[f32], id: u32, top: usize) -> TokenLogprob {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let log_z = max + logits.iter().map(|&l| ((l - max) as f64).exp()).sum::<f64>().ln() as f32;
+    let text = |id: u32| tokenizer.decode(&[id]).unwrap_or_default();
+    let mut best: Vec<u32> = Vec::with_capacity(top + 1);
+    if top > 0 {
+        for (i, &l) in logits.iter().enumerate() {
+            if best.len() == top && l <= logits[best[top - 1] as usize] {
+                continue;
+            }
+            let at = best.partition_point(|&j| logits[j as usize] >= l);
+            best.insert(at, i as u32);
+            best.truncate(top);
+        }
+    }
+    TokenLogprob {
+        id,
+        text: text(id),
+        logprob: logits[id as usize] - log_z,
+        top: best.into_iter().map(|j| (j, text(j), logits[j as usize] - log_z)).collect(),
     }
 }
 
 /// Turns sampled ids into reasoning and content deltas: whole UTF-8 characters only, the
 /// newlines the template strips around a thought removed, stop strings held back until they can
 /// be ruled out and cut when they appear.
-struct TextOut<'t> {
-    tokenizer: &'t Tokenizer,
-    decoder: StreamDecoder<'t>,
-    stops: &'t [String],
+struct TextOut {
+    decoder: Utf8Stream,
+    stops: Vec<String>,
     in_thought: bool,
     /// At the start of a thought or of the answer after one: leading newlines are dropped.
     at_start: bool,
@@ -648,12 +873,11 @@ struct TextOut<'t> {
     content: String,
 }
 
-impl<'t> TextOut<'t> {
-    fn new(tokenizer: &'t Tokenizer, stops: &'t [String], in_thought: bool) -> Self {
+impl TextOut {
+    fn new(stops: &[String], in_thought: bool) -> Self {
         TextOut {
-            tokenizer,
-            decoder: tokenizer.stream_decoder(),
-            stops,
+            decoder: Utf8Stream::default(),
+            stops: stops.to_vec(),
             in_thought,
             // The template strips the newlines that open a thought and those between `</think>`
             // and the answer; an answer that starts the turn is shown as generated.
@@ -674,12 +898,17 @@ impl<'t> TextOut<'t> {
     }
 
     /// Returns the stop string if this token completed one.
-    fn push_token(&mut self, id: u32, emit: &mut dyn FnMut(Event<'_>)) -> Result<Option<String>> {
+    fn push_token(
+        &mut self,
+        tokenizer: &Tokenizer,
+        id: u32,
+        emit: &mut dyn FnMut(Event<'_>),
+    ) -> Result<Option<String>> {
         // The embedding table is padded past the tokenizer's vocabulary; such ids have no text.
-        if id as usize >= self.tokenizer.vocab_size() {
+        if id as usize >= tokenizer.vocab_size() {
             return Ok(None);
         }
-        let piece = self.decoder.push(id)?;
+        let piece = self.decoder.push_token(tokenizer, id)?;
         Ok(self.push_text(&piece, emit))
     }
 
@@ -699,12 +928,12 @@ impl<'t> TextOut<'t> {
             .filter_map(|s| self.held.find(s.as_str()).map(|at| (at, s)))
             .min_by_key(|&(at, _)| at);
         if let Some((at, stop)) = found {
-            let before = self.held[..at].to_owned();
+            let (before, stop) = (self.held[..at].to_owned(), stop.clone());
             self.held.clear();
             self.emit(&before, emit);
-            return Some(stop.clone());
+            return Some(stop);
         }
-        let ready = self.held.len() - partial_stop_len(&self.held, self.stops);
+        let ready = self.held.len() - partial_stop_len(&self.held, &self.stops);
         if ready > 0 {
             let text: String = self.held.drain(..ready).collect();
             self.emit(&text, emit);
@@ -735,8 +964,7 @@ impl<'t> TextOut<'t> {
 
     /// Flushes what the channel holds (no stop string can complete any more).
     fn flush(&mut self, emit: &mut dyn FnMut(Event<'_>)) -> Result<()> {
-        let decoder = std::mem::replace(&mut self.decoder, self.tokenizer.stream_decoder());
-        let rest = decoder.finish();
+        let rest = std::mem::take(&mut self.decoder).finish();
         if !rest.is_empty() && self.push_text(&rest, emit).is_some() {
             return Ok(());
         }

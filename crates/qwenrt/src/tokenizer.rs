@@ -219,18 +219,42 @@ fn push_token_bytes(out: &mut Vec<u8>, token: &str, char_bytes: &std::collection
 /// UTF-8 whatever follows (emitted at once), and in `finish` for a character left incomplete.
 pub struct StreamDecoder<'a> {
     tokenizer: &'a Tokenizer,
-    pending: Vec<u8>,
+    bytes: Utf8Stream,
 }
 
 impl<'a> StreamDecoder<'a> {
     /// An empty stream; [`Tokenizer::stream_decoder`] is the same.
     pub fn new(tokenizer: &'a Tokenizer) -> Self {
-        Self { tokenizer, pending: Vec::new() }
+        Self { tokenizer, bytes: Utf8Stream::default() }
     }
 
     /// Add one token; returns the text it completes (often empty mid-character).
     pub fn push(&mut self, id: u32) -> Result<String, TokenizerError> {
-        self.pending.extend_from_slice(self.tokenizer.bytes_of(id)?);
+        self.bytes.push_token(self.tokenizer, id)
+    }
+
+    /// Whether bytes of an unfinished character are waiting.
+    pub fn has_pending(&self) -> bool {
+        self.bytes.has_pending()
+    }
+
+    /// Flush what is left: an incomplete character becomes U+FFFD.
+    pub fn finish(self) -> String {
+        self.bytes.finish()
+    }
+}
+
+/// The state of a [`StreamDecoder`] without the borrow of its tokenizer, for holders that
+/// cannot keep one (a generation that outlives the call that started it).
+#[derive(Debug, Default, Clone)]
+pub struct Utf8Stream {
+    pending: Vec<u8>,
+}
+
+impl Utf8Stream {
+    /// Adds the bytes of token `id`; returns the text they complete.
+    pub fn push_token(&mut self, tokenizer: &Tokenizer, id: u32) -> Result<String, TokenizerError> {
+        self.pending.extend_from_slice(tokenizer.bytes_of(id)?);
         let mut out = String::new();
         let mut start = 0;
         loop {

@@ -254,7 +254,7 @@ fn thinking_budget_closes_the_thought_and_the_answer_follows() {
                 reasoning.push_str(t)
             }
             Event::Content(t) => content.push_str(t),
-            Event::Done(_) => {}
+            Event::Done(_) | Event::Token(_) => {}
         })
         .unwrap();
     let think_end = lm.tokenizer.token_id("</think>").unwrap();
@@ -424,4 +424,68 @@ fn prepare_leaves_a_tool_call_turn_alone() {
     plain.send(Message::user("What is 6 x 7?"), &greedy(6), |_| {}).unwrap();
     plain.prepare(None).unwrap();
     assert_eq!(plain.prompt_cache().len(), saved + 1);
+}
+
+/// Turns of several sessions advanced together (one model pass per step, prompts and decode
+/// steps mixed, turns ending at different times) give each session the reply it gets alone,
+/// with log-probabilities that agree.
+#[test]
+fn turns_advanced_together_equal_turns_alone() {
+    let lm = load();
+    let mut params = greedy(12);
+    params.logprobs = Some(3);
+    let prompts: Vec<Vec<u32>> = QUESTIONS
+        .iter()
+        .map(|q| lm.encode(&lm.render_chat(&[Message::user(*q)], true, None).unwrap()).unwrap())
+        .collect();
+    let alone: Vec<_> = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let mut params = params.clone();
+            params.max_tokens = 6 + 2 * i;
+            ChatSession::new(lm.clone()).complete(p, &params, |_| {}).unwrap()
+        })
+        .collect();
+
+    let mut sessions: Vec<ChatSession> = prompts.iter().map(|_| ChatSession::new(lm.clone())).collect();
+    let mut turns: Vec<_> = sessions
+        .iter_mut()
+        .zip(&prompts)
+        .enumerate()
+        .map(|(i, (s, p))| {
+            let mut params = params.clone();
+            params.max_tokens = 6 + 2 * i;
+            s.begin(p, &params).unwrap()
+        })
+        .collect();
+    let mut streamed = vec![String::new(); prompts.len()];
+    loop {
+        let mut s: Vec<&mut ChatSession> = sessions.iter_mut().collect();
+        let mut t: Vec<_> = turns.iter_mut().collect();
+        let stepped = ChatSession::advance_many(&mut s, &mut t, |i, e| {
+            if let Event::Content(text) = e {
+                streamed[i].push_str(text)
+            }
+        })
+        .unwrap();
+        if stepped == 0 {
+            break;
+        }
+    }
+    for (i, turn) in turns.into_iter().enumerate() {
+        let reply = turn.finish(&mut |_| {});
+        assert_eq!(reply.tokens, alone[i].tokens, "session {i}");
+        assert_eq!(reply.finish_reason, alone[i].finish_reason);
+        assert_eq!(reply.content, alone[i].content);
+        assert!(streamed[i].len() <= reply.content.len());
+        assert_eq!(reply.logprobs.len(), reply.usage.completion_tokens);
+        for (a, b) in reply.logprobs.iter().zip(&alone[i].logprobs) {
+            assert_eq!((a.id, a.top.len()), (b.id, 3));
+            assert!((a.logprob - b.logprob).abs() < 1e-3, "{} vs {}", a.logprob, b.logprob);
+            assert!(a.logprob <= 0.0 && a.logprob >= a.top[2].2 - 1e-6, "greedy picks the top token");
+            assert_eq!(a.top[0].0, a.id);
+        }
+        assert_eq!(sessions[i].context_tokens(), prompts[i].len() + reply.tokens.len() - 1);
+    }
 }

@@ -69,23 +69,10 @@ impl GatedAttention {
             + 4 * (self.q_norm.len() + self.k_norm.len())
     }
 
-    /// Attends `t` new tokens `x: [t, hidden]` at `positions` to everything in the cache and to
-    /// each other (causally), appending their keys and values to the cache.
-    #[allow(clippy::too_many_arguments)]
-    pub fn forward(
-        &self,
-        x: &[f32],
-        t: usize,
-        positions: &[Position3],
-        rope: &MRope,
-        keys: &mut Vec<f32>,
-        values: &mut Vec<f32>,
-        s: &mut AttentionScratch,
-        out: &mut [f32],
-    ) {
+    /// The q (and gate), k and v projections of `t` rows, which may belong to several sequences.
+    pub fn project(&self, x: &[f32], t: usize, s: &mut AttentionScratch) {
         let hd = self.head_dim;
         let (q_width, kv_width) = (self.heads * hd, self.kv_heads * hd);
-
         // query_states, gate = torch.chunk(q_proj(x).view(*input_shape, -1, head_dim * 2), 2, dim=-1)
         let q = grow(&mut s.q, t * q_width);
         let gate = grow(&mut s.gate, t * q_width);
@@ -99,10 +86,28 @@ impl GatedAttention {
         } else {
             self.q_proj.forward(x, t, q);
         }
-        let kx = grow(&mut s.k, t * kv_width);
-        self.k_proj.forward(x, t, kx);
-        let vx = grow(&mut s.v, t * kv_width);
-        self.v_proj.forward(x, t, vx);
+        self.k_proj.forward(x, t, grow(&mut s.k, t * kv_width));
+        self.v_proj.forward(x, t, grow(&mut s.v, t * kv_width));
+        grow(&mut s.attn, t * q_width);
+    }
+
+    /// Norms, rotary embedding, cache update and causal attention for the projected `rows` of
+    /// one sequence (at `positions`, one per row), whose cache `keys`/`values` is.
+    pub fn attend_sequence(
+        &self,
+        rows: std::ops::Range<usize>,
+        positions: &[Position3],
+        rope: &MRope,
+        keys: &mut Vec<f32>,
+        values: &mut Vec<f32>,
+        s: &mut AttentionScratch,
+    ) {
+        let hd = self.head_dim;
+        let (q_width, kv_width) = (self.heads * hd, self.kv_heads * hd);
+        let t = rows.len();
+        let q = &mut s.q[rows.start * q_width..rows.end * q_width];
+        let kx = &mut s.k[rows.start * kv_width..rows.end * kv_width];
+        let vx = &s.v[rows.start * kv_width..rows.end * kv_width];
 
         // q_norm / k_norm over each head, then apply_rotary_pos_emb on the first rotary_dim dims
         let half = rope.half_dim();
@@ -169,7 +174,7 @@ impl GatedAttention {
                 }
             }
         });
-        let attn = grow(&mut s.attn, t * q_width);
+        let attn = &mut s.attn[rows.start * q_width..rows.end * q_width];
         for (kvh, (_, out)) in s.heads[..self.kv_heads].iter().enumerate() {
             for ti in 0..t {
                 let first = kvh * group * hd;
@@ -177,10 +182,14 @@ impl GatedAttention {
                     .copy_from_slice(&out[ti * group * hd..(ti + 1) * group * hd]);
             }
         }
+    }
 
+    /// The output gate and projection of all `t` rows.
+    pub fn output(&self, t: usize, s: &mut AttentionScratch, out: &mut [f32]) {
+        let attn = &mut s.attn[..t * self.heads * self.head_dim];
         // attn_output = attn_output * torch.sigmoid(gate); o_proj(attn_output)
         if self.gated {
-            for (a, &g) in attn.iter_mut().zip(gate.iter()) {
+            for (a, &g) in attn.iter_mut().zip(s.gate.iter()) {
                 *a *= k::sigmoid(g);
             }
         }

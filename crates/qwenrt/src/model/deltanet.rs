@@ -129,33 +129,36 @@ impl GatedDeltaNet {
             + 4 * (self.conv_weight.len() + self.dt_bias.len() + self.neg_a.len() + self.norm.len())
     }
 
-    /// Mixes `t` tokens `x: [t, hidden]` into `out: [t, hidden]`, advancing the conv state
-    /// `[K-1, conv_dim]` and the recurrent state `[Hv, dk, dv]`. One token takes the recurrent
-    /// path; more take the chunked one.
-    pub fn forward(
+    /// The input projections of `t` rows, which may belong to several sequences.
+    pub fn project(&self, x: &[f32], t: usize, s: &mut DeltaNetScratch) {
+        let d = self.d;
+        // mixed_qkv = self.in_proj_qkv(hidden_states); z = self.in_proj_z(...); b, a likewise
+        self.in_proj_qkv.forward(x, t, grow(&mut s.qkv, t * d.conv_dim()));
+        self.in_proj_z.forward(x, t, grow(&mut s.z, t * d.value_dim()));
+        self.in_proj_b.forward(x, t, grow(&mut s.b, t * d.hv));
+        self.in_proj_a.forward(x, t, grow(&mut s.a, t * d.hv));
+        grow(&mut s.conv_out, t * d.conv_dim());
+        grow(&mut s.core, t * d.value_dim());
+    }
+
+    /// Convolution, gates and the delta rule for the projected `rows` of one sequence, whose
+    /// states these are; leaves the core output of those rows in the scratch.
+    pub fn mix_sequence(
         &self,
-        x: &[f32],
-        t: usize,
+        rows: std::ops::Range<usize>,
         conv_state: &mut [f32],
         ssm_state: &mut [f32],
         s: &mut DeltaNetScratch,
-        out: &mut [f32],
     ) {
         let d = self.d;
         let (key_dim, value_dim, conv_dim) = (d.key_dim(), d.value_dim(), d.conv_dim());
-
-        // mixed_qkv = self.in_proj_qkv(hidden_states); z = self.in_proj_z(...); b, a likewise
-        let qkv = grow(&mut s.qkv, t * conv_dim);
-        self.in_proj_qkv.forward(x, t, qkv);
-        let z = grow(&mut s.z, t * value_dim);
-        self.in_proj_z.forward(x, t, z);
-        let b = grow(&mut s.b, t * d.hv);
-        self.in_proj_b.forward(x, t, b);
-        let a = grow(&mut s.a, t * d.hv);
-        self.in_proj_a.forward(x, t, a);
+        let t = rows.len();
+        let qkv = &s.qkv[rows.start * conv_dim..rows.end * conv_dim];
+        let b = &mut s.b[rows.start * d.hv..rows.end * d.hv];
+        let a = &mut s.a[rows.start * d.hv..rows.end * d.hv];
 
         // mixed_qkv = F.silu(conv1d(mixed_qkv)) over [conv_state ++ mixed_qkv]
-        let conv_out = grow(&mut s.conv_out, t * conv_dim);
+        let conv_out = &mut s.conv_out[rows.start * conv_dim..rows.end * conv_dim];
         self.causal_conv(qkv, t, conv_state, conv_out);
 
         // query, key = l2norm(q), l2norm(k); query *= dk^-0.5   (in the delta-rule kernels)
@@ -180,7 +183,6 @@ impl GatedDeltaNet {
         }
         let (beta, g) = (&*b, &*a);
 
-        let core = grow(&mut s.core, t * value_dim);
         let group = d.hv / d.hk;
         let state_len = d.dk * d.dv;
         if s.heads.len() < d.hv {
@@ -221,15 +223,21 @@ impl GatedDeltaNet {
                 delta_rule_chunked(q, kk, v, gh, bh, d.dk, d.dv, state, o, &mut hs.chunk);
             },
         );
+        let core = &mut s.core[rows.start * value_dim..rows.end * value_dim];
         for (h, hs) in s.heads[..d.hv].iter().enumerate() {
             for ti in 0..t {
                 core[ti * value_dim + h * d.dv..ti * value_dim + (h + 1) * d.dv]
                     .copy_from_slice(&hs.out[ti * d.dv..(ti + 1) * d.dv]);
             }
         }
+    }
 
+    /// The gated norm and output projection of all `t` rows.
+    pub fn output(&self, t: usize, s: &mut DeltaNetScratch, out: &mut [f32]) {
+        let dv = self.d.dv;
+        let core = &mut s.core[..t * self.d.value_dim()];
         // core_attn_out = self.norm(core_attn_out, z): per head over dv, gated by silu(z)
-        for (o, zg) in core.chunks_exact_mut(d.dv).zip(z.chunks_exact(d.dv)) {
+        for (o, zg) in core.chunks_exact_mut(dv).zip(s.z.chunks_exact(dv)) {
             k::rms_norm_gated(o, zg, &self.norm, self.eps);
         }
         // output = self.out_proj(core_attn_out)

@@ -256,7 +256,7 @@ impl Model {
         let mut start = 0;
         while start < tokens.len() {
             let end = (start + PREFILL_BATCH).min(tokens.len());
-            self.run_layers(state, &tokens[start..end]);
+            self.run_one(state, &tokens[start..end]);
             start = end;
         }
         let vocab = self.vocab_size();
@@ -289,7 +289,7 @@ impl Model {
         let mut start = 0;
         while start < tokens.len() {
             let end = (start + PREFILL_BATCH).min(tokens.len());
-            self.run_layers(state, &tokens[start..end]);
+            self.run_one(state, &tokens[start..end]);
             let s = &mut state.scratch;
             for r0 in (0..end - start).step_by(LOGIT_ROWS) {
                 let rows = LOGIT_ROWS.min(end - start - r0);
@@ -313,6 +313,75 @@ impl Model {
         self.lm_head.as_ref().unwrap_or(&self.embed_tokens)
     }
 
+    /// Feeds several sequences at once, `inputs[i]` after what `states[i]` holds, and returns
+    /// the logits of each input's last token, `[states.len(), vocab_size]`. Every weight matrix
+    /// is read once for the whole batch, which is what makes serving several conversations
+    /// cheaper than serving them in turn. Each result equals [`forward`](Self::forward) of that
+    /// sequence alone (up to float rounding of the batched products). Inputs are checked before
+    /// anything runs: an error leaves every state untouched.
+    pub fn forward_batch<'s>(
+        &self,
+        states: &'s mut [&mut SessionState],
+        inputs: &[&[u32]],
+    ) -> Result<&'s [f32]> {
+        if states.len() != inputs.len() {
+            return Err(Error::InvalidInput(format!(
+                "{} states but {} inputs in a batch",
+                states.len(),
+                inputs.len()
+            )));
+        }
+        if states.is_empty() {
+            return Ok(&[]);
+        }
+        for (i, (state, input)) in states.iter().zip(inputs).enumerate() {
+            if input.is_empty() {
+                return Err(Error::InvalidInput(format!("input {i} of the batch is empty")));
+            }
+            self.check_input(state, input)
+                .map_err(|e| Error::InvalidInput(format!("input {i} of the batch: {e}")))?;
+        }
+        let hidden = self.config.text.hidden_size;
+        let vocab = self.vocab_size();
+        let eps = self.config.text.rms_norm_eps as f32;
+        let n = states.len();
+        let mut scratch = std::mem::take(&mut states[0].scratch);
+        // Long inputs go in pieces so the activations stay bounded; only the piece holding an
+        // input's last token leaves a row for the logits.
+        let mut done = vec![0usize; n];
+        let mut last_rows = vec![0.0f32; n * hidden];
+        loop {
+            let mut budget = PREFILL_BATCH;
+            let mut pieces: Vec<&[u32]> = Vec::with_capacity(n);
+            for (i, input) in inputs.iter().enumerate() {
+                let take = (input.len() - done[i]).min(budget.max(1));
+                budget = budget.saturating_sub(take);
+                pieces.push(&input[done[i]..done[i] + take]);
+            }
+            if pieces.iter().all(|p| p.is_empty()) {
+                break;
+            }
+            self.run_layers(states, &pieces, &mut scratch);
+            let mut row = 0;
+            for (i, piece) in pieces.iter().enumerate() {
+                row += piece.len();
+                done[i] += piece.len();
+                if !piece.is_empty() && done[i] == inputs[i].len() {
+                    last_rows[i * hidden..(i + 1) * hidden]
+                        .copy_from_slice(&scratch.hidden[(row - 1) * hidden..row * hidden]);
+                }
+            }
+        }
+        let normed = grow(&mut scratch.normed, n * hidden);
+        for (x, y) in last_rows.chunks_exact(hidden).zip(normed.chunks_exact_mut(hidden)) {
+            k::rms_norm(x, &self.norm, eps, y);
+        }
+        let out = grow(&mut scratch.logits, n * vocab);
+        self.lm_head().forward(normed, n, out);
+        states[0].scratch = scratch;
+        Ok(&states[0].scratch.logits[..n * vocab])
+    }
+
     fn check_input(&self, state: &SessionState, tokens: &[u32]) -> Result<()> {
         let vocab = self.vocab_size();
         if let Some((i, &id)) = tokens.iter().enumerate().find(|(_, &id)| id as usize >= vocab) {
@@ -331,24 +400,34 @@ impl Model {
         Ok(())
     }
 
-    /// Runs one batch of tokens through every layer, leaving the final hidden states (before the
-    /// final norm) in `scratch.hidden` and advancing the caches.
-    fn run_layers(&self, state: &mut SessionState, tokens: &[u32]) {
-        let t = tokens.len();
+    /// Runs one piece of a single sequence through every layer with the state's own scratch.
+    fn run_one(&self, state: &mut SessionState, tokens: &[u32]) {
+        let mut scratch = std::mem::take(&mut state.scratch);
+        self.run_layers(&mut [&mut *state], &[tokens], &mut scratch);
+        state.scratch = scratch;
+    }
+
+    /// Runs a batch through every layer: `inputs[i]` (possibly empty) continues the sequence
+    /// of `states[i]`. Rows of all inputs are stacked, so each weight matrix is read once; the
+    /// token mixers then run each sequence on its own caches. Leaves the final hidden states
+    /// (before the final norm) in `s.hidden`, rows in input order, and advances the caches.
+    fn run_layers(&self, states: &mut [&mut SessionState], inputs: &[&[u32]], s: &mut Scratch) {
+        let t: usize = inputs.iter().map(|i| i.len()).sum();
         let hidden_size = self.config.text.hidden_size;
         let eps = self.config.text.rms_norm_eps as f32;
-        let s = &mut state.scratch;
 
         // inputs_embeds = self.embed_tokens(input_ids)
         let h = grow(&mut s.hidden, t * hidden_size);
-        for (row, &id) in h.chunks_exact_mut(hidden_size).zip(tokens) {
+        for (row, &id) in h.chunks_exact_mut(hidden_size).zip(inputs.iter().flat_map(|i| i.iter())) {
             self.embed_tokens.row(id as usize, row);
         }
         // Text positions: every M-RoPE axis carries the token index.
         s.positions.clear();
-        s.positions.extend((0..t).map(|i| [(state.len + i) as i64; 3]));
+        for (state, input) in states.iter().zip(inputs) {
+            s.positions.extend((0..input.len()).map(|i| [(state.len + i) as i64; 3]));
+        }
 
-        for (layer, cache) in self.layers.iter().zip(state.layers.iter_mut()) {
+        for (l, layer) in self.layers.iter().enumerate() {
             let normed = grow(&mut s.normed, t * hidden_size);
             for (x, y) in s.hidden[..t * hidden_size]
                 .chunks_exact(hidden_size)
@@ -357,14 +436,33 @@ impl Model {
                 k::rms_norm(x, &layer.input_layernorm, eps, y);
             }
             let mixed = grow(&mut s.mixed, t * hidden_size);
-            match (&layer.mixer, cache) {
-                (Mixer::DeltaNet(m), LayerCache::DeltaNet { conv, ssm }) => {
-                    m.forward(normed, t, conv, ssm, &mut s.delta, mixed)
+            let sequences = states.iter_mut().zip(inputs).scan(0, |row, (state, input)| {
+                let rows = *row..*row + input.len();
+                *row = rows.end;
+                Some((rows, &mut state.layers[l]))
+            });
+            match &layer.mixer {
+                Mixer::DeltaNet(m) => {
+                    m.project(normed, t, &mut s.delta);
+                    for (rows, cache) in sequences.filter(|(rows, _)| !rows.is_empty()) {
+                        let LayerCache::DeltaNet { conv, ssm } = cache else {
+                            unreachable!("session state was made for another model")
+                        };
+                        m.mix_sequence(rows, conv, ssm, &mut s.delta);
+                    }
+                    m.output(t, &mut s.delta, mixed);
                 }
-                (Mixer::Attention(m), LayerCache::Attention { keys, values }) => {
-                    m.forward(normed, t, &s.positions, &self.rope, keys, values, &mut s.attn, mixed)
+                Mixer::Attention(m) => {
+                    m.project(normed, t, &mut s.attn);
+                    for (rows, cache) in sequences.filter(|(rows, _)| !rows.is_empty()) {
+                        let LayerCache::Attention { keys, values } = cache else {
+                            unreachable!("session state was made for another model")
+                        };
+                        let positions = &s.positions[rows.clone()];
+                        m.attend_sequence(rows, positions, &self.rope, keys, values, &mut s.attn);
+                    }
+                    m.output(t, &mut s.attn, mixed);
                 }
-                _ => unreachable!("session state was made for another model"),
             }
             let h = &mut s.hidden[..t * hidden_size];
             k::add_assign(h, mixed);
@@ -381,7 +479,9 @@ impl Model {
             layer.mlp.down_proj.forward(gate, t, mixed);
             k::add_assign(h, mixed);
         }
-        state.len += t;
+        for (state, input) in states.iter_mut().zip(inputs) {
+            state.len += input.len();
+        }
     }
 }
 
@@ -478,6 +578,48 @@ mod tests {
         assert_eq!(want, got, "restored state must continue bit for bit");
         state.reset();
         assert!(state.is_empty());
+    }
+
+    /// A batch of sequences at different depths, mixing prompt pieces and single tokens,
+    /// gives each sequence the logits and the state it would get alone.
+    #[test]
+    fn batch_equals_single() {
+        let model = tiny_causal();
+        let vocab = model.vocab_size();
+        let ids = prompt(400, vocab);
+        let histories = [&ids[..0], &ids[10..75], &ids[100..101], &ids[200..330]];
+        let inputs: [&[u32]; 4] = [&ids[5..9], &ids[80..81], &ids[150..290], &ids[340..341]];
+        let mut alone = Vec::new();
+        let mut batch_states = Vec::new();
+        for (history, input) in histories.iter().zip(inputs) {
+            let mut state = model.new_state();
+            if !history.is_empty() {
+                model.forward(&mut state, history, Logits::None).unwrap();
+            }
+            batch_states.push(model.new_state());
+            let b = batch_states.last_mut().unwrap();
+            if !history.is_empty() {
+                model.forward(b, history, Logits::None).unwrap();
+            }
+            let logits = model.forward(&mut state, input, Logits::Last).unwrap().to_vec();
+            alone.push((logits, state));
+        }
+        let mut refs: Vec<&mut SessionState> = batch_states.iter_mut().collect();
+        let batched = model.forward_batch(&mut refs, &inputs).unwrap().to_vec();
+        for (i, (want, state)) in alone.iter().enumerate() {
+            let got = &batched[i * vocab..(i + 1) * vocab];
+            assert!(max_diff(want, got) < 1e-3, "sequence {i}: {}", max_diff(want, got));
+            let (conv, ssm, kv) = state_diff(state, &batch_states[i]);
+            assert!(conv < 1e-5 && ssm < 1e-5 && kv < 1e-5, "sequence {i}: {conv} {ssm} {kv}");
+            assert_eq!(state.len(), batch_states[i].len());
+        }
+        // A batch with one bad input changes nothing.
+        let lens: Vec<usize> = batch_states.iter().map(|s| s.len()).collect();
+        let mut refs: Vec<&mut SessionState> = batch_states.iter_mut().collect();
+        let bad: [&[u32]; 4] = [&ids[..1], &ids[..1], &[vocab as u32], &ids[..1]];
+        let e = model.forward_batch(&mut refs, &bad).unwrap_err().to_string();
+        assert!(e.contains("input 2 of the batch") && e.contains("outside the vocabulary"), "{e}");
+        assert_eq!(lens, batch_states.iter().map(|s| s.len()).collect::<Vec<_>>());
     }
 
     #[test]
