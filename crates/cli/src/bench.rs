@@ -139,8 +139,12 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     let load_secs = start.elapsed().as_secs_f64();
     let vocab = model.vocab_size();
     let mut rows = Vec::new();
+    // A sentence-transformers folder: measure embedding throughput instead of generation.
+    let embedding_model = dir.join("modules.json").exists();
 
-    if args.n_prompt > 0 {
+    if embedding_model && args.n_prompt > 0 {
+        rows.push(embed_row(&model, args.n_prompt, args.reps, vocab)?);
+    } else if args.n_prompt > 0 {
         let prompt = tokens(args.n_prompt, vocab, 1);
         let mut rates = Vec::new();
         for _ in 0..args.reps {
@@ -160,7 +164,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     }
 
     for &depth in &args.ctx {
-        if args.n_gen == 0 {
+        if args.n_gen == 0 || embedding_model {
             break;
         }
         let mut state = model.new_state();
@@ -196,7 +200,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     }
     // Peak memory is read before the bandwidth probe allocates its buffer.
     let rss = peak_rss();
-    if args.n_gen > 0 && !args.ctx.is_empty() {
+    if args.n_gen > 0 && !args.ctx.is_empty() && !embedding_model {
         let bandwidth = read_bandwidth();
         for row in rows.iter_mut().filter(|r| r.test.starts_with("tg")) {
             let bound = bandwidth / row.extra["bytes_per_token"].as_f64().unwrap_or(f64::NAN);
@@ -206,7 +210,23 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         }
     }
 
-    if let Some(n) = args.quality {
+    if let (Some(n), true) = (args.quality, embedding_model) {
+        let reference = Model::load(&dir)?;
+        let docs: Vec<Vec<u32>> = (0..8).map(|i| tokens(n, vocab, 10 + i)).collect();
+        let (want, got) = (last_hidden(&reference, &docs)?, last_hidden(&model, &docs)?);
+        let hidden = model.config().hidden_size();
+        let cosines: Vec<f64> =
+            want.chunks_exact(hidden).zip(got.chunks_exact(hidden)).map(|(a, b)| cosine(a, b)).collect();
+        rows.push(Row {
+            test: format!("quality vs f32 (8 texts of {n} tokens)"),
+            tokens_per_second: f64::NAN,
+            spread: 0.0,
+            extra: serde_json::json!({
+                "mean_cosine": cosines.iter().sum::<f64>() / cosines.len() as f64,
+                "min_cosine": cosines.iter().cloned().fold(f64::MAX, f64::min),
+            }),
+        });
+    } else if let Some(n) = args.quality {
         let reference = Model::load(&dir)?;
         let a = qwenrt::quality::compare_logits(&reference, &model, &tokens(n, vocab, 4))?;
         rows.push(Row {
@@ -237,6 +257,15 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     println!("| model | dtype | threads | test | t/s | note |");
     println!("|---|---|---|---|---|---|");
     for row in &rows {
+        if let (Some(c), None) = (row.extra.get("mean_cosine"), row.extra.get("top1_agreement")) {
+            println!(
+                "| {name} | {dtype} | {threads} | {} | | embedding cosine mean {:.6} (min {:.6}) |",
+                row.test,
+                c.as_f64().unwrap_or(0.0),
+                row.extra["min_cosine"].as_f64().unwrap_or(0.0),
+            );
+            continue;
+        }
         if let Some(c) = row.extra.get("mean_cosine") {
             println!(
                 "| {name} | {dtype} | {threads} | {} | | logit cosine mean {:.5} (min {:.5}), top-1 agreement {:.1} % |",
@@ -272,6 +301,40 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         qwenrt_isa()
     );
     Ok(())
+}
+
+/// Embedding throughput for texts of `len` tokens, batched as the embedder batches them (texts
+/// adding up to about 4,096 tokens share each pass).
+fn embed_row(model: &Model, len: usize, reps: usize, vocab: usize) -> Result<Row> {
+    let n_docs = (4096 / len).max(1);
+    let docs: Vec<Vec<u32>> = (0..n_docs as u64).map(|i| tokens(len, vocab, 20 + i)).collect();
+    let mut rates = Vec::new();
+    for _ in 0..reps {
+        let t0 = Instant::now();
+        last_hidden(model, &docs)?;
+        rates.push((n_docs * len) as f64 / t0.elapsed().as_secs_f64());
+    }
+    let spread = rates.iter().cloned().fold(0.0, f64::max) - rates.iter().cloned().fold(f64::MAX, f64::min);
+    Ok(Row {
+        test: format!("embed {n_docs}×{len}"),
+        tokens_per_second: median(&mut rates),
+        spread,
+        extra: serde_json::json!({ "texts": n_docs, "tokens_per_text": len }),
+    })
+}
+
+/// Final-normed last-token states of `docs`, all in one batch.
+fn last_hidden(model: &Model, docs: &[Vec<u32>]) -> Result<Vec<f32>> {
+    let mut states: Vec<_> = docs.iter().map(|_| model.new_state()).collect();
+    let mut refs: Vec<_> = states.iter_mut().collect();
+    let inputs: Vec<&[u32]> = docs.iter().map(Vec::as_slice).collect();
+    Ok(model.last_hidden_batch(&mut refs, &inputs)?.to_vec())
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum();
+    let norm = |v: &[f32]| v.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
+    dot / (norm(a) * norm(b))
 }
 
 fn qwenrt_isa() -> &'static str {

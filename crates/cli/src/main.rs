@@ -2,6 +2,7 @@
 
 mod bench;
 mod chat;
+mod embed;
 mod gen_args;
 mod inspect;
 mod run;
@@ -32,6 +33,8 @@ enum Command {
     Chat(chat::ChatArgs),
     /// Score a text: perplexity and per-token log-probabilities.
     Score(score::ScoreArgs),
+    /// Embed texts with a Qwen3-Embedding model, or rank documents against a query.
+    Embed(embed::EmbedArgs),
     /// Describe a model folder: architecture, parameters, dtypes, memory.
     Inspect(inspect::InspectArgs),
     /// Measure prefill and decode speed (a llama-bench-like table).
@@ -125,6 +128,7 @@ fn main() {
         Command::Run(args) => run::run(args),
         Command::Chat(args) => chat::chat(args),
         Command::Score(args) => score::score(args),
+        Command::Embed(args) => embed::embed(args),
         Command::Inspect(args) => inspect::inspect(args),
         Command::Bench(args) => bench::bench(args),
         Command::Synth(args) => bench::synth(args),

@@ -1,8 +1,10 @@
-//! `config.json` of a Qwen3.5 model folder, mirrored key for key and validated.
+//! `config.json` of a model folder, mirrored key for key and validated.
 //!
-//! Two layouts exist: the published checkpoints (`Qwen3_5ForConditionalGeneration`,
+//! Qwen3.5 comes in two layouts: the published checkpoints (`Qwen3_5ForConditionalGeneration`,
 //! `model_type: qwen3_5`) nest the decoder's keys under `text_config`; text-only exports
-//! (`Qwen3_5ForCausalLM`, `model_type: qwen3_5_text`) keep them at the top level.
+//! (`Qwen3_5ForCausalLM`, `model_type: qwen3_5_text`) keep them at the top level. The dense
+//! Qwen3 decoder (`model_type: qwen3`, e.g. Qwen3-Embedding) is the same decoder with full
+//! attention in every layer, no output gate, full-width RoPE and plain `w` norms.
 
 use std::path::Path;
 
@@ -19,14 +21,25 @@ pub enum LayerType {
     FullAttention,
 }
 
+/// Which decoder family the folder holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// Qwen3.5: Gated DeltaNet and gated attention layers, zero-centred `(1 + w)` norms.
+    Qwen3_5,
+    /// Qwen3 (dense): plain attention in every layer, plain `w` norms.
+    Qwen3,
+}
+
 /// The tensor layout of the checkpoint, which decides the tensor name prefix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CheckpointLayout {
     /// `Qwen3_5ForConditionalGeneration`: decoder under `model.language_model.`, plus
     /// `model.visual.*` and `mtp.*`.
     ConditionalGeneration,
-    /// `Qwen3_5ForCausalLM`: decoder under `model.`.
+    /// `Qwen3_5ForCausalLM` / `Qwen3ForCausalLM`: decoder under `model.`.
     CausalLm,
+    /// A bare decoder (`Qwen3Model`, as sentence-transformers saves it): no prefix, no LM head.
+    Bare,
 }
 
 /// Rotary embedding parameters (`rope_parameters`, or the legacy `rope_theta`/`rope_scaling`).
@@ -96,9 +109,13 @@ pub struct TextConfig {
     pub full_attention_interval: Option<usize>,
     #[serde(default = "default_conv_kernel")]
     pub linear_conv_kernel_dim: usize,
+    #[serde(default)]
     pub linear_key_head_dim: usize,
+    #[serde(default)]
     pub linear_value_head_dim: usize,
+    #[serde(default)]
     pub linear_num_key_heads: usize,
+    #[serde(default)]
     pub linear_num_value_heads: usize,
     #[serde(default)]
     pub rope_parameters: Option<RopeParameters>,
@@ -113,12 +130,16 @@ pub struct TextConfig {
     pub mlp_only_layers: Vec<usize>,
     #[serde(default)]
     pub eos_token_id: Option<serde_json::Value>,
+    /// Qwen3's sliding-window attention switch (its checkpoints leave it off).
+    #[serde(default)]
+    pub use_sliding_window: bool,
 }
 
 /// A validated Qwen3.5 model configuration, with derived dimensions.
 #[derive(Debug, Clone)]
 pub struct ModelConfig {
     pub text: TextConfig,
+    pub family: Family,
     pub layout: CheckpointLayout,
     pub layer_types: Vec<LayerType>,
     pub rope: RopeParameters,
@@ -162,14 +183,14 @@ impl ModelConfig {
                 })?;
                 (text, CheckpointLayout::ConditionalGeneration)
             }
-            "qwen3_5_text" => (value, CheckpointLayout::CausalLm),
+            "qwen3_5_text" | "qwen3" => (value, CheckpointLayout::CausalLm),
             "" => return Err(Error::config(path, "no `model_type` key")),
             other => {
                 return Err(Error::config(
                     path,
                     format!(
                         "unsupported model_type \"{other}\" (architectures {:?}); qwenrt runs \
-                         \"qwen3_5\" and \"qwen3_5_text\"",
+                         \"qwen3_5\", \"qwen3_5_text\" and \"qwen3\"",
                         top.architectures.unwrap_or_default()
                     ),
                 ))
@@ -178,11 +199,46 @@ impl ModelConfig {
         let text: TextConfig = serde_json::from_value(text_value).map_err(|e| {
             let section = match layout {
                 CheckpointLayout::ConditionalGeneration => "text_config",
-                CheckpointLayout::CausalLm => "config",
+                _ => "config",
             };
             Error::config(path, format!("{section}: {e}"))
         })?;
+        if model_type == "qwen3" {
+            return Self::validate_qwen3(text, path);
+        }
         Self::validate(text, layout, top.tie_word_embeddings, path)
+    }
+
+    /// Qwen3: every layer is full attention with RoPE over the whole head (a special case of
+    /// the Qwen3.5 M-RoPE with every frequency on the text axis).
+    fn validate_qwen3(mut text: TextConfig, path: &Path) -> Result<Self> {
+        let fail = |msg: String| Err(Error::config(path, msg));
+        if text.use_sliding_window {
+            return fail("use_sliding_window = true is not supported".into());
+        }
+        if text.rope_scaling.as_ref().is_some_and(|s| !s.is_null()) {
+            return fail(format!(
+                "rope_scaling {} is not supported (only plain RoPE)",
+                text.rope_scaling.as_ref().unwrap()
+            ));
+        }
+        let theta = match (&text.rope_parameters, text.rope_theta) {
+            (Some(p), _) => p.rope_theta,
+            (None, Some(theta)) => theta,
+            (None, None) => 10_000.0,
+        };
+        let head_dim = text.head_dim.unwrap_or(text.hidden_size / text.num_attention_heads.max(1));
+        text.attn_output_gate = false;
+        let rope = RopeParameters {
+            rope_theta: theta,
+            partial_rotary_factor: 1.0,
+            mrope_section: vec![head_dim / 2, 0, 0],
+            mrope_interleaved: true,
+            rope_type: default_rope_type(),
+        };
+        let layer_types = vec![LayerType::FullAttention; text.num_hidden_layers];
+        let tie = text.tie_word_embeddings.unwrap_or(false);
+        Self::check(text, Family::Qwen3, CheckpointLayout::CausalLm, layer_types, rope, tie, path)
     }
 
     fn validate(
@@ -258,6 +314,45 @@ impl ModelConfig {
             }
             (None, None) => return fail("no `rope_parameters` (nor legacy `rope_theta`)".into()),
         };
+        // transformers ties by the config of the class it builds: the top-level key for the
+        // multimodal checkpoint (whatever text_config says), the flat key for text-only exports.
+        let tie_word_embeddings = match layout {
+            CheckpointLayout::ConditionalGeneration => top_tie,
+            _ => text.tie_word_embeddings,
+        }
+        .unwrap_or(false);
+        for (key, value) in [
+            ("linear_conv_kernel_dim", text.linear_conv_kernel_dim),
+            ("linear_key_head_dim", text.linear_key_head_dim),
+            ("linear_value_head_dim", text.linear_value_head_dim),
+            ("linear_num_key_heads", text.linear_num_key_heads),
+            ("linear_num_value_heads", text.linear_num_value_heads),
+        ] {
+            if value == 0 {
+                return fail(format!("{key} must be positive"));
+            }
+        }
+        if !text.linear_num_value_heads.is_multiple_of(text.linear_num_key_heads) {
+            return fail(format!(
+                "linear_num_value_heads ({}) is not a multiple of linear_num_key_heads ({})",
+                text.linear_num_value_heads, text.linear_num_key_heads
+            ));
+        }
+        Self::check(text, Family::Qwen3_5, layout, layer_types, rope, tie_word_embeddings, path)
+    }
+
+    /// Checks shared by both families.
+    fn check(
+        text: TextConfig,
+        family: Family,
+        layout: CheckpointLayout,
+        layer_types: Vec<LayerType>,
+        rope: RopeParameters,
+        tie_word_embeddings: bool,
+        path: &Path,
+    ) -> Result<Self> {
+        let fail = |msg: String| Err(Error::config(path, msg));
+        let n = text.num_hidden_layers;
         if rope.rope_type != "default" {
             return fail(format!(
                 "rope_parameters.rope_type \"{}\" is not supported (only \"default\")",
@@ -272,11 +367,6 @@ impl ModelConfig {
             ("num_hidden_layers", n),
             ("num_attention_heads", text.num_attention_heads),
             ("num_key_value_heads", text.num_key_value_heads),
-            ("linear_conv_kernel_dim", text.linear_conv_kernel_dim),
-            ("linear_key_head_dim", text.linear_key_head_dim),
-            ("linear_value_head_dim", text.linear_value_head_dim),
-            ("linear_num_key_heads", text.linear_num_key_heads),
-            ("linear_num_value_heads", text.linear_num_value_heads),
         ] {
             if value == 0 {
                 return fail(format!("{key} must be positive"));
@@ -286,7 +376,7 @@ impl ModelConfig {
             return fail(format!("hidden_act \"{}\" is not supported (only \"silu\")", text.hidden_act));
         }
         if text.attention_bias {
-            return fail("attention_bias = true is not supported by Qwen3.5 models".into());
+            return fail("attention_bias = true is not supported (Qwen3 and Qwen3.5 have no biases)".into());
         }
         if !text.mlp_only_layers.is_empty() {
             return fail("mlp_only_layers is not supported (Qwen3.5 dense models have none)".into());
@@ -295,12 +385,6 @@ impl ModelConfig {
             return fail(format!(
                 "num_attention_heads ({}) is not a multiple of num_key_value_heads ({})",
                 text.num_attention_heads, text.num_key_value_heads
-            ));
-        }
-        if !text.linear_num_value_heads.is_multiple_of(text.linear_num_key_heads) {
-            return fail(format!(
-                "linear_num_value_heads ({}) is not a multiple of linear_num_key_heads ({})",
-                text.linear_num_value_heads, text.linear_num_key_heads
             ));
         }
         let head_dim = text.head_dim.unwrap_or(text.hidden_size / text.num_attention_heads);
@@ -325,14 +409,7 @@ impl ModelConfig {
         if !rope.mrope_interleaved {
             return fail("mrope_interleaved = false is not supported (Qwen3.5 interleaves)".into());
         }
-        // transformers ties by the config of the class it builds: the top-level key for the
-        // multimodal checkpoint (whatever text_config says), the flat key for text-only exports.
-        let tie_word_embeddings = match layout {
-            CheckpointLayout::ConditionalGeneration => top_tie,
-            CheckpointLayout::CausalLm => text.tie_word_embeddings,
-        }
-        .unwrap_or(false);
-        Ok(ModelConfig { layer_types, rope, tie_word_embeddings, head_dim, rotary_dim, layout, text })
+        Ok(ModelConfig { layer_types, rope, tie_word_embeddings, head_dim, rotary_dim, family, layout, text })
     }
 
     pub fn hidden_size(&self) -> usize {
@@ -358,6 +435,7 @@ impl ModelConfig {
         match self.layout {
             CheckpointLayout::ConditionalGeneration => "model.language_model.",
             CheckpointLayout::CausalLm => "model.",
+            CheckpointLayout::Bare => "",
         }
     }
 }
@@ -391,6 +469,21 @@ mod tests {
         assert_eq!(full, [3, 7, 11, 15, 19, 23]);
         assert_eq!(c.rope.rope_theta, 1e7);
         assert_eq!(c.rope.mrope_section, [11, 11, 10]);
+    }
+
+    #[test]
+    fn qwen3_embedding_config_is_a_dense_qwen3_decoder() {
+        let c = parse(include_str!("../../../fixtures/config/qwen3-embedding-0.6b.json")).unwrap();
+        assert_eq!(c.family, Family::Qwen3);
+        assert_eq!(c.layer_types, vec![LayerType::FullAttention; 28]);
+        assert_eq!((c.head_dim, c.rotary_dim), (128, 128), "RoPE over the whole head");
+        assert_eq!(c.rope.rope_theta, 1e6);
+        assert!(!c.text.attn_output_gate);
+        assert!(c.tie_word_embeddings);
+        let e = err(r#"{"model_type": "qwen3", "vocab_size": 8, "hidden_size": 8, "intermediate_size": 8,
+            "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1,
+            "rope_theta": 1e6, "rope_scaling": {"rope_type": "yarn", "factor": 4.0}}"#);
+        assert!(e.contains("rope_scaling") && e.contains("not supported"), "{e}");
     }
 
     fn edit(f: impl FnOnce(&mut serde_json::Value)) -> String {

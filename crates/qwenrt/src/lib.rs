@@ -26,6 +26,7 @@
 
 pub mod chat;
 pub mod config;
+pub mod embed;
 mod error;
 pub mod generate;
 pub mod linear;
@@ -40,6 +41,7 @@ pub mod tokenizer;
 pub mod weights;
 
 pub use config::ModelConfig;
+pub use embed::{EmbedKind, EmbedOptions, Embedder, Embedding};
 pub use error::{Error, Result};
 pub use generate::{
     generate, FinishReason, GenerateOptions, Generation, GenerationConfig, Sampler, SamplingParams,

@@ -41,7 +41,8 @@ impl LanguageModel {
         // Check the cheap files first so a broken folder fails before the weights are read.
         // Qwen3.5 tokenizers split text with a regex that also groups combining marks;
         // transformers applies it whatever tokenizer.json says, and so do we.
-        let tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json"), true)?;
+        let qwen3_5 = config.family == crate::config::Family::Qwen3_5;
+        let tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json"), qwen3_5)?;
         let chat_template = match ChatTemplate::from_model_dir(dir) {
             Ok(t) => Some(t),
             Err(crate::chat::ChatTemplateError::NotFound(_)) => None,

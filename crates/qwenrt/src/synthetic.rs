@@ -1,9 +1,14 @@
 //! Full-size models with seeded random weights, for speed work without a download.
 //!
-//! [`write_synthetic_model`] writes a complete Hugging Face folder of the real Qwen3.5-0.8B
-//! geometry — the published `config.json`, every tensor of the published checkpoint (decoder,
-//! vision tower, MTP head) in bf16, the chat template and `generation_config.json` — so that
-//! qwenrt and other engines (after their own conversion) run the very same weights.
+//! [`write_synthetic_model`] writes a complete Hugging Face folder of a real geometry, so that
+//! qwenrt and other engines (after their own conversion) run the very same weights:
+//!
+//! * `qwen3.5-0.8b`: the published `config.json`, every tensor of the published checkpoint
+//!   (decoder, vision tower, MTP head) in bf16, the chat template and `generation_config.json`;
+//! * `qwen3-embedding-0.6b`: the sentence-transformers folder of Qwen3-Embedding-0.6B (config,
+//!   modules, last-token pooling, query prompt) with every tensor in bf16.
+//!
+//! Tokenizers are not written (they are not random): copy a `tokenizer.json` in.
 
 use std::path::Path;
 
@@ -17,8 +22,18 @@ const TENSORS_0_8B: &str = include_str!("../../../fixtures/config/qwen3_5-0.8b.t
 const CHAT_TEMPLATE: &str = include_str!("../../../fixtures/chat/qwen3_5/chat_template.jinja");
 const GENERATION_CONFIG: &str = r#"{"bos_token_id": 248044, "do_sample": true, "eos_token_id": [248046, 248044], "pad_token_id": 248044, "temperature": 1.0, "top_k": 20, "top_p": 0.95}"#;
 
+const CONFIG_EMBED_0_6B: &str = include_str!("../../../fixtures/config/qwen3-embedding-0.6b.json");
+const TENSORS_EMBED_0_6B: &str = include_str!("../../../fixtures/config/qwen3-embedding-0.6b.tensors.tsv");
+const EMBED_MODULES: &str = r#"[
+  {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+  {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+  {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}
+]"#;
+const EMBED_POOLING: &str = r#"{"word_embedding_dimension": 1024, "pooling_mode_cls_token": false, "pooling_mode_mean_tokens": false, "pooling_mode_max_tokens": false, "pooling_mode_mean_sqrt_len_tokens": false, "pooling_mode_weightedmean_tokens": false, "pooling_mode_lasttoken": true, "include_prompt": true}"#;
+const EMBED_ST_CONFIG: &str = r#"{"prompts": {"query": "Instruct: Given a web search query, retrieve relevant passages that answer the query\nQuery:", "document": ""}, "default_prompt_name": null, "similarity_fn_name": "cosine"}"#;
+
 /// The geometries [`write_synthetic_model`] knows.
-pub const PRESETS: &[&str] = &["qwen3.5-0.8b"];
+pub const PRESETS: &[&str] = &["qwen3.5-0.8b", "qwen3-embedding-0.6b"];
 
 /// SplitMix64: a tiny, well-mixed generator; each tensor gets its own stream from its name.
 struct SplitMix(u64);
@@ -55,7 +70,7 @@ fn stream(seed: u64, name: &str) -> SplitMix {
 /// matrices ~ N(0, 1/fan_in) (unit-variance outputs), embeddings ~ N(0, 1), norms near their
 /// identity, DeltaNet decays spread between fast (A = 16) and slow (A = 1). (transformers' own
 /// initialisation, N(0, 0.02²) everywhere, gives near-constant logits: useless for judging quality.)
-fn values(name: &str, shape: &[usize], seed: u64) -> Vec<f32> {
+fn values(name: &str, shape: &[usize], seed: u64, zero_centred_norms: bool) -> Vec<f32> {
     let n: usize = shape.iter().product();
     let mut rng = stream(seed, name);
     let mut out = Vec::with_capacity(n);
@@ -67,9 +82,10 @@ fn values(name: &str, shape: &[usize], seed: u64) -> Vec<f32> {
     } else if name.ends_with("conv1d.weight") {
         out.extend((0..n).map(|_| 0.5 * rng.uniform()));
     } else if shape.len() == 1 {
-        // Zero-centred norms are applied as 1 + w; the others (gated norm, LayerNorm) as w.
+        // Qwen3.5's zero-centred norms are applied as 1 + w; the others (gated norm, LayerNorm,
+        // every Qwen3 norm) as w.
         let gated_norm = leaf == "norm" && name.contains("linear_attn");
-        let centred = !gated_norm && !name.contains("visual");
+        let centred = zero_centred_norms && !gated_norm && !name.contains("visual");
         let base = if centred || name.ends_with(".bias") { 0.0 } else { 1.0 };
         out.extend((0..n).map(|_| base + 0.1 * rng.uniform()));
     } else {
@@ -82,15 +98,44 @@ fn values(name: &str, shape: &[usize], seed: u64) -> Vec<f32> {
 
 /// Writes a random-weight model of `preset` geometry to `dir` (created if needed).
 pub fn write_synthetic_model(dir: &Path, preset: &str, seed: u64) -> Result<()> {
-    if preset != "qwen3.5-0.8b" {
-        return Err(Error::InvalidInput(format!(
-            "unknown synthetic model `{preset}`; known: {}",
-            PRESETS.join(", ")
-        )));
-    }
+    let (tensor_list, zero_centred_norms, files): (&str, bool, &[(&str, &str)]) = match preset {
+        "qwen3.5-0.8b" => (
+            TENSORS_0_8B,
+            true,
+            &[
+                ("config.json", CONFIG_0_8B),
+                ("generation_config.json", GENERATION_CONFIG),
+                ("chat_template.jinja", CHAT_TEMPLATE),
+                (
+                    "tokenizer_config.json",
+                    r#"{"tokenizer_class": "Qwen2Tokenizer", "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}"#,
+                ),
+            ],
+        ),
+        "qwen3-embedding-0.6b" => (
+            TENSORS_EMBED_0_6B,
+            false,
+            &[
+                ("config.json", CONFIG_EMBED_0_6B),
+                ("modules.json", EMBED_MODULES),
+                ("1_Pooling/config.json", EMBED_POOLING),
+                ("config_sentence_transformers.json", EMBED_ST_CONFIG),
+                (
+                    "tokenizer_config.json",
+                    r#"{"tokenizer_class": "Qwen2Tokenizer", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>", "padding_side": "left"}"#,
+                ),
+            ],
+        ),
+        _ => {
+            return Err(Error::InvalidInput(format!(
+                "unknown synthetic model `{preset}`; known: {}",
+                PRESETS.join(", ")
+            )))
+        }
+    };
     let io = |path: &Path, e: std::io::Error| Error::Io { path: path.to_owned(), source: e };
     std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
-    let tensors: Vec<(String, Vec<usize>)> = TENSORS_0_8B
+    let tensors: Vec<(String, Vec<usize>)> = tensor_list
         .lines()
         .filter(|l| !l.trim().is_empty())
         .map(|line| {
@@ -106,7 +151,10 @@ pub fn write_synthetic_model(dir: &Path, preset: &str, seed: u64) -> Result<()> 
     let data: Vec<Vec<u8>> = tensors
         .par_iter()
         .map(|(name, shape)| {
-            values(name, shape, seed).iter().flat_map(|v| half::bf16::from_f32(*v).to_le_bytes()).collect()
+            values(name, shape, seed, zero_centred_norms)
+                .iter()
+                .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
+                .collect()
         })
         .collect();
     let views: Vec<(String, TensorView)> = tensors
@@ -119,16 +167,11 @@ pub fn write_synthetic_model(dir: &Path, preset: &str, seed: u64) -> Result<()> 
     let weights = dir.join("model.safetensors");
     safetensors::serialize_to_file(views, None, &weights)
         .map_err(|e| Error::Safetensors { path: weights.clone(), message: e.to_string() })?;
-    for (name, text) in [
-        ("config.json", CONFIG_0_8B),
-        ("generation_config.json", GENERATION_CONFIG),
-        ("chat_template.jinja", CHAT_TEMPLATE),
-        (
-            "tokenizer_config.json",
-            r#"{"tokenizer_class": "Qwen2Tokenizer", "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}"#,
-        ),
-    ] {
+    for (name, text) in files {
         let path = dir.join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| io(parent, e))?;
+        }
         std::fs::write(&path, text).map_err(|e| io(&path, e))?;
     }
     Ok(())

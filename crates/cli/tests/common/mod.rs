@@ -39,6 +39,29 @@ pub fn model_folder() -> PathBuf {
     dst
 }
 
+/// A temporary copy of fixtures/models/tiny-embed (a sentence-transformers Qwen3-Embedding
+/// folder) with the generated Qwen3 tokenizer.json added.
+pub fn embed_model_folder() -> PathBuf {
+    let dst = temp_dir("embed-model");
+    copy_dir(&root().join("fixtures/models/tiny-embed"), &dst);
+    let tokenizer = root().join("fixtures-gen/qwen3-tokenizer/tokenizer.json");
+    assert!(tokenizer.exists(), "{} missing: run scripts/test", tokenizer.display());
+    std::fs::copy(tokenizer, dst.join("tokenizer.json")).unwrap();
+    dst
+}
+
+fn copy_dir(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for entry in std::fs::read_dir(src).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &dst.join(entry.file_name()));
+        } else {
+            std::fs::copy(entry.path(), dst.join(entry.file_name())).unwrap();
+        }
+    }
+}
+
 /// Runs the `qwenrt` binary with `args`, feeding `stdin`, and returns what it printed.
 pub fn qwenrt_output(args: &[&str], stdin: &str) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_qwenrt"))

@@ -1,6 +1,7 @@
 //! Gated full attention (`Qwen3_5Attention`): per-head `[q | gate]` projection, zero-centred
 //! q/k RMSNorm, partial M-RoPE, grouped-query causal softmax attention over the KV cache, and a
-//! sigmoid output gate before `o_proj`.
+//! sigmoid output gate before `o_proj`. Without the gate, plain norms and full-width RoPE it is
+//! Qwen3's attention (`Qwen3Attention`), which the same code runs.
 
 use qwenrt_kernels as k;
 use rayon::prelude::*;
@@ -16,7 +17,7 @@ pub struct GatedAttention {
     k_proj: Linear,
     v_proj: Linear,
     o_proj: Linear,
-    /// `1 + q_norm.weight`, `1 + k_norm.weight` (zero-centred norms folded at load).
+    /// q_norm and k_norm weights as they multiply (Qwen3.5's `1 + w` folded at load).
     q_norm: Vec<f32>,
     k_norm: Vec<f32>,
     heads: usize,
@@ -54,8 +55,8 @@ impl GatedAttention {
             k_proj: w.linear(&p("k_proj.weight"), kv_heads * hd, hidden)?,
             v_proj: w.linear(&p("v_proj.weight"), kv_heads * hd, hidden)?,
             o_proj: w.linear(&p("o_proj.weight"), hidden, heads * hd)?,
-            q_norm: w.norm_1p(&p("q_norm.weight"), hd)?,
-            k_norm: w.norm_1p(&p("k_norm.weight"), hd)?,
+            q_norm: w.norm(&p("q_norm.weight"), hd)?,
+            k_norm: w.norm(&p("k_norm.weight"), hd)?,
             heads,
             kv_heads,
             head_dim: hd,

@@ -2,9 +2,17 @@
 //!
 //! ```text
 //! h = embed_tokens[ids]
-//! for each layer:  h += mixer(rms_norm_1p(h))     # Gated DeltaNet or gated attention
-//!                  h += mlp(rms_norm_1p(h))       # SwiGLU
-//! logits = rms_norm_1p(h) @ embed_tokens.T       # only at the positions that need logits
+//! for each layer:  h += mixer(rms_norm(h))        # Gated DeltaNet or gated attention
+//!                  h += mlp(rms_norm(h))          # SwiGLU
+//! logits = rms_norm(h) @ embed_tokens.T          # only at the positions that need logits
+//! ```
+//!
+//! Qwen3.5's norms multiply by `1 + w` (folded at load); the dense Qwen3 decoder (every layer
+//! plain attention, plain `w` norms) runs through the same code, for Qwen3 causal LMs and for
+//! Qwen3-Embedding, whose output is the normed hidden state of the last token:
+//!
+//! ```text
+//! embedding = rms_norm(h)[last]                   # before any LM head
 //! ```
 //!
 //! [`Model`] is immutable once loaded and shared by reference; everything a conversation
@@ -21,7 +29,7 @@ use qwenrt_kernels as k;
 
 pub use state::{SessionState, Snapshot};
 
-use crate::config::{LayerType, ModelConfig};
+use crate::config::{CheckpointLayout, Family, LayerType, ModelConfig};
 use crate::error::{Error, Result};
 use crate::linear::{load_vector, Linear, LoadOptions, WeightDtype};
 use crate::weights::WeightStore;
@@ -37,6 +45,13 @@ const PREFILL_BATCH: usize = 8 * deltanet::CHUNK;
 /// Logit rows computed at once when every position needs logits (bounds memory for big vocabularies).
 const LOGIT_ROWS: usize = 16;
 
+/// What a batch returns for each input's last token.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum BatchOutput {
+    Logits,
+    Hidden,
+}
+
 /// Which positions of a forward pass need logits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Logits {
@@ -51,6 +66,8 @@ pub(crate) struct LayerWeights<'a> {
     pub store: &'a WeightStore,
     pub prefix: String,
     pub dtype: WeightDtype,
+    /// Qwen3.5 stores its RMSNorm weights zero-centred (applied as `1 + w`); Qwen3 plain.
+    pub zero_centred_norms: bool,
 }
 
 impl LayerWeights<'_> {
@@ -58,9 +75,11 @@ impl LayerWeights<'_> {
         Linear::load(self.store, name, out_features, in_features, self.dtype)
     }
 
-    /// A zero-centred RMSNorm weight, stored `w` and applied as `1 + w`: folded here.
-    pub fn norm_1p(&self, name: &str, len: usize) -> Result<Vec<f32>> {
-        Ok(load_vector(self.store, name, len)?.into_iter().map(|w| 1.0 + w).collect())
+    /// A decoder RMSNorm weight as it multiplies: Qwen3.5's zero-centred `w` applied as
+    /// `1 + w` (folded here), Qwen3's plain `w`.
+    pub fn norm(&self, name: &str, len: usize) -> Result<Vec<f32>> {
+        let offset = if self.zero_centred_norms { 1.0 } else { 0.0 };
+        Ok(load_vector(self.store, name, len)?.into_iter().map(|w| offset + w).collect())
     }
 }
 
@@ -112,8 +131,10 @@ pub struct Model {
     layers: Vec<DecoderLayer>,
     /// `1 + norm.weight`.
     norm: Vec<f32>,
-    /// `None` when the LM head is tied to `embed_tokens`.
+    /// `None` when the LM head is tied to `embed_tokens` (or absent, see `has_lm_head`).
     lm_head: Option<Linear>,
+    /// False for a bare decoder saved without a head (an embedding model).
+    has_lm_head: bool,
     rope: MRope,
 }
 
@@ -137,7 +158,19 @@ impl Model {
     }
 
     /// Builds the model from already opened weights, converting them to `options.dtype`.
-    pub fn from_store_with(config: ModelConfig, store: &WeightStore, options: &LoadOptions) -> Result<Self> {
+    pub fn from_store_with(
+        mut config: ModelConfig,
+        store: &WeightStore,
+        options: &LoadOptions,
+    ) -> Result<Self> {
+        // sentence-transformers saves a Qwen3 decoder without the `model.` prefix or a head.
+        if config.family == Family::Qwen3
+            && !store.contains("model.embed_tokens.weight")
+            && store.contains("embed_tokens.weight")
+        {
+            config.layout = CheckpointLayout::Bare;
+        }
+        let zero_centred_norms = config.family == Family::Qwen3_5;
         let t = &config.text;
         let (hidden, vocab) = (t.hidden_size, t.vocab_size);
         let prefix = config.tensor_prefix();
@@ -156,7 +189,7 @@ impl Model {
         progress(1);
         let mut layers = Vec::with_capacity(t.num_hidden_layers);
         for (i, kind) in config.layer_types.iter().enumerate() {
-            let w = LayerWeights { store, prefix: format!("{prefix}layers.{i}."), dtype };
+            let w = LayerWeights { store, prefix: format!("{prefix}layers.{i}."), dtype, zero_centred_norms };
             let mixer = match kind {
                 LayerType::LinearAttention => Mixer::DeltaNet(GatedDeltaNet::load(&w, &config)?),
                 LayerType::FullAttention => Mixer::Attention(GatedAttention::load(&w, &config)?),
@@ -164,10 +197,10 @@ impl Model {
             let mp = |n: &str| format!("{}mlp.{n}.weight", w.prefix);
             let inter = t.intermediate_size;
             layers.push(DecoderLayer {
-                input_layernorm: w.norm_1p(&format!("{}input_layernorm.weight", w.prefix), hidden)?,
+                input_layernorm: w.norm(&format!("{}input_layernorm.weight", w.prefix), hidden)?,
                 mixer,
                 post_attention_layernorm: w
-                    .norm_1p(&format!("{}post_attention_layernorm.weight", w.prefix), hidden)?,
+                    .norm(&format!("{}post_attention_layernorm.weight", w.prefix), hidden)?,
                 mlp: Mlp {
                     gate_proj: w.linear(&mp("gate_proj"), inter, hidden)?,
                     up_proj: w.linear(&mp("up_proj"), inter, hidden)?,
@@ -176,15 +209,17 @@ impl Model {
             });
             progress(i as u64 + 2);
         }
-        let top = LayerWeights { store, prefix: prefix.to_owned(), dtype };
-        let norm = top.norm_1p(&format!("{prefix}norm.weight"), hidden)?;
-        let lm_head = if config.tie_word_embeddings {
+        let top = LayerWeights { store, prefix: prefix.to_owned(), dtype, zero_centred_norms };
+        let norm = top.norm(&format!("{prefix}norm.weight"), hidden)?;
+        let headless = config.layout == CheckpointLayout::Bare && !store.contains("lm_head.weight");
+        let lm_head = if config.tie_word_embeddings || headless {
             None
         } else {
             Some(Linear::load(store, "lm_head.weight", vocab, hidden, embed_dtype)?)
         };
+        let has_lm_head = config.tie_word_embeddings || !headless;
         let rope = MRope::new(&config);
-        Ok(Model { config, embed_tokens, layers, norm, lm_head, rope })
+        Ok(Model { config, embed_tokens, layers, norm, lm_head, has_lm_head, rope })
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -253,6 +288,9 @@ impl Model {
         logits: Logits,
     ) -> Result<&'s [f32]> {
         self.check_input(state, tokens)?;
+        if logits != Logits::None {
+            self.check_head()?;
+        }
         let mut start = 0;
         while start < tokens.len() {
             let end = (start + PREFILL_BATCH).min(tokens.len());
@@ -283,6 +321,7 @@ impl Model {
         mut sink: impl FnMut(usize, &[f32]),
     ) -> Result<()> {
         self.check_input(state, tokens)?;
+        self.check_head()?;
         let hidden = self.config.text.hidden_size;
         let vocab = self.vocab_size();
         let eps = self.config.text.rms_norm_eps as f32;
@@ -324,6 +363,29 @@ impl Model {
         states: &'s mut [&mut SessionState],
         inputs: &[&[u32]],
     ) -> Result<&'s [f32]> {
+        self.check_head()?;
+        self.last_rows_batch(states, inputs, BatchOutput::Logits)
+    }
+
+    /// Feeds each input into its (normally fresh) state and returns the final-normed hidden
+    /// state of each input's last token, `[states.len(), hidden_size]`: what an embedding
+    /// model pools. The whole batch goes through one layer at a time and each attention layer's
+    /// keys and values are dropped once used, so memory stays at one layer's worth however long
+    /// the inputs; the states are left empty.
+    pub fn last_hidden_batch<'s>(
+        &self,
+        states: &'s mut [&mut SessionState],
+        inputs: &[&[u32]],
+    ) -> Result<&'s [f32]> {
+        self.last_rows_batch(states, inputs, BatchOutput::Hidden)
+    }
+
+    fn last_rows_batch<'s>(
+        &self,
+        states: &'s mut [&mut SessionState],
+        inputs: &[&[u32]],
+        output: BatchOutput,
+    ) -> Result<&'s [f32]> {
         if states.len() != inputs.len() {
             return Err(Error::InvalidInput(format!(
                 "{} states but {} inputs in a batch",
@@ -342,16 +404,20 @@ impl Model {
                 .map_err(|e| Error::InvalidInput(format!("input {i} of the batch: {e}")))?;
         }
         let hidden = self.config.text.hidden_size;
-        let vocab = self.vocab_size();
         let eps = self.config.text.rms_norm_eps as f32;
         let n = states.len();
         let mut scratch = std::mem::take(&mut states[0].scratch);
-        // Long inputs go in pieces so the activations stay bounded; only the piece holding an
-        // input's last token leaves a row for the logits.
+        // Generation feeds long inputs in pieces so the activations stay bounded; only the
+        // piece holding an input's last token leaves a row for the output. Embeddings go whole,
+        // layer by layer, keeping no cache.
+        let (piece_budget, keep_cache) = match output {
+            BatchOutput::Logits => (PREFILL_BATCH, true),
+            BatchOutput::Hidden => (usize::MAX, false),
+        };
         let mut done = vec![0usize; n];
         let mut last_rows = vec![0.0f32; n * hidden];
         loop {
-            let mut budget = PREFILL_BATCH;
+            let mut budget = piece_budget;
             let mut pieces: Vec<&[u32]> = Vec::with_capacity(n);
             for (i, input) in inputs.iter().enumerate() {
                 let take = (input.len() - done[i]).min(budget.max(1));
@@ -361,7 +427,7 @@ impl Model {
             if pieces.iter().all(|p| p.is_empty()) {
                 break;
             }
-            self.run_layers(states, &pieces, &mut scratch);
+            self.run_layers(states, &pieces, &mut scratch, keep_cache);
             let mut row = 0;
             for (i, piece) in pieces.iter().enumerate() {
                 row += piece.len();
@@ -376,10 +442,35 @@ impl Model {
         for (x, y) in last_rows.chunks_exact(hidden).zip(normed.chunks_exact_mut(hidden)) {
             k::rms_norm(x, &self.norm, eps, y);
         }
-        let out = grow(&mut scratch.logits, n * vocab);
-        self.lm_head().forward(normed, n, out);
+        let len = match output {
+            BatchOutput::Logits => {
+                let vocab = self.vocab_size();
+                self.lm_head().forward(normed, n, grow(&mut scratch.logits, n * vocab));
+                n * vocab
+            }
+            BatchOutput::Hidden => {
+                grow(&mut scratch.logits, n * hidden).copy_from_slice(normed);
+                n * hidden
+            }
+        };
+        if !keep_cache {
+            for state in states.iter_mut() {
+                state.reset();
+            }
+        }
         states[0].scratch = scratch;
-        Ok(&states[0].scratch.logits[..n * vocab])
+        Ok(&states[0].scratch.logits[..len])
+    }
+
+    fn check_head(&self) -> Result<()> {
+        if self.has_lm_head {
+            return Ok(());
+        }
+        Err(Error::InvalidInput(
+            "this model has no LM head (a bare decoder, e.g. an embedding model): it gives \
+             embeddings, not next-token logits"
+                .into(),
+        ))
     }
 
     fn check_input(&self, state: &SessionState, tokens: &[u32]) -> Result<()> {
@@ -403,15 +494,22 @@ impl Model {
     /// Runs one piece of a single sequence through every layer with the state's own scratch.
     fn run_one(&self, state: &mut SessionState, tokens: &[u32]) {
         let mut scratch = std::mem::take(&mut state.scratch);
-        self.run_layers(&mut [&mut *state], &[tokens], &mut scratch);
+        self.run_layers(&mut [&mut *state], &[tokens], &mut scratch, true);
         state.scratch = scratch;
     }
 
     /// Runs a batch through every layer: `inputs[i]` (possibly empty) continues the sequence
     /// of `states[i]`. Rows of all inputs are stacked, so each weight matrix is read once; the
     /// token mixers then run each sequence on its own caches. Leaves the final hidden states
-    /// (before the final norm) in `s.hidden`, rows in input order, and advances the caches.
-    fn run_layers(&self, states: &mut [&mut SessionState], inputs: &[&[u32]], s: &mut Scratch) {
+    /// (before the final norm) in `s.hidden`, rows in input order, and advances the caches
+    /// (attention caches are emptied after each layer unless `keep_cache`).
+    fn run_layers(
+        &self,
+        states: &mut [&mut SessionState],
+        inputs: &[&[u32]],
+        s: &mut Scratch,
+        keep_cache: bool,
+    ) {
         let t: usize = inputs.iter().map(|i| i.len()).sum();
         let hidden_size = self.config.text.hidden_size;
         let eps = self.config.text.rms_norm_eps as f32;
@@ -460,6 +558,10 @@ impl Model {
                         };
                         let positions = &s.positions[rows.clone()];
                         m.attend_sequence(rows, positions, &self.rope, keys, values, &mut s.attn);
+                        if !keep_cache {
+                            *keys = Vec::new();
+                            *values = Vec::new();
+                        }
                     }
                     m.output(t, &mut s.attn, mixed);
                 }

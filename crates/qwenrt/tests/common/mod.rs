@@ -29,6 +29,18 @@ pub fn generated_tokenizer() -> PathBuf {
     path
 }
 
+/// The generated Qwen3 (Qwen3-Embedding) tokenizer.json, whose post-processor appends
+/// `<|endoftext|>` like the current Qwen3-Embedding files (`.ci/run` builds it).
+pub fn generated_qwen3_tokenizer() -> PathBuf {
+    let path = workspace_root().join("fixtures-gen/qwen3-tokenizer/tokenizer.json");
+    assert!(
+        path.exists(),
+        "{} is missing: run `python3 scripts/build_tokenizer.py --family qwen3 --append-eos --out fixtures-gen/qwen3-tokenizer`",
+        path.display()
+    );
+    path
+}
+
 /// Reference outputs recorded by `scripts/make_fixtures.py`.
 pub struct Expected {
     tensors: HashMap<String, (Dtype, Vec<usize>, Vec<u8>)>,
@@ -118,19 +130,26 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f64 {
     a.iter().zip(b).map(|(&x, &y)| (x as f64 - y as f64).abs()).fold(0.0, f64::max)
 }
 
-/// Copies a folder (files only, one level) into a fresh temporary directory.
+/// Copies a folder (with its subfolders) into a fresh temporary directory.
 pub fn copy_to_temp(src: &Path, tag: &str) -> PathBuf {
     let dst = std::env::temp_dir().join(format!(
         "qwenrt-test-{tag}-{}-{}",
         std::process::id(),
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
     ));
-    std::fs::create_dir_all(&dst).unwrap();
+    copy_dir(src, &dst);
+    dst
+}
+
+fn copy_dir(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).unwrap();
     for entry in std::fs::read_dir(src).unwrap() {
         let entry = entry.unwrap();
-        if entry.file_type().unwrap().is_file() {
+        let kind = entry.file_type().unwrap();
+        if kind.is_file() {
             std::fs::copy(entry.path(), dst.join(entry.file_name())).unwrap();
+        } else if kind.is_dir() {
+            copy_dir(&entry.path(), &dst.join(entry.file_name()));
         }
     }
-    dst
 }
