@@ -7,6 +7,7 @@ mod gen_args;
 mod inspect;
 mod run;
 mod score;
+mod serve;
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -41,6 +42,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Write a full-size model with seeded random weights (bf16 safetensors folder).
     Synth(bench::SynthArgs),
+    /// Serve a model over an OpenAI-compatible HTTP API.
+    Serve(serve::ServeArgs),
 }
 
 /// Precision the weights are held in while running.
@@ -132,6 +135,7 @@ fn main() {
         Command::Inspect(args) => inspect::inspect(args),
         Command::Bench(args) => bench::bench(args),
         Command::Synth(args) => bench::synth(args),
+        Command::Serve(args) => serve::serve(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

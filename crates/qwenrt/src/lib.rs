@@ -38,6 +38,8 @@ pub mod sampling;
 pub mod session;
 pub mod synthetic;
 pub mod tokenizer;
+pub mod tool_calls;
+pub mod vision;
 pub mod weights;
 
 pub use config::ModelConfig;

@@ -1,0 +1,232 @@
+//! `qwenrt serve`: an OpenAI-compatible HTTP server.
+//!
+//! Endpoints: `POST /v1/chat/completions`, `POST /v1/completions` (raw prompt, special tokens
+//! recognised), `POST /v1/embeddings` (with `--embedding-model`), `GET /v1/models[/ID]`,
+//! `GET /health` (slots busy and idle, requests waiting; needs no API key), and llama.cpp's
+//! `POST /tokenize` (`{"content", "with_pieces"}` → `{"tokens"}`) and `POST /detokenize`
+//! (`{"tokens"}` → `{"content"}`). Every error is `{"error": {"message", "type", "param",
+//! "code"}}`.
+//!
+//! Where it differs from OpenAI, it follows llama.cpp:
+//! - any `model` name is accepted on the generation and embedding endpoints (one model of each
+//!   kind is served; `/v1/models` names them);
+//! - without `max_tokens` an answer may fill the context, and a larger `max_tokens` is lowered
+//!   to what fits;
+//! - `tool_choice: "required"` offers the tools like `auto` (there is no constrained decoding);
+//!   a named function is checked and offered alone;
+//! - extra request fields: `top_k`, `min_p`, `repetition_penalty`, `chat_template_kwargs`
+//!   (`enable_thinking`), `thinking_budget` (or `max_thinking_tokens`), and for embeddings
+//!   `input_type` (`query`/`document`), `instruction` and `truncate`; the answer's reasoning
+//!   comes as `reasoning_content`.
+//!
+//! ```text
+//! routes.rs      the endpoints; requests in, engine jobs out, answers back
+//! openai.rs      OpenAI request/response bodies and their translation to qwenrt's types
+//! output.rs      job events → reasoning / content / tool calls, shared by both answer forms
+//! sse.rs         streamed answers (Server-Sent Events)
+//! errors.rs      OpenAI-shaped errors and the JSON body extractor
+//! middleware.rs  API key check, one log line per request
+//! engine.rs      the job queue and the worker thread that runs the model
+//! embeddings.rs  /v1/embeddings on its own worker thread
+//! ```
+//!
+//! The model runs only on the engine's worker thread; the async runtime only moves bytes.
+
+mod embeddings;
+mod engine;
+mod errors;
+mod middleware;
+mod openai;
+mod output;
+mod routes;
+mod sse;
+#[cfg(test)]
+mod tests;
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+
+use crate::Dtype;
+use embeddings::EmbeddingService;
+use engine::{Engine, EngineOptions};
+use routes::AppState;
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Hugging Face model folder of the chat model.
+    #[arg(long)]
+    model: PathBuf,
+    /// Embedding model folder (sentence-transformers layout, e.g. Qwen3-Embedding-0.6B) for
+    /// /v1/embeddings.
+    #[arg(long, value_name = "DIR")]
+    embedding_model: Option<PathBuf>,
+    /// Address to listen on; the default accepts connections from this machine only.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Port to listen on; 0 picks a free one (the address is printed on stdout).
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Require `Authorization: Bearer KEY` on every request but /health.
+    #[arg(long, env = "QWENRT_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// Most tokens a conversation may hold, prompt and answer (default: the model's context).
+    #[arg(long, value_name = "N")]
+    ctx: Option<usize>,
+    /// Conversations whose state is kept at once, each with its own prompt cache.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    parallel: usize,
+    /// Requests that may wait for the model (and as many for the embedding model); more get 503.
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    queue: usize,
+    /// Memory for each conversation's saved states, in MiB (0 turns prompt reuse off).
+    #[arg(long, default_value_t = 512, value_name = "MIB")]
+    cache_mib: usize,
+    /// Largest request body accepted, in MiB.
+    #[arg(long, default_value_t = 16, value_name = "MIB")]
+    max_body_mib: usize,
+    /// Name the model is served as (default: the model folder's name).
+    #[arg(long)]
+    alias: Option<String>,
+    /// Weight precision.
+    #[arg(long, value_enum, default_value = "int8")]
+    dtype: Dtype,
+}
+
+/// How long in-flight answers may take to wind down after SIGINT/SIGTERM.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+pub fn serve(args: ServeArgs) -> Result<()> {
+    if args.parallel == 0 {
+        bail!("--parallel must be at least 1");
+    }
+    let lm = Arc::new(crate::load_lm(&args.model, args.dtype)?);
+    let model_context = lm.model.max_context();
+    let max_context = match args.ctx {
+        Some(0) => bail!("--ctx must be at least 1"),
+        Some(n) => n.min(model_context),
+        None => model_context,
+    };
+    let model_id = match &args.alias {
+        Some(alias) => alias.clone(),
+        None => folder_name(&args.model),
+    };
+    let engine = Engine::start(
+        lm.clone(),
+        EngineOptions {
+            slots: args.parallel,
+            queue_capacity: args.queue,
+            max_context,
+            prompt_cache_bytes: args.cache_mib << 20,
+        },
+    )
+    .context("starting the engine thread")?;
+    let embeddings = match &args.embedding_model {
+        Some(dir) => {
+            let embedder = qwenrt::Embedder::load_with(dir, &crate::load_options(args.dtype))
+                .with_context(|| format!("loading {}", dir.display()))?;
+            let service = EmbeddingService::start(embedder, folder_name(dir), args.queue)
+                .context("starting the embedding thread")?;
+            Some(service)
+        }
+        None => None,
+    };
+    let state = Arc::new(AppState {
+        lm,
+        engine,
+        model_id,
+        api_key: args.api_key.clone().filter(|k| !k.is_empty()),
+        max_context,
+        body_limit: args.max_body_mib << 20,
+        started: output::unix_time(),
+        embeddings,
+    });
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("qwenrt-http")
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(run(state, &args.host, args.port))
+}
+
+async fn run(state: Arc<AppState>, host: &str, port: u16) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind((host, port))
+        .await
+        .with_context(|| format!("cannot listen on {host}:{port}"))?;
+    let address: SocketAddr = listener.local_addr().context("reading the bound address")?;
+    // The first line of stdout: scripts (and the tests) read the port from it.
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "listening on http://{address}")?;
+    stdout.flush()?;
+    drop(stdout);
+    if !address.ip().is_loopback() && state.api_key.is_none() {
+        eprintln!("warning: listening on {address} without an API key: anyone who can reach it can use it");
+    }
+    eprintln!(
+        "serving {} ({} slots, context {} tokens); stop with Ctrl-C",
+        state.model_id,
+        state.engine.status().slots,
+        state.max_context
+    );
+
+    let app = routes::router(state.clone());
+    let (stopping_tx, stopping_rx) = tokio::sync::watch::channel(false);
+    let server = axum::serve(listener, app).with_graceful_shutdown({
+        let state = state.clone();
+        async move {
+            shutdown_signal().await;
+            eprintln!("shutting down");
+            // Answers in progress end now (with an error event for streams) instead of running
+            // to their token limit.
+            state.engine.shutdown();
+            let _ = stopping_tx.send(true);
+        }
+    });
+    let mut stopping = stopping_rx;
+    tokio::select! {
+        result = server => result.context("serving HTTP")?,
+        _ = async {
+            // Connections that do not close within the grace period are dropped.
+            let _ = stopping.wait_for(|&s| s).await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => eprintln!("some connections did not close in time"),
+    }
+    Ok(())
+}
+
+/// Resolves on the first SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = interrupt => {}
+        _ = terminate => {}
+    }
+}
+
+/// The last component of a model folder's path (`Qwen3.5-0.8B`), as the model's name.
+fn folder_name(path: &std::path::Path) -> String {
+    let path = path.canonicalize().unwrap_or_else(|_| path.to_owned());
+    path.file_name().map_or_else(|| "qwenrt".to_owned(), |n| n.to_string_lossy().into_owned())
+}
