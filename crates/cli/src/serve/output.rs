@@ -75,7 +75,8 @@ impl ChatTranslator {
             .map(|segment| match segment {
                 Segment::Text(text) => ChatDelta::Content(text),
                 Segment::Call(call) => {
-                    let mut body = ToolCallBody::new(format!("{}-{}", self.call_id_prefix, self.calls), &call);
+                    let mut body =
+                        ToolCallBody::new(format!("{}-{}", self.call_id_prefix, self.calls), &call);
                     body.index = Some(self.calls);
                     self.calls += 1;
                     ChatDelta::ToolCall(body)
