@@ -1,13 +1,13 @@
-//! The engine behind the routes: a bounded queue of generation jobs, computed on a dedicated
-//! worker thread, never on the async runtime.
+//! The engine behind the routes: a bounded queue of generation jobs and a continuous-batching
+//! scheduler on a dedicated worker thread, never on the async runtime.
 //!
 //! Routes see only [`Engine::submit`], the [`JobHandle`] it returns (events through a channel;
-//! dropping it cancels the job) and [`Engine::status`]. How jobs run is this module's business:
-//! today one worker thread runs them one at a time on `slots` chat sessions, each with its own
-//! prompt cache, choosing for each job the session that already holds the longest part of its
-//! prompt. A continuous-batching scheduler (one weight pass for every active sequence, e.g. with
-//! `ChatSession::advance_many`) can replace [`SessionPool`] and the worker loop behind the same
-//! interface.
+//! dropping it cancels the job) and [`Engine::status`]. Behind them, up to `slots` jobs run at
+//! once, each on its own chat session (with its prompt cache): every step feeds all running
+//! jobs' next tokens through the model together — one pass over the weights serves every
+//! sequence — then each job samples and streams. Jobs join as soon as a slot is free and leave
+//! as soon as they end, between steps; a new job's prompt is prefilled in the same passes as the
+//! others' decode steps.
 
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -16,7 +16,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
 use qwenrt::{
-    ChatParams, ChatSession, Event, FinishReason, LanguageModel, SessionOptions, TokenLogprob, Usage,
+    ChatParams, ChatSession, Event, FinishReason, LanguageModel, SessionOptions, TokenLogprob, Turn, Usage,
 };
 use tokio::sync::mpsc;
 
@@ -125,17 +125,26 @@ impl JobControl {
     }
 }
 
-/// Runs jobs; called on the worker thread, one job at a time.
-pub(crate) trait Backend: Send + 'static {
-    /// Runs `job` to its end, streaming through `emit`; stops early once `control` is cancelled.
-    fn run(
-        &mut self,
-        job: &Job,
-        control: &JobControl,
-        emit: &mut dyn FnMut(JobEvent),
-    ) -> Result<Completion, JobError>;
+/// Identifies a job between the worker and the backend.
+pub(crate) type JobId = u64;
 
-    /// Called after `run` panicked, to put the backend back into a usable state.
+/// Runs jobs, all running ones advancing together; called on the worker thread only.
+pub(crate) trait Backend: Send + 'static {
+    /// Most jobs that run at once.
+    fn capacity(&self) -> usize;
+
+    /// Takes on `job` (fewer than `capacity` jobs are running). An error ends the job at once.
+    fn start(&mut self, id: JobId, job: &Job) -> Result<(), JobError>;
+
+    /// Advances every running job by one step (one model pass for all of them), streaming
+    /// through `emit`; returns the jobs that ended, with how.
+    fn step(&mut self, emit: &mut dyn FnMut(JobId, JobEvent)) -> Vec<(JobId, Result<Completion, JobError>)>;
+
+    /// Ends a running job early (its client left or the server stops).
+    fn cancel(&mut self, id: JobId) -> Result<Completion, JobError>;
+
+    /// Called after `start` or `step` panicked: drops every running job and puts the backend
+    /// back into a usable state.
     fn recover(&mut self) {}
 }
 
@@ -156,7 +165,8 @@ struct Shared {
 #[derive(Default)]
 struct Queue {
     waiting: VecDeque<Queued>,
-    running: Option<Arc<JobControl>>,
+    /// Jobs the worker has taken.
+    running: Vec<Arc<JobControl>>,
     shutting_down: bool,
 }
 
@@ -214,20 +224,19 @@ impl Engine {
         let queued = queue.waiting.iter().filter(|q| !q.control.is_cancelled()).count();
         EngineStatus {
             slots: self.shared.slots,
-            busy: usize::from(queue.running.is_some()),
+            busy: queue.running.len(),
             queued,
             queue_capacity: self.shared.capacity,
         }
     }
 
     /// Refuses new jobs, drops the waiting ones (their handles see the end of their events) and
-    /// cancels the running one. Returns at once; the worker thread exits when that job has
-    /// stopped.
+    /// cancels the running ones. Returns at once; the worker thread exits after its current step.
     pub fn shutdown(&self) {
         let mut queue = self.shared.lock();
         queue.shutting_down = true;
         queue.waiting.clear();
-        if let Some(running) = &queue.running {
+        for running in &queue.running {
             running.cancel();
         }
         drop(queue);
@@ -254,55 +263,143 @@ impl Shared {
     }
 }
 
-/// The worker thread: takes jobs in order and runs them until shutdown.
+/// A job the worker has taken: where its events go and how its client cancels it.
+struct Running {
+    id: JobId,
+    control: Arc<JobControl>,
+    events: mpsc::UnboundedSender<JobEvent>,
+}
+
+impl Running {
+    /// A send fails only when the client has gone, which the job notices as a cancellation.
+    fn send(&self, event: JobEvent) {
+        drop(self.events.send(event));
+    }
+}
+
+/// The worker thread: admits waiting jobs into free slots, advances the running ones together,
+/// and retires them as they end, until shutdown.
 fn work(shared: &Shared, mut backend: impl Backend) {
+    let mut running: Vec<Running> = Vec::new();
+    let mut next_id: JobId = 0;
     loop {
-        let next = {
+        // Admit what fits; sleep while there is nothing to do.
+        let admitted = {
             let mut queue = shared.lock();
             loop {
                 if queue.shutting_down {
+                    drop(queue);
+                    for job in running.drain(..) {
+                        let end = backend.cancel(job.id);
+                        job.send(end.map_or_else(JobEvent::Failed, JobEvent::Done));
+                    }
+                    shared.lock().running.clear();
                     return;
                 }
-                match queue.waiting.pop_front() {
-                    Some(job) if job.control.is_cancelled() => continue,
-                    Some(job) => {
-                        queue.running = Some(job.control.clone());
-                        break job;
+                let mut admitted = Vec::new();
+                while running.len() + admitted.len() < backend.capacity() {
+                    match queue.waiting.pop_front() {
+                        Some(job) if job.control.is_cancelled() => continue,
+                        Some(job) => {
+                            queue.running.push(job.control.clone());
+                            admitted.push(job);
+                        }
+                        None => break,
                     }
-                    None => queue = shared.wake.wait(queue).unwrap_or_else(|e| e.into_inner()),
+                }
+                if !admitted.is_empty() || !running.is_empty() {
+                    break admitted;
+                }
+                queue = shared.wake.wait(queue).unwrap_or_else(|e| e.into_inner());
+            }
+        };
+        for queued in admitted {
+            next_id += 1;
+            let job = Running { id: next_id, control: queued.control, events: queued.events };
+            match catch_unwind(AssertUnwindSafe(|| backend.start(job.id, &queued.job))) {
+                Ok(Ok(())) => running.push(job),
+                Ok(Err(error)) => {
+                    job.send(JobEvent::Failed(error));
+                    retire(shared, &job);
+                }
+                Err(_) => {
+                    job.send(JobEvent::Failed(JobError::Internal(
+                        "the generation failed unexpectedly".into(),
+                    )));
+                    retire(shared, &job);
+                    fail_all(shared, &mut backend, &mut running);
                 }
             }
-        };
-        // A send fails only when the client has gone, which the job notices as a cancellation.
-        let mut emit = |event: JobEvent| drop(next.events.send(event));
-        let result = catch_unwind(AssertUnwindSafe(|| backend.run(&next.job, &next.control, &mut emit)));
-        let last = match result {
-            Ok(Ok(completion)) => JobEvent::Done(completion),
-            Ok(Err(error)) => JobEvent::Failed(error),
-            Err(_) => {
-                backend.recover();
-                JobEvent::Failed(JobError::Internal("the generation failed unexpectedly".into()))
+        }
+        // Clients that left free their slot before the next pass.
+        running.retain(|job| {
+            if !job.control.is_cancelled() {
+                return true;
             }
-        };
-        emit(last);
-        shared.lock().running = None;
+            let _ = backend.cancel(job.id);
+            retire(shared, job);
+            false
+        });
+        if running.is_empty() {
+            continue;
+        }
+        let step = catch_unwind(AssertUnwindSafe(|| {
+            backend.step(&mut |id, event| {
+                if let Some(job) = running.iter().find(|j| j.id == id) {
+                    job.send(event);
+                }
+            })
+        }));
+        match step {
+            Ok(ended) => {
+                for (id, end) in ended {
+                    if let Some(at) = running.iter().position(|j| j.id == id) {
+                        let job = running.swap_remove(at);
+                        job.send(end.map_or_else(JobEvent::Failed, JobEvent::Done));
+                        retire(shared, &job);
+                    }
+                }
+            }
+            Err(_) => fail_all(shared, &mut backend, &mut running),
+        }
+    }
+}
+
+/// Takes a finished job off the shared list of running ones.
+fn retire(shared: &Shared, job: &Running) {
+    shared.lock().running.retain(|c| !Arc::ptr_eq(c, &job.control));
+}
+
+/// After a panic inside the backend: every running job fails and the backend starts afresh.
+fn fail_all(shared: &Shared, backend: &mut impl Backend, running: &mut Vec<Running>) {
+    backend.recover();
+    for job in running.drain(..) {
+        job.send(JobEvent::Failed(JobError::Internal("the generation failed unexpectedly".into())));
+        retire(shared, &job);
     }
 }
 
 /// How many token sequences a slot remembers for choosing it again.
 const REMEMBERED_SEQUENCES: usize = 8;
 
-/// The chat sessions jobs run on, one at a time.
+/// The chat sessions jobs run on, one job per session at a time.
 struct SessionPool {
     lm: Arc<LanguageModel>,
     session_options: SessionOptions,
     slots: Vec<Slot>,
     /// Counts jobs, to find the least recently used slot.
     clock: u64,
-    /// The slot of the job in progress (rebuilt if that job panics).
-    running: Option<usize>,
+    active: Vec<Active>,
     /// `<|im_start|>assistant\n`: where a session saves the state it can reuse next turn.
     assistant_header: Vec<u32>,
+}
+
+/// A running job: its slot and its turn in progress.
+struct Active {
+    id: JobId,
+    slot: usize,
+    turn: Turn,
+    prompt: Vec<u32>,
 }
 
 struct Slot {
@@ -342,15 +439,15 @@ impl SessionPool {
         };
         let slots = (0..options.slots.max(1)).map(|_| Slot::new(&lm, session_options)).collect();
         let assistant_header = lm.encode("<|im_start|>assistant\n").unwrap_or_default();
-        SessionPool { lm, session_options, slots, clock: 0, running: None, assistant_header }
+        SessionPool { lm, session_options, slots, clock: 0, active: Vec::new(), assistant_header }
     }
 
-    /// The slot that can reuse the most of `prompt`; among equals the least recently used, so
-    /// new conversations spread over the slots and each keeps its state for its next turn.
-    fn pick(&self, prompt: &[u32]) -> usize {
+    /// The free slot that can reuse the most of `prompt`; among equals the least recently used,
+    /// so new conversations spread over the slots and each keeps its state for its next turn.
+    fn pick(&self, prompt: &[u32]) -> Option<usize> {
         (0..self.slots.len())
+            .filter(|&i| self.active.iter().all(|a| a.slot != i))
             .max_by_key(|&i| (self.slots[i].reusable(prompt), std::cmp::Reverse(self.slots[i].last_used)))
-            .unwrap_or(0)
     }
 
     /// What the session will hold after this job: the state saved after the prompt's last
@@ -366,51 +463,104 @@ impl SessionPool {
         live.extend_from_slice(&answer[..answer.len().saturating_sub(1)]);
         self.slots[slot].remember(live);
     }
+
+    /// Ends the active job at `index` and returns how it went.
+    fn finish(&mut self, index: usize, emit: &mut dyn FnMut(JobId, JobEvent)) -> Completion {
+        let active = self.active.swap_remove(index);
+        let stop_ids = self.lm.stop_ids().to_vec();
+        let id = active.id;
+        let reply = active.turn.finish(&mut |event| forward_event(&stop_ids, event, &mut |e| emit(id, e)));
+        self.remember(active.slot, &active.prompt, &reply.tokens);
+        Completion { finish_reason: reply.finish_reason, usage: reply.usage }
+    }
+}
+
+/// Turns a session event into what the job streams.
+fn forward_event(stop_ids: &[u32], event: Event<'_>, emit: &mut dyn FnMut(JobEvent)) {
+    match event {
+        // The end-of-turn token is not part of the answer (OpenAI does not list it either).
+        Event::Token(info) if stop_ids.contains(&info.id) => {}
+        Event::Token(info) => emit(JobEvent::Token(info.clone())),
+        Event::Reasoning(text) => emit(JobEvent::Reasoning(text.to_owned())),
+        Event::Content(text) => emit(JobEvent::Content(text.to_owned())),
+        // The worker sends the completion itself.
+        Event::Done(_) => {}
+    }
+}
+
+fn invalid(e: qwenrt::Error) -> JobError {
+    match e {
+        qwenrt::Error::InvalidInput(message) => JobError::Invalid(message),
+        other => JobError::Internal(other.to_string()),
+    }
 }
 
 impl Backend for SessionPool {
-    fn run(
-        &mut self,
-        job: &Job,
-        control: &JobControl,
-        emit: &mut dyn FnMut(JobEvent),
-    ) -> Result<Completion, JobError> {
-        let index = self.pick(&job.prompt);
+    fn capacity(&self) -> usize {
+        self.slots.len()
+    }
+
+    fn start(&mut self, id: JobId, job: &Job) -> Result<(), JobError> {
+        let slot = self.pick(&job.prompt).ok_or_else(|| JobError::Internal("no free slot".into()))?;
         self.clock += 1;
-        self.slots[index].last_used = self.clock;
-        self.running = Some(index);
-        let session = &mut self.slots[index].session;
-        let stop_ids = self.lm.stop_ids();
-        let mut forward = |event: Event<'_>| match event {
-            // The end-of-turn token is not part of the answer (OpenAI does not list it either).
-            Event::Token(info) if stop_ids.contains(&info.id) => {}
-            Event::Token(info) => emit(JobEvent::Token(info.clone())),
-            Event::Reasoning(text) => emit(JobEvent::Reasoning(text.to_owned())),
-            Event::Content(text) => emit(JobEvent::Content(text.to_owned())),
-            // The worker sends the completion itself.
-            Event::Done(_) => {}
-        };
-        let invalid = |e: qwenrt::Error| match e {
-            qwenrt::Error::InvalidInput(message) => JobError::Invalid(message),
-            other => JobError::Internal(other.to_string()),
-        };
-        let mut turn = session.begin(&job.prompt, &job.params).map_err(invalid)?;
-        // Cancellation is checked between tokens: a client that left stops its job within one
-        // forward pass.
-        while !control.is_cancelled() {
-            if !session.advance(&mut turn, &mut forward).map_err(invalid)? {
-                break;
+        self.slots[slot].last_used = self.clock;
+        let turn = self.slots[slot].session.begin(&job.prompt, &job.params).map_err(invalid)?;
+        self.active.push(Active { id, slot, turn, prompt: job.prompt.clone() });
+        Ok(())
+    }
+
+    fn step(&mut self, emit: &mut dyn FnMut(JobId, JobEvent)) -> Vec<(JobId, Result<Completion, JobError>)> {
+        let stop_ids = self.lm.stop_ids().to_vec();
+        // Pair each active turn with its slot's session, in slot order (disjoint borrows).
+        self.active.sort_by_key(|a| a.slot);
+        let mut sessions = Vec::with_capacity(self.active.len());
+        let mut turns = Vec::with_capacity(self.active.len());
+        let mut ids = Vec::with_capacity(self.active.len());
+        let mut pending = self.active.iter_mut().peekable();
+        for (i, slot) in self.slots.iter_mut().enumerate() {
+            if pending.peek().is_some_and(|a| a.slot == i) {
+                let active = pending.next().expect("peeked");
+                sessions.push(&mut slot.session);
+                turns.push(&mut active.turn);
+                ids.push(active.id);
             }
         }
-        let reply = turn.finish(&mut forward);
-        self.running = None;
-        self.remember(index, &job.prompt, &reply.tokens);
-        Ok(Completion { finish_reason: reply.finish_reason, usage: reply.usage })
+        let stepped = ChatSession::advance_many(&mut sessions, &mut turns, |i, event| {
+            forward_event(&stop_ids, event, &mut |e| emit(ids[i], e))
+        });
+        drop((sessions, turns));
+        if let Err(e) = stepped {
+            // The batch was rejected as a whole (states unchanged): every job in it fails.
+            let error = invalid(e);
+            let ended = self.active.iter().map(|a| (a.id, Err(error.clone()))).collect();
+            for active in std::mem::take(&mut self.active) {
+                self.slots[active.slot].session.reset();
+            }
+            return ended;
+        }
+        let mut ended = Vec::new();
+        let mut i = 0;
+        while i < self.active.len() {
+            if self.active[i].turn.is_finished() {
+                let id = self.active[i].id;
+                ended.push((id, Ok(self.finish(i, emit))));
+            } else {
+                i += 1;
+            }
+        }
+        ended
+    }
+
+    fn cancel(&mut self, id: JobId) -> Result<Completion, JobError> {
+        match self.active.iter().position(|a| a.id == id) {
+            Some(index) => Ok(self.finish(index, &mut |_, _| {})),
+            None => Err(JobError::Internal(format!("job {id} is not running"))),
+        }
     }
 
     fn recover(&mut self) {
-        if let Some(index) = self.running.take() {
-            self.slots[index] = Slot::new(&self.lm, self.session_options);
+        for active in std::mem::take(&mut self.active) {
+            self.slots[active.slot] = Slot::new(&self.lm, self.session_options);
         }
     }
 }
@@ -421,39 +571,69 @@ pub(crate) mod testing {
 
     use super::*;
 
-    /// Streams `pieces` as content (or reasoning, for pieces starting with `think:`), then ends
-    /// with `finish`; waits for `gate` (if any) before starting, to hold the worker busy.
+    /// Streams `pieces` as content (or reasoning, for pieces starting with `think:`), one per
+    /// step, then ends with `finish`; waits for `gate` (if any) before starting a job, to hold
+    /// the worker busy. Runs one job at a time.
     pub(crate) struct Scripted {
         pub pieces: Vec<String>,
         pub finish: FinishReason,
         pub gate: Option<std::sync::mpsc::Receiver<()>>,
+        pub running: Option<(JobId, usize, usize)>,
+    }
+
+    impl Scripted {
+        pub(crate) fn new(
+            pieces: &[&str],
+            finish: FinishReason,
+            gate: Option<std::sync::mpsc::Receiver<()>>,
+        ) -> Self {
+            Scripted { pieces: pieces.iter().map(|p| p.to_string()).collect(), finish, gate, running: None }
+        }
+
+        fn completion(&self, prompt_tokens: usize, pieces: usize) -> Completion {
+            let usage = Usage { prompt_tokens, completion_tokens: pieces, ..Usage::default() };
+            Completion { finish_reason: self.finish, usage }
+        }
     }
 
     impl Backend for Scripted {
-        fn run(
-            &mut self,
-            job: &Job,
-            control: &JobControl,
-            emit: &mut dyn FnMut(JobEvent),
-        ) -> Result<Completion, JobError> {
+        fn capacity(&self) -> usize {
+            1
+        }
+
+        fn start(&mut self, id: JobId, job: &Job) -> Result<(), JobError> {
             if let Some(gate) = &self.gate {
                 let _ = gate.recv();
             }
-            for piece in &self.pieces {
-                if control.is_cancelled() {
-                    break;
-                }
+            self.running = Some((id, job.prompt.len(), 0));
+            Ok(())
+        }
+
+        fn step(
+            &mut self,
+            emit: &mut dyn FnMut(JobId, JobEvent),
+        ) -> Vec<(JobId, Result<Completion, JobError>)> {
+            let Some((id, prompt, done)) = self.running else { return Vec::new() };
+            if let Some(piece) = self.pieces.get(done) {
                 match piece.strip_prefix("think:") {
-                    Some(thought) => emit(JobEvent::Reasoning(thought.to_owned())),
-                    None => emit(JobEvent::Content(piece.clone())),
+                    Some(thought) => emit(id, JobEvent::Reasoning(thought.to_owned())),
+                    None => emit(id, JobEvent::Content(piece.clone())),
+                }
+                self.running = Some((id, prompt, done + 1));
+                return Vec::new();
+            }
+            self.running = None;
+            vec![(id, Ok(self.completion(prompt, done)))]
+        }
+
+        fn cancel(&mut self, id: JobId) -> Result<Completion, JobError> {
+            match self.running.take() {
+                Some((running, prompt, done)) if running == id => Ok(self.completion(prompt, done)),
+                other => {
+                    self.running = other;
+                    Err(JobError::Internal(format!("job {id} is not running")))
                 }
             }
-            let usage = Usage {
-                prompt_tokens: job.prompt.len(),
-                completion_tokens: self.pieces.len(),
-                ..Usage::default()
-            };
-            Ok(Completion { finish_reason: self.finish, usage })
         }
     }
 }
@@ -468,7 +648,7 @@ mod tests {
     }
 
     fn scripted(pieces: &[&str], gate: Option<std::sync::mpsc::Receiver<()>>) -> Scripted {
-        Scripted { pieces: pieces.iter().map(|p| p.to_string()).collect(), finish: FinishReason::Stop, gate }
+        Scripted::new(pieces, FinishReason::Stop, gate)
     }
 
     #[tokio::test]
@@ -509,6 +689,66 @@ mod tests {
         assert!(matches!(running.next().await, Some(JobEvent::Content(_))));
         engine.shutdown();
         assert_eq!(engine.submit(job()).unwrap_err(), SubmitError::ShuttingDown);
+    }
+
+    /// Running jobs share each model pass: one step advances every one of them, and each
+    /// still gets the tokens it gets alone.
+    #[test]
+    fn running_jobs_advance_together_and_match_jobs_alone() {
+        let lm = crate::serve::tests::lm();
+        let options = EngineOptions { slots: 3, queue_capacity: 4, max_context: 4096, prompt_cache_bytes: 0 };
+        let jobs: Vec<Job> = ["one", "two two", "three three three"]
+            .iter()
+            .map(|q| {
+                let text = lm.render_chat(&[qwenrt::chat::Message::user(*q)], true, None).unwrap();
+                let params = ChatParams {
+                    sampling: qwenrt::SamplingParams::greedy(),
+                    max_tokens: 5,
+                    ..Default::default()
+                };
+                Job { prompt: lm.encode(&text).unwrap(), params }
+            })
+            .collect();
+        let run_alone = |job: &Job| {
+            let mut pool = SessionPool::new(lm.clone(), &options);
+            pool.start(1, job).unwrap();
+            let mut text = String::new();
+            while pool
+                .step(&mut |_, e| {
+                    if let JobEvent::Content(t) = e {
+                        text.push_str(&t)
+                    }
+                })
+                .is_empty()
+            {}
+            text
+        };
+        let alone: Vec<String> = jobs.iter().map(run_alone).collect();
+
+        let mut pool = SessionPool::new(lm.clone(), &options);
+        for (id, job) in jobs.iter().enumerate() {
+            pool.start(id as JobId, job).unwrap();
+        }
+        let mut texts = vec![String::new(); jobs.len()];
+        let mut first_step = Vec::new();
+        let mut ended = 0;
+        while ended < jobs.len() {
+            let mut stepped = std::collections::HashSet::new();
+            ended += pool
+                .step(&mut |id, e| {
+                    stepped.insert(id);
+                    if let JobEvent::Content(t) = e {
+                        texts[id as usize].push_str(&t)
+                    }
+                })
+                .len();
+            if first_step.is_empty() {
+                first_step = stepped.into_iter().collect();
+            }
+        }
+        first_step.sort();
+        assert_eq!(first_step, [0, 1, 2], "one step streams for every running job");
+        assert_eq!(texts, alone);
     }
 
     #[tokio::test]

@@ -46,7 +46,7 @@ fn copy_dir(src: &Path, dst: &Path) {
 }
 
 /// tiny-vl in f32, loaded once for all tests.
-fn lm() -> Arc<LanguageModel> {
+pub(crate) fn lm() -> Arc<LanguageModel> {
     static LM: OnceLock<Arc<LanguageModel>> = OnceLock::new();
     LM.get_or_init(|| Arc::new(LanguageModel::load(&fixture_folder("tiny-vl", "qwen3_5")).unwrap())).clone()
 }
@@ -95,11 +95,7 @@ impl Setup {
         pieces: &[&str],
         gate: Option<std::sync::mpsc::Receiver<()>>,
     ) -> (Router, Arc<AppState>) {
-        let script = Scripted {
-            pieces: pieces.iter().map(|p| p.to_string()).collect(),
-            finish: FinishReason::Stop,
-            gate,
-        };
+        let script = Scripted::new(pieces, FinishReason::Stop, gate);
         let engine = Engine::with_backend(script, self.slots, self.queue).unwrap();
         self.with_engine(engine)
     }
