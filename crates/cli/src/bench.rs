@@ -29,6 +29,10 @@ pub struct BenchArgs {
     /// Context depths (tokens already in the state) at which decode is measured, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "0")]
     ctx: Vec<usize>,
+    /// Sequences decoding together in the decode test (one model pass serves all of them, as
+    /// in the server's continuous batching); tokens/s is then the aggregate.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
     /// Repetitions of each test; the median is reported.
     #[arg(long, default_value_t = 3)]
     reps: usize,
@@ -121,8 +125,8 @@ struct Row {
 }
 
 pub fn bench(args: BenchArgs) -> Result<()> {
-    if args.reps == 0 {
-        bail!("--reps must be at least 1");
+    if args.reps == 0 || args.batch == 0 {
+        bail!("--reps and --batch must be at least 1");
     }
     let dir = match (&args.model, &args.synthetic) {
         (Some(dir), _) => dir.clone(),
@@ -173,25 +177,43 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         }
         let snapshot = state.snapshot();
         let gen = tokens(args.n_gen, vocab, 3);
+        let mut batch: Vec<_> = (1..args.batch).map(|_| model.new_state()).collect();
         let mut rates = Vec::new();
         for _ in 0..args.reps {
             state.restore(&snapshot)?;
-            let t0 = Instant::now();
-            for &id in &gen {
-                model.forward(&mut state, &[id], Logits::Last)?;
+            for other in &mut batch {
+                other.restore(&snapshot)?;
             }
-            rates.push(args.n_gen as f64 / t0.elapsed().as_secs_f64());
+            let t0 = Instant::now();
+            if batch.is_empty() {
+                for &id in &gen {
+                    model.forward(&mut state, &[id], Logits::Last)?;
+                }
+            } else {
+                for (step, &id) in gen.iter().enumerate() {
+                    let mut states: Vec<_> = std::iter::once(&mut state).chain(batch.iter_mut()).collect();
+                    let ids: Vec<[u32; 1]> = (0..states.len())
+                        .map(|i| [(id as usize + i * 7919 + step) as u32 % vocab as u32])
+                        .collect();
+                    let inputs: Vec<&[u32]> = ids.iter().map(|i| i.as_slice()).collect();
+                    model.forward_batch(&mut states, &inputs)?;
+                }
+            }
+            rates.push((args.n_gen * args.batch) as f64 / t0.elapsed().as_secs_f64());
         }
         // Bytes a decode step must read: every weight matrix once (the tied embedding once, as
-        // the LM head) plus the session state (KV cache and DeltaNet states).
-        let bytes_per_token = (model.weight_bytes() + state.cache_bytes()) as f64;
+        // the LM head) plus each sequence's state (KV cache and DeltaNet states), shared by the
+        // step's tokens.
+        let bytes_per_token =
+            (model.weight_bytes() + state.cache_bytes() * args.batch) as f64 / args.batch as f64;
         let spread =
             rates.iter().cloned().fold(0.0, f64::max) - rates.iter().cloned().fold(f64::MAX, f64::min);
         rows.push(Row {
-            test: if depth == 0 {
-                format!("tg{}", args.n_gen)
-            } else {
-                format!("tg{} @ d{depth}", args.n_gen)
+            test: match (depth, args.batch) {
+                (0, 1) => format!("tg{}", args.n_gen),
+                (d, 1) => format!("tg{} @ d{d}", args.n_gen),
+                (0, b) => format!("tg{} ×{b} sequences", args.n_gen),
+                (d, b) => format!("tg{} ×{b} sequences @ d{d}", args.n_gen),
             },
             tokens_per_second: median(&mut rates),
             spread,
