@@ -36,7 +36,7 @@ import torch
 import sentence_transformers
 import transformers
 from sentence_transformers import SentenceTransformer
-from transformers import Qwen3Config, Qwen3Model
+from transformers import Qwen3Config, Qwen3ForCausalLM, Qwen3Model
 
 QUERY_PROMPT = "Instruct: Given a web search query, retrieve relevant passages that answer the query\nQuery:"
 INSTRUCT = "Given a question, retrieve the Rust documentation that answers it"
@@ -181,6 +181,25 @@ def main() -> int:
             shutil.copy(tmp / name, out / name)
         shutil.copytree(tmp / "1_Pooling", out / "1_Pooling")
 
+    # The same weights as a causal LM (tied head): qwenrt's Qwen3 decoder must generate like it.
+    lm = Qwen3ForCausalLM(cfg).float().eval()
+    lm.model.load_state_dict(model.state_dict())
+    lm.tie_weights()
+    prompt_ids = results[2]["input_ids"]
+    with torch.no_grad():
+        logits = lm(torch.tensor([prompt_ids])).logits[0, -1]
+        greedy = lm.generate(
+            torch.tensor([prompt_ids]), max_new_tokens=8, do_sample=False, eos_token_id=None, pad_token_id=0
+        )[0, len(prompt_ids):].tolist()
+    top = torch.topk(logits, 10)
+    causal_lm = {
+        "prompt_ids": prompt_ids,
+        "greedy": greedy,
+        "top10_ids": top.indices.tolist(),
+        "top10_logits": top.values.tolist(),
+        "logit_std": float(logits.std()),
+    }
+
     expected = {
         "generator": {
             "script": "scripts/make_embedding_fixtures.py",
@@ -191,10 +210,12 @@ def main() -> int:
         "semantics": "embedding = SentenceTransformer.encode(prompt + text) in float32: "
         "last-token pooling of the final RMSNorm output, L2-normalised by the Normalize module. input_ids are "
         "what the tokenizer fed the model (the post-processor appends <|endoftext|>). matryoshka_8: "
-        "truncate_dim=8 then normalised, for the first three texts.",
+        "truncate_dim=8 then normalised, for the first three texts. causal_lm: the same weights as "
+        "Qwen3ForCausalLM (tied head): last-position top-10 logits and 8 greedy tokens after prompt_ids.",
         "batch_vs_single_worst_one_minus_cosine": worst,
         "texts": results,
         "matryoshka_8": small.tolist(),
+        "causal_lm": causal_lm,
     }
     (out / "expected.json").write_text(json.dumps(expected, indent=1, ensure_ascii=False) + "\n")
     print(f"wrote {out} ({len(results)} texts; batch vs single worst 1-cos {worst:.2e})")

@@ -186,3 +186,30 @@ fn folder_errors_name_the_problem() {
         Err(e) => assert!(e.to_string().contains("no LM head"), "{e}"),
     }
 }
+
+/// The same weights loaded as a causal LM (a Qwen3 decoder with its tied head) give
+/// transformers' `Qwen3ForCausalLM` logits and greedy tokens: the decoder serves Qwen3 LMs too.
+#[test]
+fn qwen3_causal_lm_matches_transformers() {
+    let lm = qwenrt::LanguageModel::load(&folder("qwen3-lm")).unwrap();
+    let exp = expected();
+    let c = &exp["causal_lm"];
+    let ids: Vec<u32> =
+        c["prompt_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+    let mut state = lm.model.new_state();
+    let logits = lm.model.forward(&mut state, &ids, qwenrt::Logits::Last).unwrap().to_vec();
+    let std = c["logit_std"].as_f64().unwrap();
+    for (id, want) in c["top10_ids"].as_array().unwrap().iter().zip(c["top10_logits"].as_array().unwrap()) {
+        let got = logits[id.as_u64().unwrap() as usize] as f64;
+        assert!((got - want.as_f64().unwrap()).abs() < 1e-4 * std, "token {id}: {got} vs {want}");
+    }
+    let options = qwenrt::GenerateOptions {
+        max_tokens: 8,
+        sampling: qwenrt::SamplingParams::greedy(),
+        stop_ids: Vec::new(),
+    };
+    let mut state = lm.model.new_state();
+    let out = qwenrt::generate(&lm.model, &mut state, &ids, &options, |_| true).unwrap();
+    let want: Vec<u32> = c["greedy"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+    assert_eq!(out.tokens, want);
+}
