@@ -36,11 +36,37 @@ pub struct AttentionScratch {
     k: Vec<f32>,
     v: Vec<f32>,
     attn: Vec<f32>,
-    /// Per KV head: attention probabilities of its query heads `[group, past + t]` and their
-    /// output rows `[t, group, head_dim]`.
-    heads: Vec<(Vec<f32>, Vec<f32>)>,
+    /// One per KV head, so heads run in parallel.
+    heads: Vec<HeadScratch>,
     cos: Vec<f32>,
     sin: Vec<f32>,
+}
+
+/// Query rows per tile of the tiled attention (times the GQA group).
+const QUERY_TILE: usize = 64;
+/// Keys per tile of the tiled attention.
+const KEY_TILE: usize = 256;
+/// From this many new tokens on, attention runs tiled (matrix products per tile, online
+/// softmax); fewer (decode) take the row-by-row path, which is bound by reading the cache.
+const TILED_MIN_TOKENS: usize = 16;
+
+/// Buffers of one KV head's task.
+#[derive(Default)]
+struct HeadScratch {
+    /// Output rows of its query heads, `[t, group, head_dim]`.
+    out: Vec<f32>,
+    /// Row-by-row path: attention probabilities `[group, past + t]`.
+    scores: Vec<f32>,
+    /// Tiled path: the tile's queries, keys, transposed values, scores, running max and sum,
+    /// accumulated output and one tile's `P V`.
+    q: Vec<f32>,
+    k: Vec<f32>,
+    vt: Vec<f32>,
+    s: Vec<f32>,
+    max: Vec<f32>,
+    sum: Vec<f32>,
+    acc: Vec<f32>,
+    pv: Vec<f32>,
 }
 
 impl GatedAttention {
@@ -135,48 +161,26 @@ impl GatedAttention {
         keys.extend_from_slice(kx);
         values.extend_from_slice(vx);
 
-        // softmax(q k^T * head_dim^-0.5 + causal_mask) v, one query row at a time so that a long
-        // prompt never materialises a [t, t] matrix. One task per KV head: the query heads that
-        // share it read each cached key and value once, not once per query head.
+        // softmax(q k^T * head_dim^-0.5 + causal_mask) v. One task per KV head: the query heads
+        // that share it read each cached key and value once, not once per query head. No
+        // [t, past + t] matrix is ever built: decode goes one query row at a time, prompts in
+        // tiles of queries × keys with a running softmax.
         let scale = (hd as f32).powf(-0.5);
         let group = self.heads / self.kv_heads;
         if s.heads.len() < self.kv_heads {
             s.heads.resize_with(self.kv_heads, Default::default);
         }
         let (keys, values, q) = (&keys[..], &values[..], &*q);
-        s.heads[..self.kv_heads].par_iter_mut().enumerate().for_each(|(kvh, (scores_buf, out))| {
-            let span = past + t;
-            let scores_buf = grow(scores_buf, group * span);
-            let out = grow(out, t * group * hd);
-            out.fill(0.0);
-            let key = |j: usize| &keys[j * kv_width + kvh * hd..j * kv_width + (kvh + 1) * hd];
-            let value = |j: usize| &values[j * kv_width + kvh * hd..j * kv_width + (kvh + 1) * hd];
-            for ti in 0..t {
-                let visible = past + ti + 1;
-                let query = |g: usize| {
-                    let h = kvh * group + g;
-                    &q[ti * q_width + h * hd..ti * q_width + (h + 1) * hd]
-                };
-                for j in 0..visible {
-                    let kj = key(j);
-                    for g in 0..group {
-                        scores_buf[g * span + j] = k::dot(query(g), kj) * scale;
-                    }
-                }
-                for g in 0..group {
-                    k::softmax(&mut scores_buf[g * span..g * span + visible]);
-                }
-                let rows = &mut out[ti * group * hd..(ti + 1) * group * hd];
-                for j in 0..visible {
-                    let vj = value(j);
-                    for (g, oh) in rows.chunks_exact_mut(hd).enumerate() {
-                        k::axpy(oh, scores_buf[g * span + j], vj);
-                    }
-                }
+        s.heads[..self.kv_heads].par_iter_mut().enumerate().for_each(|(kvh, hs)| {
+            let layout = HeadLayout { kvh, group, hd, q_width, kv_width, past, t, scale };
+            if t >= TILED_MIN_TOKENS {
+                attend_tiled(&layout, q, keys, values, hs);
+            } else {
+                attend_rows(&layout, q, keys, values, hs);
             }
         });
         let attn = &mut s.attn[rows.start * q_width..rows.end * q_width];
-        for (kvh, (_, out)) in s.heads[..self.kv_heads].iter().enumerate() {
+        for (kvh, HeadScratch { out, .. }) in s.heads[..self.kv_heads].iter().enumerate() {
             for ti in 0..t {
                 let first = kvh * group * hd;
                 attn[ti * q_width + first..ti * q_width + first + group * hd]
@@ -195,5 +199,172 @@ impl GatedAttention {
             }
         }
         self.o_proj.forward(attn, t, out);
+    }
+}
+
+/// Where one KV head's queries, keys and values are.
+struct HeadLayout {
+    kvh: usize,
+    group: usize,
+    hd: usize,
+    /// Row widths of the query and of the key/value buffers.
+    q_width: usize,
+    kv_width: usize,
+    /// Cached positions before the new tokens, and new tokens.
+    past: usize,
+    t: usize,
+    scale: f32,
+}
+
+impl HeadLayout {
+    fn query<'a>(&self, q: &'a [f32], ti: usize, g: usize) -> &'a [f32] {
+        let h = self.kvh * self.group + g;
+        &q[ti * self.q_width + h * self.hd..ti * self.q_width + (h + 1) * self.hd]
+    }
+    fn cached<'a>(&self, kv: &'a [f32], j: usize) -> &'a [f32] {
+        &kv[j * self.kv_width + self.kvh * self.hd..j * self.kv_width + (self.kvh + 1) * self.hd]
+    }
+}
+
+/// One query row at a time: scores against every visible key, softmax, weighted sum of values.
+fn attend_rows(l: &HeadLayout, q: &[f32], keys: &[f32], values: &[f32], hs: &mut HeadScratch) {
+    let (group, hd, past, t) = (l.group, l.hd, l.past, l.t);
+    let span = past + t;
+    let scores = grow(&mut hs.scores, group * span);
+    let out = grow(&mut hs.out, t * group * hd);
+    out.fill(0.0);
+    for ti in 0..t {
+        let visible = past + ti + 1;
+        for j in 0..visible {
+            let kj = l.cached(keys, j);
+            for g in 0..group {
+                scores[g * span + j] = k::dot(l.query(q, ti, g), kj) * l.scale;
+            }
+        }
+        for g in 0..group {
+            k::softmax(&mut scores[g * span..g * span + visible]);
+        }
+        let rows = &mut out[ti * group * hd..(ti + 1) * group * hd];
+        for j in 0..visible {
+            let vj = l.cached(values, j);
+            for (g, oh) in rows.chunks_exact_mut(hd).enumerate() {
+                k::axpy(oh, scores[g * span + j], vj);
+            }
+        }
+    }
+}
+
+/// Tiles of `QUERY_TILE` new tokens (all query heads of the group) against `KEY_TILE` keys: the
+/// scores and the probability-weighted values of a tile are matrix products; the softmax runs
+/// online (a running max and sum per row, earlier partial sums rescaled), as in FlashAttention.
+fn attend_tiled(l: &HeadLayout, q: &[f32], keys: &[f32], values: &[f32], hs: &mut HeadScratch) {
+    let (group, hd, past, t) = (l.group, l.hd, l.past, l.t);
+    let out = grow(&mut hs.out, t * group * hd);
+    for q0 in (0..t).step_by(QUERY_TILE) {
+        let q1 = (q0 + QUERY_TILE).min(t);
+        let rows = (q1 - q0) * group;
+        // Row r = (token q0 + r / group, query head r % group), pre-scaled.
+        let qt = grow(&mut hs.q, rows * hd);
+        for ti in q0..q1 {
+            for g in 0..group {
+                let r = (ti - q0) * group + g;
+                for (d, &v) in qt[r * hd..(r + 1) * hd].iter_mut().zip(l.query(q, ti, g)) {
+                    *d = v * l.scale;
+                }
+            }
+        }
+        let max = grow(&mut hs.max, rows);
+        max.fill(f32::NEG_INFINITY);
+        let sum = grow(&mut hs.sum, rows);
+        sum.fill(0.0);
+        let acc = grow(&mut hs.acc, rows * hd);
+        acc.fill(0.0);
+        // The last query of the tile sees keys up to past + q1 - 1.
+        let visible_end = past + q1;
+        for k0 in (0..visible_end).step_by(KEY_TILE) {
+            let k1 = (k0 + KEY_TILE).min(visible_end);
+            let kn = k1 - k0;
+            let kt = grow(&mut hs.k, kn * hd);
+            let vt = grow(&mut hs.vt, hd * kn);
+            for j in k0..k1 {
+                kt[(j - k0) * hd..(j - k0 + 1) * hd].copy_from_slice(l.cached(keys, j));
+                for (d, &v) in l.cached(values, j).iter().enumerate() {
+                    vt[d * kn + (j - k0)] = v;
+                }
+            }
+            // scores = q k^T over the tile
+            let scores = grow(&mut hs.s, rows * kn);
+            k::matmul_f32_local(qt, kt, scores, rows, hd, kn);
+            for r in 0..rows {
+                let visible = past + q0 + r / group + 1;
+                let row = &mut scores[r * kn..(r + 1) * kn];
+                // causal_mask: keys after the query's own position do not exist for it
+                let live = visible.saturating_sub(k0).min(kn);
+                row[live..].fill(f32::NEG_INFINITY);
+                let tile_max = row[..live].iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let new_max = max[r].max(tile_max);
+                if new_max == f32::NEG_INFINITY {
+                    row.fill(0.0); // nothing visible yet in this row
+                    continue;
+                }
+                let rescale = (max[r] - new_max).exp();
+                let mut tile_sum = 0.0f32;
+                for v in row.iter_mut() {
+                    *v = (*v - new_max).exp();
+                    tile_sum += *v;
+                }
+                sum[r] = sum[r] * rescale + tile_sum;
+                max[r] = new_max;
+                acc[r * hd..(r + 1) * hd].iter_mut().for_each(|a| *a *= rescale);
+            }
+            // acc += p v over the tile
+            let pv = grow(&mut hs.pv, rows * hd);
+            k::matmul_f32_local(scores, vt, pv, rows, kn, hd);
+            k::add_assign(acc, pv);
+        }
+        for ti in q0..q1 {
+            for g in 0..group {
+                let r = (ti - q0) * group + g;
+                let inv = 1.0 / sum[r];
+                let dst = &mut out[(ti * group + g) * hd..(ti * group + g + 1) * hd];
+                for (d, &a) in dst.iter_mut().zip(&acc[r * hd..(r + 1) * hd]) {
+                    *d = a * inv;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The tiled path (online softmax over key tiles) equals the row-by-row softmax, across
+    /// tile edges, with a cache before the new tokens and a partial last tile.
+    #[test]
+    fn tiled_attention_equals_row_by_row() {
+        let mut seed = 0x9e3779b97f4a7c15u64;
+        let mut rand = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        };
+        for (past, t) in [(0, 70), (300, 37), (5, 300)] {
+            let (kv_heads, group, hd) = (2, 3, 24);
+            let (q_width, kv_width) = (kv_heads * group * hd, kv_heads * hd);
+            let q: Vec<f32> = (0..t * q_width).map(|_| 3.0 * rand()).collect();
+            let keys: Vec<f32> = (0..(past + t) * kv_width).map(|_| rand()).collect();
+            let values: Vec<f32> = (0..(past + t) * kv_width).map(|_| rand()).collect();
+            for kvh in 0..kv_heads {
+                let layout =
+                    HeadLayout { kvh, group, hd, q_width, kv_width, past, t, scale: (hd as f32).powf(-0.5) };
+                let (mut rows, mut tiled) = (HeadScratch::default(), HeadScratch::default());
+                attend_rows(&layout, &q, &keys, &values, &mut rows);
+                attend_tiled(&layout, &q, &keys, &values, &mut tiled);
+                let worst = rows.out.iter().zip(&tiled.out).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+                assert!(worst < 1e-5, "past {past}, t {t}, head {kvh}: {worst}");
+            }
+        }
     }
 }
