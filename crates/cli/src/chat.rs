@@ -2,7 +2,8 @@
 //!
 //! Lines are user messages; lines starting with `/` are commands. Answers stream to stdout, the
 //! status of each turn (speed, reused prompt tokens) goes to stderr. Works the same with piped
-//! stdin, which is how it is tested.
+//! stdin, which is how it is tested. `/image PATH` and `/video PATH` attach files to the next
+//! message (multimodal models).
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -11,7 +12,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use qwenrt::chat::Message;
+use qwenrt::chat::{ContentPart, Message, MessageContent};
 use qwenrt::{ChatParams, ChatSession, Event, Reply, SessionOptions};
 
 use crate::gen_args::GenArgs;
@@ -37,20 +38,34 @@ pub struct ChatArgs {
     /// Weight precision.
     #[arg(long, value_enum, default_value = "int8")]
     dtype: Dtype,
+    /// Frame rate of a video attached as a folder of frames (`/video DIR`).
+    #[arg(long, value_name = "FPS", default_value_t = 2.0)]
+    video_fps: f64,
     #[command(flatten)]
     gen: GenArgs,
 }
 
-const HELP: &str = "commands: /reset  /think on|off  /system [TEXT]  /save FILE  /load FILE  /help  /quit
+const HELP: &str = "commands: /reset  /think on|off  /system [TEXT]  /image PATH  /video PATH  /save FILE  /load FILE  /help  /quit
+/image and /video attach a file (a video: an animated GIF or a folder of frames) to your next message.
 Ctrl-C stops the answer being written; at the prompt it quits.";
+
+/// What the conversation loop keeps besides the session.
+struct ChatState {
+    params: ChatParams,
+    system: Option<String>,
+    /// Images and videos for the next user message, in the order attached.
+    attachments: Vec<ContentPart>,
+    video_fps: f64,
+}
 
 pub fn chat(args: ChatArgs) -> Result<()> {
     let lm = Arc::new(crate::load_lm(&args.model, args.dtype)?);
-    let mut params = args.gen.params(&lm)?;
+    let params = args.gen.params(&lm)?;
     let options = SessionOptions { prompt_cache_bytes: args.cache_mib << 20, max_context: None };
     let mut session = ChatSession::with_options(lm, options);
-    let mut system = args.system.clone();
-    session.set_system(system.as_deref());
+    let mut chat =
+        ChatState { params, system: args.system.clone(), attachments: Vec::new(), video_fps: args.video_fps };
+    session.set_system(chat.system.as_deref());
 
     // First Ctrl-C during an answer cancels it; at the prompt it quits.
     let generating = Arc::new(AtomicBool::new(false));
@@ -84,7 +99,7 @@ pub fn chat(args: ChatArgs) -> Result<()> {
         // Prefill the last answer as the next turn will render it while the user types.
         let prepare = !args.no_prepare && args.cache_mib > 0;
         let read = std::thread::scope(|scope| {
-            let prepared = prepare.then(|| scope.spawn(|| session.prepare(params.enable_thinking)));
+            let prepared = prepare.then(|| scope.spawn(|| session.prepare(chat.params.enable_thinking)));
             let read = stdin.read_line(&mut line);
             if let Some(handle) = prepared {
                 if let Ok(Err(e)) = handle.join() {
@@ -101,7 +116,7 @@ pub fn chat(args: ChatArgs) -> Result<()> {
             continue;
         }
         if let Some(command) = line.strip_prefix('/') {
-            match run_command(command, &mut session, &mut params, &mut system) {
+            match run_command(command, &mut session, &mut chat) {
                 Ok(Flow::Quit) => break,
                 Ok(Flow::Continue) => {}
                 Err(e) => eprintln!("error: {e:#}"),
@@ -109,21 +124,38 @@ pub fn chat(args: ChatArgs) -> Result<()> {
             continue;
         }
         turn += 1;
+        let message = user_message(std::mem::take(&mut chat.attachments), line);
         generating.store(true, Ordering::SeqCst);
-        let reply = answer(&mut session, line, &params, args.show_thinking, dim);
+        let reply = answer(&mut session, message.clone(), &chat.params, args.show_thinking, dim);
         generating.store(false, Ordering::SeqCst);
         match reply {
             Ok(reply) => eprintln!("{}", status(turn, &reply, &session)),
-            Err(e) => eprintln!("error: {e:#}"),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                // The message was not kept: its attachments wait for the next one.
+                if let MessageContent::Parts(mut parts) = message.content {
+                    parts.pop();
+                    chat.attachments = parts;
+                }
+            }
         }
     }
     Ok(())
 }
 
+/// A user message: the attachments, then the text.
+fn user_message(mut attachments: Vec<ContentPart>, text: &str) -> Message {
+    if attachments.is_empty() {
+        return Message::user(text);
+    }
+    attachments.push(ContentPart::text(text));
+    Message::user(attachments)
+}
+
 /// Streams one answer to stdout.
 fn answer(
     session: &mut ChatSession,
-    text: &str,
+    message: Message,
     params: &ChatParams,
     show_thinking: bool,
     dim: bool,
@@ -133,7 +165,7 @@ fn answer(
     let mut in_reasoning = false;
     let mut failed: Option<std::io::Error> = None;
     let cancel = session.cancel_token();
-    let reply = session.send(Message::user(text), params, |event| {
+    let reply = session.send(message, params, |event| {
         let written = match event {
             Event::Reasoning(t) if show_thinking => {
                 in_reasoning = true;
@@ -190,21 +222,41 @@ enum Flow {
     Quit,
 }
 
-fn run_command(
-    command: &str,
-    session: &mut ChatSession,
-    params: &mut ChatParams,
-    system: &mut Option<String>,
-) -> Result<Flow> {
+fn run_command(command: &str, session: &mut ChatSession, chat: &mut ChatState) -> Result<Flow> {
     let (name, arg) = command.split_once(char::is_whitespace).unwrap_or((command, ""));
     let arg = arg.trim();
+    let ChatState { params, system, attachments, video_fps } = chat;
     match name {
         "quit" | "exit" => return Ok(Flow::Quit),
         "help" => eprintln!("{HELP}"),
         "reset" => {
             session.reset();
             session.set_system(system.as_deref());
+            attachments.clear();
             eprintln!("[conversation cleared]");
+        }
+        "image" => {
+            let path = file_arg(arg, "/image PATH")?;
+            crate::run::require_vision(session.model())?;
+            let image = crate::run::open_image(path)?;
+            eprintln!(
+                "[image {} ({}x{}) attached to your next message]",
+                path.display(),
+                image.width(),
+                image.height()
+            );
+            attachments.push(ContentPart::image(image));
+        }
+        "video" => {
+            let path = file_arg(arg, "/video PATH")?;
+            crate::run::require_vision(session.model())?;
+            let video = crate::run::open_video(path, *video_fps)?;
+            eprintln!(
+                "[video {} ({} frames) attached to your next message]",
+                path.display(),
+                video.video().frames.len()
+            );
+            attachments.push(ContentPart::video(video));
         }
         "think" => {
             params.enable_thinking = match arg {
@@ -231,6 +283,8 @@ fn run_command(
                 std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
             let messages: Vec<Message> = serde_json::from_str(&text)
                 .with_context(|| format!("{}: expected a JSON list of messages", path.display()))?;
+            let messages = open_saved_attachments(messages, *video_fps)
+                .with_context(|| format!("loading {}", path.display()))?;
             *system = messages.first().filter(|m| m.role == "system").and_then(|m| match &m.content {
                 qwenrt::chat::MessageContent::Text(t) => Some(t.clone()),
                 _ => None,
@@ -248,4 +302,31 @@ fn file_arg<'a>(arg: &'a str, usage: &str) -> Result<&'a Path> {
         bail!("usage: {usage}");
     }
     Ok(Path::new(arg))
+}
+
+/// `/save` writes an attachment read from a file as `{"type": "image", "image": PATH}` (or
+/// `video`); reading the conversation back opens those files again. Other image or video parts
+/// (e.g. an OpenAI `image_url`) are left as they are and refused when the conversation is sent.
+fn open_saved_attachments(messages: Vec<Message>, video_fps: f64) -> Result<Vec<Message>> {
+    messages
+        .into_iter()
+        .map(|mut message| {
+            if let MessageContent::Parts(parts) = &mut message.content {
+                for part in parts.iter_mut() {
+                    let ContentPart::Other(raw) = part else { continue };
+                    let kind = raw.get("type").and_then(|t| t.as_str());
+                    match (kind, raw.get("image"), raw.get("video")) {
+                        (Some("image"), Some(serde_json::Value::String(path)), _) => {
+                            *part = ContentPart::image(crate::run::open_image(Path::new(path))?);
+                        }
+                        (Some("video"), _, Some(serde_json::Value::String(path))) => {
+                            *part = ContentPart::video(crate::run::open_video(Path::new(path), video_fps)?);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            Ok(message)
+        })
+        .collect()
 }

@@ -1,13 +1,14 @@
-//! `qwenrt run`: one prompt in, streamed text out.
+//! `qwenrt run`: one prompt in (with images or videos for a multimodal model), streamed text out.
 
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
-use qwenrt::chat::Message;
-use qwenrt::{ChatSession, Event, SessionOptions};
+use qwenrt::chat::{ContentPart, Message, MessageContent};
+use qwenrt::vision::{ImageInput, VideoInput};
+use qwenrt::{ChatSession, Event, LanguageModel, SessionOptions};
 
 use crate::gen_args::GenArgs;
 use crate::{read_text, Dtype};
@@ -30,6 +31,18 @@ pub struct RunArgs {
     /// A system message before the prompt (not with --raw).
     #[arg(long)]
     system: Option<String>,
+    /// An image (PNG, JPEG, WebP, or a GIF's first frame) for a multimodal model; repeatable.
+    /// Images go into the user message before the text, in order; with --raw, the text needs
+    /// one <|vision_start|><|image_pad|><|vision_end|> per image.
+    #[arg(long, value_name = "PATH")]
+    image: Vec<PathBuf>,
+    /// A video: an animated GIF or a folder of frames (file-name order); repeatable. Videos go
+    /// after the images (with --raw: one <|vision_start|><|video_pad|><|vision_end|> each).
+    #[arg(long, value_name = "PATH")]
+    video: Vec<PathBuf>,
+    /// Frame rate of a video given as a folder of frames (a GIF has its own).
+    #[arg(long, value_name = "FPS", default_value_t = 2.0)]
+    video_fps: f64,
     #[command(flatten)]
     gen: GenArgs,
     /// Weight precision.
@@ -42,16 +55,21 @@ pub fn run(args: RunArgs) -> Result<()> {
     if args.raw && args.system.is_some() {
         bail!("--system needs the chat template; it cannot be combined with --raw");
     }
+    // Attachments are read before the model is: a bad file fails at once.
+    let images = args.image.iter().map(|p| open_image(p)).collect::<Result<Vec<_>>>()?;
+    let videos = args.video.iter().map(|p| open_video(p, args.video_fps)).collect::<Result<Vec<_>>>()?;
     let lm = Arc::new(crate::load_lm(&args.model, args.dtype)?);
+    if !(images.is_empty() && videos.is_empty()) {
+        require_vision(&lm)?;
+    }
     let params = args.gen.params(&lm)?;
-    let text = if args.raw {
-        prompt_text
+    let prompt = if args.raw {
+        lm.encode_prompt(&prompt_text, &images, &videos)?
     } else {
         let mut messages: Vec<Message> = args.system.iter().map(|s| Message::system(s.as_str())).collect();
-        messages.push(Message::user(prompt_text));
-        lm.render_chat(&messages, true, params.enable_thinking)?
+        messages.push(Message::user(user_content(&images, &videos, prompt_text)));
+        lm.prompt(&messages, true, params.enable_thinking)?
     };
-    let prompt = lm.encode(&text)?;
 
     // One prompt, nothing to reuse: no snapshots.
     let mut session =
@@ -61,7 +79,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     let mut out = stdout.lock();
     let dim = std::io::stderr().is_terminal();
     let mut write_error: Option<std::io::Error> = None;
-    let reply = session.complete(&prompt, &params, |event| {
+    let reply = session.complete_prompt(&prompt, &params, |event| {
         if args.json || write_error.is_some() {
             return;
         }
@@ -90,7 +108,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         / usage.time_to_first_token.as_secs_f64().max(1e-9);
     if args.json {
         let json = serde_json::json!({
-            "prompt_tokens": prompt,
+            "prompt_tokens": prompt.ids(),
             "tokens": reply.tokens,
             "text": reply.content,
             "reasoning": reply.reasoning,
@@ -119,4 +137,30 @@ pub fn run(args: RunArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Reads an image attachment; the error names the file.
+pub fn open_image(path: &Path) -> Result<ImageInput> {
+    ImageInput::open(path).with_context(|| format!("cannot use image {}", path.display()))
+}
+
+/// Reads a video attachment (a GIF or a folder of frames at `folder_fps`).
+pub fn open_video(path: &Path, folder_fps: f64) -> Result<VideoInput> {
+    VideoInput::open(path, folder_fps).with_context(|| format!("cannot use video {}", path.display()))
+}
+
+/// Fails with the library's reason when the model cannot see (a text-only checkpoint).
+pub fn require_vision(lm: &LanguageModel) -> Result<()> {
+    lm.vision().map(|_| ()).with_context(|| "images and videos need a multimodal model".to_string())
+}
+
+/// A user message: the attachments (images, then videos) before the text.
+pub fn user_content(images: &[ImageInput], videos: &[VideoInput], text: String) -> MessageContent {
+    if images.is_empty() && videos.is_empty() {
+        return MessageContent::Text(text);
+    }
+    let mut parts: Vec<ContentPart> = images.iter().cloned().map(ContentPart::image).collect();
+    parts.extend(videos.iter().cloned().map(ContentPart::video));
+    parts.push(ContentPart::text(text));
+    MessageContent::Parts(parts)
 }

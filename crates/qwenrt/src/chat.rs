@@ -28,6 +28,8 @@ use serde::ser::{SerializeMap, Serializer};
 use serde::{Deserialize, Serialize};
 use serde_json::Map;
 
+use crate::vision::{ImageInput, VideoInput};
+
 /// What can go wrong finding, compiling or rendering a chat template.
 #[derive(Debug, thiserror::Error)]
 pub enum ChatTemplateError {
@@ -194,18 +196,32 @@ impl From<Vec<ContentPart>> for MessageContent {
 
 /// One part of a multi-part message.
 ///
-/// Anything but a plain `{"type": "text", "text": ...}` part (images, image URLs, videos, text parts with extra
-/// keys) is kept as the raw JSON object, because templates test for keys (`'image' in item`) and must see
-/// exactly what the client sent.
+/// `Image` and `Video` carry decoded pictures; the template sees them as `{"type": "image"}` /
+/// `{"type": "video"}` (plus `"image"`/`"video"`: the file path when they were read from a file,
+/// which also makes a saved conversation name its files). JSON input never produces them: any
+/// part but a plain `{"type": "text", "text": ...}` (images, image URLs, videos, text parts with
+/// extra keys) is kept as the raw JSON object, because templates test for keys (`'image' in
+/// item`) and must see exactly what the client sent; turning a URL or path into pixels is the
+/// caller's decision.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ContentPart {
     Text { text: String },
+    Image(ImageInput),
+    Video(VideoInput),
     Other(Map<String, serde_json::Value>),
 }
 
 impl ContentPart {
     pub fn text(text: impl Into<String>) -> Self {
         ContentPart::Text { text: text.into() }
+    }
+
+    pub fn image(image: ImageInput) -> Self {
+        ContentPart::Image(image)
+    }
+
+    pub fn video(video: VideoInput) -> Self {
+        ContentPart::Video(video)
     }
 }
 
@@ -216,6 +232,24 @@ impl Serialize for ContentPart {
                 let mut map = serializer.serialize_map(Some(2))?;
                 map.serialize_entry("type", "text")?;
                 map.serialize_entry("text", text)?;
+                map.end()
+            }
+            ContentPart::Image(image) => {
+                let path = image.path().map(|p| p.to_string_lossy());
+                let mut map = serializer.serialize_map(Some(1 + path.is_some() as usize))?;
+                map.serialize_entry("type", "image")?;
+                if let Some(path) = path {
+                    map.serialize_entry("image", &path)?;
+                }
+                map.end()
+            }
+            ContentPart::Video(video) => {
+                let path = video.path().map(|p| p.to_string_lossy());
+                let mut map = serializer.serialize_map(Some(1 + path.is_some() as usize))?;
+                map.serialize_entry("type", "video")?;
+                if let Some(path) = path {
+                    map.serialize_entry("video", &path)?;
+                }
                 map.end()
             }
             ContentPart::Other(raw) => raw.serialize(serializer),

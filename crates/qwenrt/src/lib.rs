@@ -4,7 +4,8 @@
 //! (KV caches, DeltaNet conv and recurrent states) that the caller passes to the model.
 //! [`LanguageModel`] bundles a model with its tokenizer, chat template and generation defaults.
 //! For conversations use [`ChatSession`] (streaming, sampling, thinking control, state reuse
-//! across turns; see the [`session`] module); below is the lower level it is built on.
+//! across turns; see the [`session`] module); below is the lower level it is built on. Messages
+//! may carry images and videos for multimodal checkpoints (see [`vision`]).
 //!
 //! ```no_run
 //! use qwenrt::chat::Message;
@@ -56,9 +57,10 @@ pub fn isa_name() -> &'static str {
     qwenrt_kernels::Isa::detect().name()
 }
 pub use lm::LanguageModel;
-pub use model::{Logits, Model, SessionState, Snapshot};
-pub use prompt_cache::{CacheStats, PromptCache};
+pub use model::{EmbeddedInput, Injection, Logits, Model, SessionState, Snapshot};
+pub use prompt_cache::{CacheStats, MediaMark, PromptCache};
 pub use session::{
     CancelToken, ChatParams, ChatSession, Event, MemoryFootprint, RepetitionGuard, Reply, SessionOptions,
     TokenLogprob, Turn, Usage,
 };
+pub use vision::{ImageInput, Prompt, VideoInput};

@@ -1,5 +1,6 @@
 //! A language model folder as a whole: decoder weights, tokenizer, chat template and
-//! generation defaults, loaded together from a Hugging Face model folder.
+//! generation defaults, loaded together from a Hugging Face model folder, plus the vision side of
+//! a multimodal checkpoint (see [`crate::vision`]).
 
 use std::path::Path;
 
@@ -10,6 +11,7 @@ use crate::generate::GenerationConfig;
 use crate::linear::{LoadOptions, WeightDtype};
 use crate::model::Model;
 use crate::tokenizer::Tokenizer;
+use crate::vision::{message_media, ImageInput, Prompt, VideoInput, Vision};
 use crate::weights::WeightStore;
 
 pub struct LanguageModel {
@@ -19,6 +21,8 @@ pub struct LanguageModel {
     pub chat_template: Option<ChatTemplate>,
     pub generation_config: GenerationConfig,
     stop_ids: Vec<u32>,
+    /// The vision tower and processors, or why there are none.
+    vision: std::result::Result<Vision, String>,
 }
 
 impl LanguageModel {
@@ -51,6 +55,8 @@ impl LanguageModel {
         let generation_config = GenerationConfig::from_dir(dir)?;
         let store = WeightStore::open_dir(dir)?;
         let model = Model::from_store_with(config, &store, options)?;
+        // The tower takes the decoder's precision; it is loaded on first use.
+        let vision = Vision::from_dir(dir, &store, options.dtype, model.config().text.hidden_size)?;
 
         // Stop on every id of generation_config.json's eos list. Without that file, fall back
         // to config.json's eos and the ChatML end-of-turn token: a Qwen turn ends with
@@ -65,7 +71,7 @@ impl LanguageModel {
             stop_ids.extend(tokenizer.token_id("<|im_end|>"));
         }
         stop_ids.dedup();
-        Ok(LanguageModel { model, tokenizer, chat_template, generation_config, stop_ids })
+        Ok(LanguageModel { model, tokenizer, chat_template, generation_config, stop_ids, vision })
     }
 
     /// Generation parameters from `generation_config.json` (sampling; thinking as the template
@@ -105,5 +111,40 @@ impl LanguageModel {
     /// Tokenizes text as is; special tokens written in it (`<|im_start|>` …) are recognised.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
         Ok(self.tokenizer.encode(text)?)
+    }
+
+    /// The vision side of a multimodal checkpoint; an error saying why for a text-only one.
+    pub fn vision(&self) -> Result<&Vision> {
+        self.vision.as_ref().map_err(|reason| Error::InvalidInput(reason.clone()))
+    }
+
+    pub fn has_vision(&self) -> bool {
+        self.vision.is_ok()
+    }
+
+    /// Renders `messages` with the chat template and tokenizes them; with image or video parts,
+    /// expands their placeholders and computes the positions (the pixels are only read when a
+    /// turn feeds them to the tower).
+    pub fn prompt(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+        enable_thinking: Option<bool>,
+    ) -> Result<Prompt> {
+        let text = self.render_chat(messages, add_generation_prompt, enable_thinking)?;
+        let (images, videos) = message_media(messages)?;
+        self.encode_prompt(&text, &images, &videos)
+    }
+
+    /// Tokenizes `text`, in which each image and video is one
+    /// `<|vision_start|><|image_pad|><|vision_end|>` (or `<|video_pad|>`) as the chat template
+    /// writes them, in the order of `images` and `videos`. Without attachments this is
+    /// [`encode`](Self::encode).
+    pub fn encode_prompt(&self, text: &str, images: &[ImageInput], videos: &[VideoInput]) -> Result<Prompt> {
+        let ids = self.encode(text)?;
+        if images.is_empty() && videos.is_empty() {
+            return Ok(Prompt::text(ids));
+        }
+        self.vision()?.expand(&ids, images, videos, |t| self.encode(t))
     }
 }

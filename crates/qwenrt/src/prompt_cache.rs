@@ -5,8 +5,33 @@
 //! conversation from a prefix of what a state has seen, that prefix's state must have been saved
 //! when it went by: this cache holds those snapshots (KV caches up to the prefix plus the
 //! DeltaNet conv and recurrent states), bounded by bytes and evicted least recently used first.
+//!
+//! Token ids alone do not say what a state saw: every image of one size expands to the same run
+//! of `<|image_pad|>` tokens. A key is therefore the token ids plus a [`MediaMark`] per image or
+//! video (where its placeholders start, a hash of its pixels); a saved state serves a prompt
+//! only if both agree up to the state's length.
 
 use crate::model::Snapshot;
+
+/// An image or video in a token sequence: the index of its first placeholder token and a hash of
+/// its pixels ([`crate::vision::ImageInput::hash`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct MediaMark {
+    pub start: usize,
+    pub hash: u64,
+}
+
+/// The marks of `media` (sorted by `start`) whose placeholders start before token `len`: the
+/// media a state holding the first `len` tokens has seen.
+pub fn media_before(media: &[MediaMark], len: usize) -> &[MediaMark] {
+    &media[..media.partition_point(|m| m.start < len)]
+}
+
+/// Whether a state that consumed `prefix` (with `prefix_media`) holds the beginning of `tokens`
+/// (with `media`): same ids, and the same pictures at the same places.
+pub fn is_prefix(prefix: &[u32], prefix_media: &[MediaMark], tokens: &[u32], media: &[MediaMark]) -> bool {
+    tokens.starts_with(prefix) && media_before(media, prefix.len()) == prefix_media
+}
 
 /// Default byte budget of a session's prompt cache: room for a few snapshots of a 2,000-token
 /// conversation with Qwen3.5-0.8B (about 70 MB each).
@@ -14,6 +39,8 @@ pub const DEFAULT_PROMPT_CACHE_BYTES: usize = 512 << 20;
 
 struct Entry {
     tokens: Vec<u32>,
+    /// The images and videos among `tokens`, in order.
+    media: Vec<MediaMark>,
     snapshot: Snapshot,
     bytes: usize,
     last_used: u64,
@@ -107,15 +134,26 @@ impl PromptCache {
         e.iter().map(|e| e.tokens.len()).collect()
     }
 
-    /// The snapshot of the longest cached prefix of `tokens` no longer than `max_len`, marked as
-    /// just used.
+    /// The snapshot of the longest cached prefix of text `tokens` no longer than `max_len`,
+    /// marked as just used.
     pub fn longest_prefix(&mut self, tokens: &[u32], max_len: usize) -> Option<&Snapshot> {
+        self.longest_prefix_with(tokens, &[], max_len)
+    }
+
+    /// [`longest_prefix`](Self::longest_prefix) of `tokens` whose images and videos are `media`
+    /// (sorted by position): a snapshot serves only if it saw the same ones at the same places.
+    pub fn longest_prefix_with(
+        &mut self,
+        tokens: &[u32],
+        media: &[MediaMark],
+        max_len: usize,
+    ) -> Option<&Snapshot> {
         let best = self
             .entries
             .iter()
             .enumerate()
             .filter(|(_, e)| e.tokens.len() <= max_len.min(tokens.len()))
-            .filter(|(_, e)| tokens.starts_with(&e.tokens))
+            .filter(|(_, e)| is_prefix(&e.tokens, &e.media, tokens, media))
             .max_by_key(|(_, e)| e.tokens.len())
             .map(|(i, _)| i)?;
         self.clock += 1;
@@ -124,17 +162,27 @@ impl PromptCache {
         Some(&entry.snapshot)
     }
 
-    /// Whether a snapshot of exactly `tokens` is held.
+    /// Whether a snapshot of exactly text `tokens` is held.
     pub fn contains(&self, tokens: &[u32]) -> bool {
-        self.entries.iter().any(|e| e.tokens == tokens)
+        self.contains_with(tokens, &[])
     }
 
-    /// Stores the state reached after `tokens`; `bytes` is its size
+    /// Whether a snapshot of exactly `tokens` with `media` is held.
+    pub fn contains_with(&self, tokens: &[u32], media: &[MediaMark]) -> bool {
+        self.entries.iter().any(|e| e.tokens == tokens && e.media == media)
+    }
+
+    /// Stores the state reached after text `tokens`; `bytes` is its size
     /// ([`SessionState::cache_bytes`](crate::SessionState::cache_bytes) when it was taken).
     /// A snapshot larger than the whole budget is not kept.
     pub fn insert(&mut self, tokens: Vec<u32>, snapshot: Snapshot, bytes: usize) {
+        self.insert_with(tokens, Vec::new(), snapshot, bytes)
+    }
+
+    /// [`insert`](Self::insert) for `tokens` with the images and videos `media` among them.
+    pub fn insert_with(&mut self, tokens: Vec<u32>, media: Vec<MediaMark>, snapshot: Snapshot, bytes: usize) {
         self.clock += 1;
-        if let Some(e) = self.entries.iter_mut().find(|e| e.tokens == tokens) {
+        if let Some(e) = self.entries.iter_mut().find(|e| e.tokens == tokens && e.media == media) {
             e.last_used = self.clock;
             return;
         }
@@ -143,7 +191,7 @@ impl PromptCache {
         }
         self.evict_to(self.budget - bytes);
         self.bytes += bytes;
-        self.entries.push(Entry { tokens, snapshot, bytes, last_used: self.clock });
+        self.entries.push(Entry { tokens, media, snapshot, bytes, last_used: self.clock });
     }
 
     fn evict_to(&mut self, limit: usize) {
@@ -202,5 +250,30 @@ mod tests {
         let mut off = PromptCache::new(0);
         off.insert(vec![1], s, 1);
         assert!(off.is_empty(), "a zero budget disables the cache");
+    }
+
+    #[test]
+    fn a_different_picture_at_the_same_tokens_is_not_a_prefix() {
+        let s = snapshot();
+        let mut cache = PromptCache::new(1000);
+        let pad = 248_056;
+        let (a, b) = (MediaMark { start: 1, hash: 0xa }, MediaMark { start: 1, hash: 0xb });
+        // A state after text, one after an image with hash a.
+        cache.insert(vec![1], s.clone(), 10);
+        cache.insert_with(vec![1, pad, pad, 2], vec![a], s.clone(), 10);
+        let prompt = [1, pad, pad, 2, 3];
+        assert!(cache.longest_prefix_with(&prompt, &[a], usize::MAX).is_some());
+        assert_eq!(cache.prefix_lengths()[0], 4, "same picture: the image state serves");
+        assert!(cache.longest_prefix_with(&prompt, &[b], usize::MAX).is_some());
+        assert_eq!(cache.prefix_lengths()[0], 1, "another picture: only the text before it");
+        assert!(cache.longest_prefix(&prompt, usize::MAX).is_some());
+        assert_eq!(cache.prefix_lengths()[0], 1, "a text lookup never takes an image state");
+        assert!(
+            cache.contains_with(&[1, pad, pad, 2], &[a]) && !cache.contains_with(&[1, pad, pad, 2], &[b])
+        );
+        // A mark at or after the prefix's end does not concern it.
+        assert!(is_prefix(&[1], &[], &prompt, &[a]));
+        assert!(!is_prefix(&[1, pad], &[], &prompt, &[a]));
+        assert_eq!(media_before(&[a, MediaMark { start: 9, hash: 1 }], 9), &[a]);
     }
 }

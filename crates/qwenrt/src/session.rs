@@ -25,6 +25,25 @@
 //! }
 //! # Ok::<(), qwenrt::Error>(())
 //! ```
+//!
+//! Messages may carry images and videos ([`crate::chat::ContentPart::Image`] / `Video`, decoded
+//! when attached). A turn runs the vision tower only on the attachments its prefill needs: those
+//! in earlier turns come back with the saved state, whose key includes a hash of their pixels,
+//! so another picture at the same token positions is never mistaken for one already seen.
+//!
+//! ```no_run
+//! # use std::sync::Arc;
+//! use qwenrt::chat::{ContentPart, Message};
+//! use qwenrt::vision::ImageInput;
+//! # use qwenrt::{ChatSession, LanguageModel};
+//! # let lm = Arc::new(LanguageModel::load("Qwen3.5-0.8B".as_ref())?);
+//! let mut session = ChatSession::new(lm.clone());
+//! let photo = ImageInput::open("photo.jpg".as_ref())?;
+//! let question = Message::user(vec![ContentPart::image(photo), ContentPart::text("What is this?")]);
+//! let reply = session.send(question, &lm.default_params(), |_| {})?;
+//! let again = session.send(Message::user("And its colour?"), &lm.default_params(), |_| {})?;
+//! # Ok::<(), qwenrt::Error>(())
+//! ```
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -34,10 +53,13 @@ use crate::chat::Message;
 use crate::error::{Error, Result};
 use crate::generate::FinishReason;
 use crate::lm::LanguageModel;
-use crate::model::{Logits, SessionState};
-use crate::prompt_cache::{CacheStats, PromptCache, DEFAULT_PROMPT_CACHE_BYTES};
+use crate::model::{Logits, Model, SessionState};
+use crate::prompt_cache::{
+    is_prefix, media_before, CacheStats, MediaMark, PromptCache, DEFAULT_PROMPT_CACHE_BYTES,
+};
 use crate::sampling::{Sampler, SamplingParams};
 use crate::tokenizer::{Tokenizer, Utf8Stream};
+use crate::vision::{message_media, EncodedMedia, Prompt};
 
 /// Stops a generation from another thread: clone it, move the clone anywhere, call
 /// [`cancel`](Self::cancel). The generation in progress ends before its next token (or the next
@@ -285,6 +307,8 @@ pub struct ChatSession {
     state: SessionState,
     /// The tokens `state` has consumed.
     state_tokens: Vec<u32>,
+    /// The images and videos among them (where they start, their pixels' hash).
+    state_media: Vec<MediaMark>,
     cache: PromptCache,
     stats: CacheStats,
     cancel: CancelToken,
@@ -325,6 +349,7 @@ impl ChatSession {
             messages: Vec::new(),
             state,
             state_tokens: Vec::new(),
+            state_media: Vec::new(),
             cache: PromptCache::new(options.prompt_cache_bytes),
             stats: CacheStats::default(),
             cancel: CancelToken::new(),
@@ -367,6 +392,7 @@ impl ChatSession {
         self.messages.clear();
         self.state.reset();
         self.state_tokens.clear();
+        self.state_media.clear();
     }
 
     pub fn clear_cache(&mut self) {
@@ -423,9 +449,8 @@ impl ChatSession {
     /// Generates the assistant's reply to the conversation as it is and appends it.
     pub fn respond(&mut self, params: &ChatParams, mut on_event: impl FnMut(Event<'_>)) -> Result<Reply> {
         params.validate()?;
-        let text = self.lm.render_chat(&self.messages, true, params.enable_thinking)?;
-        let prompt = self.lm.encode(&text)?;
-        let thinking = self.opens_thought(&prompt);
+        let prompt = self.lm.prompt(&self.messages, true, params.enable_thinking)?;
+        let thinking = self.opens_thought(prompt.ids());
         let reply = self.run(&prompt, params, &mut on_event)?;
         let mut answer = Message::assistant(reply.content.clone());
         if thinking {
@@ -440,6 +465,17 @@ impl ChatSession {
     pub fn complete(
         &mut self,
         prompt: &[u32],
+        params: &ChatParams,
+        on_event: impl FnMut(Event<'_>),
+    ) -> Result<Reply> {
+        self.complete_prompt(&Prompt::text(prompt.to_vec()), params, on_event)
+    }
+
+    /// [`complete`](Self::complete) for a prompt that may have images or videos (see
+    /// [`LanguageModel::encode_prompt`] and [`LanguageModel::prompt`]).
+    pub fn complete_prompt(
+        &mut self,
+        prompt: &Prompt,
         params: &ChatParams,
         mut on_event: impl FnMut(Event<'_>),
     ) -> Result<Reply> {
@@ -471,12 +507,15 @@ impl ChatSession {
             return Ok(self.state_tokens.len());
         };
         // Special tokens split the text before byte-level BPE runs, so the tokens of this prefix
-        // are a prefix of the next prompt's tokens.
-        let history = self.lm.encode(&text[..cut])?;
+        // are a prefix of the next prompt's tokens. Every attachment is in the history (the
+        // stand-in question has none).
+        let (images, videos) = message_media(&self.messages)?;
+        let history = self.lm.encode_prompt(&text[..cut], &images, &videos)?;
         self.reuse_longest(&history, history.len());
         let held = self.state_tokens.len();
         if held < history.len() {
-            self.feed(&history[held..])?;
+            let encoded = self.encode_media(&history, held)?;
+            self.feed(&history, history.len(), encoded.as_ref())?;
             self.save_snapshot();
         }
         Ok(self.state_tokens.len())
@@ -487,18 +526,24 @@ impl ChatSession {
         m.think_end.is_some() && !m.think_open.is_empty() && prompt.ends_with(&m.think_open)
     }
 
-    /// Brings the live state to the longest prefix of `tokens` (at most `max_len` long) that the
-    /// session holds: the live state itself, a saved state, or nothing. Returns its length.
-    fn reuse_longest(&mut self, tokens: &[u32], max_len: usize) -> usize {
-        let live = (self.state_tokens.len() <= max_len && tokens.starts_with(&self.state_tokens))
-            .then_some(self.state_tokens.len());
-        if let Some(snapshot) = self.cache.longest_prefix(tokens, max_len) {
+    /// Brings the live state to the longest prefix of `prompt` (at most `max_len` long) that the
+    /// session holds: the live state itself, a saved state, or nothing. A prefix must have seen
+    /// the same images and videos, not just the same tokens. Returns its length.
+    fn reuse_longest(&mut self, prompt: &Prompt, max_len: usize) -> usize {
+        let (tokens, media) = (prompt.ids(), prompt.media_marks());
+        let live = (self.state_tokens.len() <= max_len
+            && is_prefix(&self.state_tokens, &self.state_media, tokens, media))
+        .then_some(self.state_tokens.len());
+        if let Some(snapshot) = self.cache.longest_prefix_with(tokens, media, max_len) {
             // The cache only holds this session's snapshots, so restoring cannot fail; were it
             // to, the live state is untouched and still valid.
             if live.is_none_or(|n| snapshot.len() > n) && self.state.restore(snapshot).is_ok() {
+                let n = snapshot.len();
                 self.state_tokens.clear();
-                self.state_tokens.extend_from_slice(&tokens[..snapshot.len()]);
-                return snapshot.len();
+                self.state_tokens.extend_from_slice(&tokens[..n]);
+                self.state_media.clear();
+                self.state_media.extend_from_slice(media_before(media, n));
+                return n;
             }
         }
         if let Some(n) = live {
@@ -506,36 +551,59 @@ impl ChatSession {
         }
         self.state.reset();
         self.state_tokens.clear();
+        self.state_media.clear();
         0
     }
 
-    fn feed(&mut self, tokens: &[u32]) -> Result<()> {
-        self.lm.model.forward(&mut self.state, tokens, Logits::None)?;
-        self.state_tokens.extend_from_slice(tokens);
+    /// The tower's outputs for the images and videos of `prompt` from token `from` on (`None`
+    /// for a text prompt). Attachments the state already holds are not encoded again.
+    fn encode_media(&self, prompt: &Prompt, from: usize) -> Result<Option<EncodedMedia>> {
+        if !prompt.has_media() {
+            return Ok(None);
+        }
+        Ok(Some(self.lm.vision()?.encode(prompt, from)?))
+    }
+
+    /// Feeds the prompt's tokens from what the live state holds (a prefix of it) to `end`;
+    /// `encoded` covers the prompt's media from there (`None` for text).
+    fn feed(&mut self, prompt: &Prompt, end: usize, encoded: Option<&EncodedMedia>) -> Result<()> {
+        let start = self.state_tokens.len();
+        match encoded {
+            Some(encoded) => {
+                let piece = prompt.piece(encoded, start..end)?;
+                self.lm.model.forward_embedded(&mut self.state, &piece.input(), Logits::None)?;
+            }
+            None => {
+                self.lm.model.forward(&mut self.state, &prompt.ids()[start..end], Logits::None)?;
+            }
+        }
+        self.state_tokens.extend_from_slice(&prompt.ids()[start..end]);
+        self.state_media.clear();
+        self.state_media.extend_from_slice(media_before(prompt.media_marks(), end));
         Ok(())
     }
 
     fn save_snapshot(&mut self) {
         let bytes = self.state.cache_bytes();
-        if bytes <= self.cache.budget() && !self.cache.contains(&self.state_tokens) {
-            self.cache.insert(self.state_tokens.clone(), self.state.snapshot(), bytes);
+        if bytes <= self.cache.budget() && !self.cache.contains_with(&self.state_tokens, &self.state_media) {
+            self.cache.insert_with(
+                self.state_tokens.clone(),
+                self.state_media.clone(),
+                self.state.snapshot(),
+                bytes,
+            );
         }
     }
 
     /// One turn after `prompt`: reuse, prefill, decode.
     fn run(
         &mut self,
-        prompt: &[u32],
+        prompt: &Prompt,
         params: &ChatParams,
         on_event: &mut dyn FnMut(Event<'_>),
     ) -> Result<Reply> {
-        let mut turn = self.begin(prompt, params)?;
-        let model = self.lm.clone();
-        while let Some(input) = turn.next_input(self) {
-            let logits = model.model.forward(&mut self.state, input, Logits::Last)?;
-            self.state_tokens.extend_from_slice(input);
-            turn.accept(logits, on_event)?;
-        }
+        let mut turn = self.begin_prompt(prompt, params)?;
+        while self.advance(&mut turn, on_event)? {}
         Ok(turn.finish(on_event))
     }
 
@@ -544,8 +612,15 @@ impl ChatSession {
     /// says which tokens to feed next; [`advance`](Self::advance) feeds them (or a scheduler
     /// feeds many sessions' tokens together with [`ChatSession::advance_many`]).
     pub fn begin(&mut self, prompt: &[u32], params: &ChatParams) -> Result<Turn> {
+        self.begin_prompt(&Prompt::text(prompt.to_vec()), params)
+    }
+
+    /// [`begin`](Self::begin) for a prompt that may have images or videos. The vision tower runs
+    /// here, on the attachments no saved state covers.
+    pub fn begin_prompt(&mut self, full: &Prompt, params: &ChatParams) -> Result<Turn> {
         let start = Instant::now();
         params.validate()?;
+        let prompt = full.ids();
         if prompt.is_empty() {
             return Err(Error::InvalidInput("the prompt is empty".into()));
         }
@@ -561,7 +636,7 @@ impl ChatSession {
         let thinking = self.opens_thought(prompt);
 
         // At least one prompt token must be fed to get logits.
-        let cached = self.reuse_longest(prompt, prompt.len() - 1);
+        let cached = self.reuse_longest(full, prompt.len() - 1);
         self.stats.lookups += 1;
         self.stats.hits += u64::from(cached > 0);
         self.stats.prompt_tokens += prompt.len() as u64;
@@ -569,12 +644,22 @@ impl ChatSession {
         let h = &self.markers.assistant_header;
         let header_end =
             (!h.is_empty()).then(|| prompt.windows(h.len()).rposition(|w| w == h.as_slice())).flatten();
+        let mut encoded = self.encode_media(full, cached)?;
         if let Some(point) = header_end.map(|i| i + h.len()) {
             if point > cached && point < prompt.len() {
-                self.feed(&prompt[cached..point])?;
+                self.feed(full, point, encoded.as_ref())?;
                 self.save_snapshot();
             }
         }
+        let held = self.state_tokens.len();
+        // The rest of the prompt goes with the first step; drop the rows already fed.
+        let media = match encoded.take() {
+            Some(mut encoded) => {
+                encoded.advance(full, held)?;
+                Some(PendingMedia { prompt: full.clone(), encoded })
+            }
+            None => None,
+        };
 
         let mut turn = Turn {
             lm: self.lm.clone(),
@@ -582,7 +667,8 @@ impl ChatSession {
             out: TextOut::new(&params.stop, thinking),
             params: params.clone(),
             sampler,
-            pending: prompt[self.state_tokens.len()..].to_vec(),
+            pending: prompt[held..].to_vec(),
+            media,
             tokens: Vec::new(),
             logprobs: Vec::new(),
             prompt_len: prompt.len(),
@@ -603,10 +689,29 @@ impl ChatSession {
     /// Feeds the tokens `turn` waits for and lets it sample the next one. Returns false once
     /// the turn is over (then call [`Turn::finish`]).
     pub fn advance(&mut self, turn: &mut Turn, on_event: &mut dyn FnMut(Event<'_>)) -> Result<bool> {
-        let Some(input) = turn.next_input(self) else { return Ok(false) };
+        if turn.next_input(self).is_none() {
+            return Ok(false);
+        }
         let model = self.lm.clone();
-        let logits = model.model.forward(&mut self.state, input, Logits::Last)?;
-        self.state_tokens.extend_from_slice(input);
+        // The rest of a prompt with images or videos goes with its positions and embeddings.
+        let media = turn.media.take();
+        let fed = match &media {
+            Some(m) => feed_prompt_rest(&model.model, &mut self.state, m, &turn.pending),
+            None => model.model.forward(&mut self.state, &turn.pending, Logits::Last),
+        };
+        let logits = match fed {
+            Ok(logits) => logits,
+            Err(e) => {
+                // Nothing was fed: the turn can be retried as it was.
+                turn.media = media;
+                return Err(e);
+            }
+        };
+        self.state_tokens.extend_from_slice(&turn.pending);
+        if let Some(m) = &media {
+            self.state_media.clear();
+            self.state_media.extend_from_slice(m.prompt.media_marks());
+        }
         turn.accept(logits, on_event)?;
         Ok(true)
     }
@@ -614,7 +719,9 @@ impl ChatSession {
     /// Advances several sessions' turns with one pass over the weights: every turn's pending
     /// tokens (a prompt's remainder or the last sampled token) go through the model together.
     /// Turns that are over are skipped; `on_event(i, event)` reports turn `i`'s output. Returns
-    /// how many turns took a step. A model error leaves every state unchanged.
+    /// how many turns took a step. A model error in the batch leaves every state in it
+    /// unchanged. The rest of a prompt with images or videos (positions and rows of its own) is
+    /// fed alone, before the batch, as [`advance`](Self::advance) does.
     pub fn advance_many(
         sessions: &mut [&mut ChatSession],
         turns: &mut [&mut Turn],
@@ -624,14 +731,17 @@ impl ChatSession {
         let Some(first) = sessions.first() else { return Ok(0) };
         let lm = first.lm.clone();
         let mut active = Vec::with_capacity(sessions.len());
+        let mut alone = 0;
         for (i, (session, turn)) in sessions.iter_mut().zip(turns.iter_mut()).enumerate() {
             assert!(Arc::ptr_eq(&session.lm, &lm), "sessions of one batch share a model");
-            if turn.next_input(session).is_some() {
+            if turn.media.is_some() {
+                alone += usize::from(session.advance(turn, &mut |e| on_event(i, e))?);
+            } else if turn.next_input(session).is_some() {
                 active.push(i);
             }
         }
         if active.is_empty() {
-            return Ok(0);
+            return Ok(alone);
         }
         // The tokens are recorded first: the borrows of the states below last as long as the
         // logits, and a rejected batch is rolled back.
@@ -664,7 +774,7 @@ impl ChatSession {
         for (row, &i) in active.iter().enumerate() {
             turns[i].accept(&logits[row * vocab..(row + 1) * vocab], &mut |e| on_event(i, e))?;
         }
-        Ok(active.len())
+        Ok(alone + active.len())
     }
 }
 
@@ -678,6 +788,9 @@ pub struct Turn {
     /// Tokens to feed next: the rest of the prompt, then each sampled token (plus what closes a
     /// thought on budget).
     pending: Vec<u32>,
+    /// For a prompt with images or videos, until its rest (`pending`) is fed: the prompt and the
+    /// tower's outputs for that rest.
+    media: Option<PendingMedia>,
     tokens: Vec<u32>,
     logprobs: Vec<TokenLogprob>,
     out: TextOut,
@@ -819,6 +932,42 @@ impl Turn {
         on_event(Event::Done(&reply));
         reply
     }
+}
+
+/// The part of a prompt with media that a turn still has to feed.
+struct PendingMedia {
+    prompt: Prompt,
+    encoded: EncodedMedia,
+}
+
+/// Feeds `pending`: the rest of `m`'s prompt after what `state` holds (with its positions and
+/// embeddings), then anything the turn appended to it (the tokens closing a thought when the
+/// thinking budget is 0, at text positions). Returns the last logits; checks everything it can
+/// before the state changes.
+fn feed_prompt_rest<'s>(
+    model: &Model,
+    state: &'s mut SessionState,
+    m: &PendingMedia,
+    pending: &[u32],
+) -> Result<&'s [f32]> {
+    let start = state.len();
+    let rest = m.prompt.ids().get(start..).filter(|rest| pending.starts_with(rest)).ok_or_else(|| {
+        Error::InvalidInput("the turn's pending tokens are not the rest of its prompt".into())
+    })?;
+    if start + pending.len() > state.max_len() {
+        return Err(Error::InvalidInput(format!(
+            "{} tokens after the {start} already in context exceed the context length of {}",
+            pending.len(),
+            state.max_len()
+        )));
+    }
+    let extra = &pending[rest.len()..];
+    let piece = m.prompt.piece(&m.encoded, start..m.prompt.len())?;
+    if extra.is_empty() {
+        return model.forward_embedded(state, &piece.input(), Logits::Last);
+    }
+    model.forward_embedded(state, &piece.input(), Logits::None)?;
+    model.forward(state, extra, Logits::Last)
 }
 
 /// The log-probability (under the model's raw distribution, before sampling transforms) of a

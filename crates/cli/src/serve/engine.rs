@@ -38,6 +38,8 @@ pub struct EngineOptions {
 pub struct Job {
     pub prompt: Vec<u32>,
     pub params: ChatParams,
+    /// For a prompt with images or videos: the whole prompt (`prompt` is its ids).
+    pub media: Option<qwenrt::Prompt>,
 }
 
 /// What a job streams back, in order; `Done` or `Failed` comes last.
@@ -504,7 +506,12 @@ impl Backend for SessionPool {
         let slot = self.pick(&job.prompt).ok_or_else(|| JobError::Internal("no free slot".into()))?;
         self.clock += 1;
         self.slots[slot].last_used = self.clock;
-        let turn = self.slots[slot].session.begin(&job.prompt, &job.params).map_err(invalid)?;
+        let session = &mut self.slots[slot].session;
+        let turn = match &job.media {
+            Some(prompt) => session.begin_prompt(prompt, &job.params),
+            None => session.begin(&job.prompt, &job.params),
+        }
+        .map_err(invalid)?;
         self.active.push(Active { id, slot, turn, prompt: job.prompt.clone() });
         Ok(())
     }
@@ -644,7 +651,7 @@ mod tests {
     use super::*;
 
     fn job() -> Job {
-        Job { prompt: vec![1, 2, 3], params: ChatParams::default() }
+        Job { prompt: vec![1, 2, 3], params: ChatParams::default(), media: None }
     }
 
     fn scripted(pieces: &[&str], gate: Option<std::sync::mpsc::Receiver<()>>) -> Scripted {
@@ -706,7 +713,7 @@ mod tests {
                     max_tokens: 5,
                     ..Default::default()
                 };
-                Job { prompt: lm.encode(&text).unwrap(), params }
+                Job { prompt: lm.encode(&text).unwrap(), params, media: None }
             })
             .collect();
         let run_alone = |job: &Job| {

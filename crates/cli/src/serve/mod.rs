@@ -7,6 +7,10 @@
 //! (`{"tokens"}` → `{"content"}`). Every error is `{"error": {"message", "type", "param",
 //! "code"}}`.
 //!
+//! A multimodal model reads images in chat messages: `image_url` parts with `data:` URLs
+//! (base64 PNG, JPEG, WebP or GIF; an animated GIF as a `video_url` is a video). Local paths and
+//! `file://` URLs are read only with `--allow-local-files`; remote URLs are never fetched.
+//!
 //! Where it differs from OpenAI, it follows llama.cpp:
 //! - any `model` name is accepted on the generation and embedding endpoints (one model of each
 //!   kind is served; `/v1/models` names them);
@@ -53,8 +57,10 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use crate::Dtype;
+use axum::Extension;
 use embeddings::EmbeddingService;
 use engine::{Engine, EngineOptions};
+use openai::MediaPolicy;
 use routes::AppState;
 
 #[derive(Args)]
@@ -96,6 +102,10 @@ pub struct ServeArgs {
     /// Weight precision.
     #[arg(long, value_enum, default_value = "int8")]
     dtype: Dtype,
+    /// Let image and video parts name local files (paths or file:// URLs) that this process can
+    /// read; without it only data: URLs are accepted. Only for clients you trust.
+    #[arg(long)]
+    allow_local_files: bool,
 }
 
 /// How long in-flight answers may take to wind down after SIGINT/SIGTERM.
@@ -153,10 +163,11 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(run(state, &args.host, args.port))
+    let media = MediaPolicy { allow_local_files: args.allow_local_files };
+    runtime.block_on(run(state, media, &args.host, args.port))
 }
 
-async fn run(state: Arc<AppState>, host: &str, port: u16) -> Result<()> {
+async fn run(state: Arc<AppState>, media: MediaPolicy, host: &str, port: u16) -> Result<()> {
     let listener = tokio::net::TcpListener::bind((host, port))
         .await
         .with_context(|| format!("cannot listen on {host}:{port}"))?;
@@ -169,6 +180,11 @@ async fn run(state: Arc<AppState>, host: &str, port: u16) -> Result<()> {
     if !address.ip().is_loopback() && state.api_key.is_none() {
         eprintln!("warning: listening on {address} without an API key: anyone who can reach it can use it");
     }
+    if media.allow_local_files {
+        eprintln!(
+            "warning: --allow-local-files: clients can have any image file this process can read sent to the model"
+        );
+    }
     eprintln!(
         "serving {} ({} slots, context {} tokens); stop with Ctrl-C",
         state.model_id,
@@ -176,7 +192,8 @@ async fn run(state: Arc<AppState>, host: &str, port: u16) -> Result<()> {
         state.max_context
     );
 
-    let app = routes::router(state.clone());
+    // The policy rides as an extension: routes without it (the in-process tests) read no files.
+    let app = routes::router(state.clone()).layer(Extension(media));
     let (stopping_tx, stopping_rx) = tokio::sync::watch::channel(false);
     let server = axum::serve(listener, app).with_graceful_shutdown({
         let state = state.clone();

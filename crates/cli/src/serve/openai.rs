@@ -3,10 +3,17 @@
 //! Requests are read in parts ([`GenerationFields`] plus the endpoint's own fields) from one
 //! parsed JSON value, so a field of the wrong type is reported by its name. Fields this server
 //! does not know are ignored, as OpenAI clients send many.
+//!
+//! Images arrive as `image_url` parts (OpenAI) or `{"type": "image", "image": ...}` parts
+//! (transformers); videos as `video_url` / `video` parts. [`resolve_media`] decodes `data:` URLs
+//! (base64) and, only when the server was started with `--allow-local-files`, reads local paths
+//! and `file://` URLs; remote URLs are never fetched.
 
 use std::collections::HashMap;
 
+use base64::Engine as _;
 use qwenrt::chat::{ContentPart, FunctionCall, Message, MessageContent};
+use qwenrt::vision::{ImageInput, VideoInput, DEFAULT_MAX_INPUT_PIXELS};
 use qwenrt::{ChatParams, FinishReason, LanguageModel, TokenLogprob, Usage};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -303,11 +310,11 @@ impl ChatFields {
                 for (j, part) in parts.iter().enumerate() {
                     if let ContentPart::Other(raw) = part {
                         let kind = raw.get("type").and_then(Value::as_str).unwrap_or("");
-                        let media =
-                            ["image", "image_url", "video", "video_url", "input_audio", "audio", "file"];
-                        if media.contains(&kind) || media.iter().any(|k| raw.contains_key(*k)) {
+                        let unsupported = ["input_audio", "audio", "file"];
+                        if unsupported.contains(&kind) || unsupported.iter().any(|k| raw.contains_key(*k)) {
                             return Err(ApiError::invalid_request(format!(
-                                "content parts of type {kind:?} are not supported: this server reads text only"
+                                "content parts of type {kind:?} are not supported: this server reads \
+                                 text, images and videos"
                             ))
                             .with_param(format!("messages[{i}].content[{j}]")));
                         }
@@ -317,6 +324,127 @@ impl ChatFields {
         }
         Ok(messages)
     }
+}
+
+/// Where the server may take pictures from.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MediaPolicy {
+    /// Local paths and `file://` URLs (`--allow-local-files`); `data:` URLs are always accepted.
+    pub allow_local_files: bool,
+}
+
+/// Frame rate assumed for a video given as a local folder of frames.
+const FOLDER_VIDEO_FPS: f64 = 2.0;
+
+/// Replaces the image and video parts of `messages` by decoded pictures (CPU work: call it off
+/// the async workers). Errors name the part (`messages[i].content[j]`).
+pub fn resolve_media(
+    messages: &mut [Message],
+    lm: &LanguageModel,
+    policy: MediaPolicy,
+) -> Result<(), ApiError> {
+    for (i, message) in messages.iter_mut().enumerate() {
+        let MessageContent::Parts(parts) = &mut message.content else { continue };
+        for (j, part) in parts.iter_mut().enumerate() {
+            let ContentPart::Other(raw) = part else { continue };
+            let Some((is_image, source)) = media_source(raw) else { continue };
+            let name = format!("messages[{i}].content[{j}]");
+            let fail = |message: String| ApiError::invalid_request(message).with_param(name.clone());
+            lm.vision().map_err(|e| fail(e.to_string()))?;
+            let source = source.ok_or_else(|| {
+                fail(
+                    "no URL: an image part needs image_url.url (or image), a video part video_url.url \
+                     (or video)"
+                        .to_owned(),
+                )
+            })?;
+            *part = load_media(&source, is_image, &name, policy).map_err(fail)?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether a raw part is an image (`true`) or a video, and its URL or path if it has one; `None`
+/// for other parts. Keys as the Qwen3.5 template tests them (`'image' in item`, …).
+fn media_source(raw: &Map<String, Value>) -> Option<(bool, Option<String>)> {
+    let kind = raw.get("type").and_then(Value::as_str).unwrap_or("");
+    let url_of = |v: Option<&Value>| match v {
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::Object(o)) => o.get("url").and_then(Value::as_str).map(str::to_owned),
+        _ => None,
+    };
+    let first = |keys: &[&str]| keys.iter().find_map(|k| url_of(raw.get(*k)));
+    if kind == "image_url" || kind == "image" || raw.contains_key("image_url") || raw.contains_key("image") {
+        Some((true, first(&["image_url", "image", "url", "path"])))
+    } else if kind == "video_url"
+        || kind == "video"
+        || raw.contains_key("video_url")
+        || raw.contains_key("video")
+    {
+        Some((false, first(&["video_url", "video", "url", "path"])))
+    } else {
+        None
+    }
+}
+
+fn load_media(source: &str, is_image: bool, name: &str, policy: MediaPolicy) -> Result<ContentPart, String> {
+    if let Some(data) = source.strip_prefix("data:") {
+        let (header, payload) =
+            data.split_once(',').ok_or_else(|| "a data: URL needs a comma before its payload".to_owned())?;
+        let Some(mime) = header.strip_suffix(";base64") else {
+            return Err("only base64 data: URLs are accepted (data:image/png;base64,...)".into());
+        };
+        if !mime.starts_with("image/") {
+            return Err(format!("a data: URL of type {mime:?}: expected image/png, jpeg, webp or gif"));
+        }
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(payload.trim())
+            .map_err(|e| format!("the data: URL is not valid base64: {e}"))?;
+        let decoded = if is_image {
+            ImageInput::decode(&bytes, name, DEFAULT_MAX_INPUT_PIXELS).map(ContentPart::image)
+        } else {
+            VideoInput::decode_gif(&bytes, name, DEFAULT_MAX_INPUT_PIXELS).map(ContentPart::video)
+        };
+        return decoded.map_err(|e| e.to_string());
+    }
+    let path = match source.strip_prefix("file://") {
+        // file:///abs/path, or file://localhost/abs/path
+        Some(rest) => percent_decode(rest.strip_prefix("localhost").unwrap_or(rest))?,
+        None if source.contains("://") => {
+            return Err("remote URLs are not fetched: send the picture in a data: URL".into());
+        }
+        None => source.to_owned(),
+    };
+    if !policy.allow_local_files {
+        return Err("local files are not read unless the server runs with --allow-local-files; \
+                    send the picture in a data: URL"
+            .into());
+    }
+    let path = std::path::Path::new(&path);
+    let loaded = if is_image {
+        ImageInput::open(path).map(ContentPart::image)
+    } else {
+        VideoInput::open(path, FOLDER_VIDEO_FPS).map(ContentPart::video)
+    };
+    loaded.map_err(|e| e.to_string())
+}
+
+/// `%XX` escapes of a `file://` URL's path.
+fn percent_decode(text: &str) -> Result<String, String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = text.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok());
+            out.push(hex.ok_or_else(|| format!("bad escape in the file URL {text:?}"))?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| format!("the file URL {text:?} is not UTF-8"))
 }
 
 /// `prompt` of `/v1/completions`: a string, or token ids; a list of one of those is accepted,
@@ -569,19 +697,55 @@ mod tests {
     }
 
     #[test]
-    fn media_parts_and_unknown_roles_are_refused() {
-        let image = json!({"messages": [{"role": "user", "content": [
+    fn audio_parts_and_unknown_roles_are_refused() {
+        let audio = json!({"messages": [{"role": "user", "content": [
             {"type": "text", "text": "what is this?"},
-            {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+            {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}},
         ]}]});
         assert_eq!(
-            chat(image).checked_messages().unwrap_err().param.as_deref(),
+            chat(audio).checked_messages().unwrap_err().param.as_deref(),
             Some("messages[0].content[1]")
         );
+        let image = json!({"messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+        ]}]});
+        assert!(chat(image).checked_messages().is_ok(), "images are resolved later");
         let narrator = json!({"messages": [{"role": "narrator", "content": "x"}]});
         assert_eq!(chat(narrator).checked_messages().unwrap_err().param.as_deref(), Some("messages[0].role"));
         let developer = json!({"messages": [{"role": "developer", "content": "x"}]});
         assert_eq!(chat(developer).checked_messages().unwrap()[0].role, "system");
+    }
+
+    #[test]
+    fn media_sources_and_policies() {
+        let part = |v: Value| v.as_object().unwrap().clone();
+        let source = |v: Value| media_source(&part(v));
+        assert_eq!(
+            source(json!({"type": "image_url", "image_url": {"url": "data:x"}})),
+            Some((true, Some("data:x".into())))
+        );
+        assert_eq!(
+            source(json!({"type": "image_url", "image_url": "a.png"})),
+            Some((true, Some("a.png".into())))
+        );
+        assert_eq!(source(json!({"type": "image", "image": "a.png"})), Some((true, Some("a.png".into()))));
+        assert_eq!(source(json!({"type": "image"})), Some((true, None)));
+        assert_eq!(source(json!({"type": "video", "video": "v.gif"})), Some((false, Some("v.gif".into()))));
+        assert_eq!(source(json!({"type": "text", "text": "x", "extra": 1})), None);
+
+        let closed = MediaPolicy::default();
+        let err = |s: &str, policy| load_media(s, true, "p", policy).unwrap_err();
+        assert!(err("https://example.com/a.png", closed).contains("not fetched"));
+        assert!(err("/etc/hostname", closed).contains("--allow-local-files"));
+        assert!(err("file:///etc/hostname", closed).contains("--allow-local-files"));
+        assert!(err("data:image/png,abc", closed).contains("base64"));
+        assert!(err("data:text/plain;base64,AAAA", closed).contains("image/png"));
+        assert!(err("data:image/png;base64,!!", closed).contains("not valid base64"));
+        assert!(err("data:image/png;base64,AAAA", closed).contains("not a PNG"));
+        let open = MediaPolicy { allow_local_files: true };
+        assert!(err("file:///no/such%20file.png", open).contains("/no/such file.png"));
+        assert_eq!(percent_decode("/a%2Fb%20c").unwrap(), "/a/b c");
+        assert!(percent_decode("/a%zz").is_err());
     }
 
     #[test]

@@ -11,7 +11,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use qwenrt::chat::{Message, RenderRequest};
-use qwenrt::{FinishReason, LanguageModel};
+use qwenrt::vision::message_media;
+use qwenrt::{FinishReason, LanguageModel, Prompt};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
@@ -20,8 +21,8 @@ use super::engine::{Completion, Engine, Job, JobError, JobEvent, JobHandle, Subm
 use super::errors::{parse_fields, ApiError, JsonBody};
 use super::middleware::{log_requests, require_api_key, RequestLog};
 use super::openai::{
-    check_context, finish_reason, ChatFields, ChatLogprobs, CompletionFields, CompletionLogprobs,
-    GenerationFields, PromptInput, UsageBody,
+    check_context, finish_reason, resolve_media, ChatFields, ChatLogprobs, CompletionFields,
+    CompletionLogprobs, GenerationFields, MediaPolicy, PromptInput, UsageBody,
 };
 use super::output::{new_id, unix_time, ChatAnswer, ChatTranslator, CompletionText};
 use super::sse::{chat_stream, completion_stream, AnswerMeta};
@@ -117,14 +118,15 @@ async fn wait_for_completion(
     }
 }
 
-/// The conversation as the model's chat template renders it, tokenized.
+/// The conversation as the model's chat template renders it, tokenized, with its images and
+/// videos (already decoded by [`resolve_media`]) expanded.
 fn render_chat(
     lm: &LanguageModel,
     messages: &[Message],
     tools: Option<&[Value]>,
     enable_thinking: Option<bool>,
     extra: Map<String, Value>,
-) -> Result<Vec<u32>, ApiError> {
+) -> Result<Prompt, ApiError> {
     let template = lm.chat_template.as_ref().ok_or_else(|| {
         ApiError::invalid_request("this model has no chat template: use /v1/completions with a raw prompt")
     })?;
@@ -136,18 +138,28 @@ fn render_chat(
     let text = template
         .render(&request)
         .map_err(|e| ApiError::invalid_request(e.to_string()).with_param("messages"))?;
-    lm.encode(&text).map_err(|e| ApiError::internal(format!("tokenizing the prompt: {e}")))
+    let (images, videos) = message_media(messages)
+        .map_err(|e| ApiError::invalid_request(e.to_string()).with_param("messages"))?;
+    if images.is_empty() && videos.is_empty() {
+        let ids = lm.encode(&text).map_err(|e| ApiError::internal(format!("tokenizing the prompt: {e}")))?;
+        return Ok(Prompt::text(ids));
+    }
+    // e.g. an <|image_pad|> typed in a message's text: placeholders and pictures disagree.
+    lm.encode_prompt(&text, &images, &videos)
+        .map_err(|e| ApiError::invalid_request(e.to_string()).with_param("messages"))
 }
 
 async fn chat_completions(
     State(state): State<Arc<AppState>>,
     Extension(log): Extension<RequestLog>,
+    media_policy: Option<Extension<MediaPolicy>>,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
     let fields: GenerationFields = parse_fields(&body)?;
     let chat: ChatFields = parse_fields(&body)?;
     fields.check_supported()?;
-    let messages = chat.checked_messages()?;
+    let mut messages = chat.checked_messages()?;
+    let media_policy = media_policy.map(|Extension(p)| p).unwrap_or_default();
     let tools = chat.offered_tools()?;
     let (enable_thinking, extra) = chat.template_kwargs()?;
     let max_thinking_tokens = chat.thinking_budget()?;
@@ -156,7 +168,12 @@ async fn chat_completions(
     let prompt = {
         let lm = state.lm.clone();
         let tools = tools.clone();
-        blocking(move || render_chat(&lm, &messages, tools.as_deref(), enable_thinking, extra)).await?
+        blocking(move || {
+            // Decoding pictures is CPU work too.
+            resolve_media(&mut messages, &lm, media_policy)?;
+            render_chat(&lm, &messages, tools.as_deref(), enable_thinking, extra)
+        })
+        .await?
     };
     check_context(prompt.len(), state.max_context, "messages")?;
     let mut params = fields.params(&state.lm, prompt.len(), state.max_context)?;
@@ -164,7 +181,8 @@ async fn chat_completions(
     params.max_thinking_tokens = max_thinking_tokens;
     params.logprobs = logprobs;
     log.prompt(prompt.len(), 0);
-    let mut handle = submit(&state.engine, Job { prompt, params })?;
+    let media = prompt.has_media().then(|| prompt.clone());
+    let mut handle = submit(&state.engine, Job { prompt: prompt.into_ids(), params, media })?;
 
     let meta = AnswerMeta {
         id: new_id("chatcmpl"),
@@ -257,7 +275,7 @@ async fn completions(
     let mut params = fields.params(&state.lm, prompt.len(), state.max_context)?;
     params.logprobs = logprobs;
     log.prompt(prompt.len(), 0);
-    let mut handle = submit(&state.engine, Job { prompt, params })?;
+    let mut handle = submit(&state.engine, Job { prompt, params, media: None })?;
 
     let meta = AnswerMeta {
         id: new_id("cmpl"),

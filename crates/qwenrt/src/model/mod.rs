@@ -17,6 +17,18 @@
 //!
 //! [`Model`] is immutable once loaded and shared by reference; everything a conversation
 //! accumulates lives in the [`SessionState`] the caller passes in.
+//!
+//! Text enters as token ids at text positions (`[len + rope_delta; 3]`, see [`rope`]). A prompt
+//! with images or videos enters through [`Model::forward_embedded`]: some embedding rows are
+//! replaced by the vision tower's outputs and every token carries its own 3-axis position, as
+//! `Qwen3_5Model.forward` does:
+//!
+//! ```text
+//! inputs_embeds = embed_tokens(input_ids)
+//! inputs_embeds = inputs_embeds.masked_scatter(input_ids == image_token_id, image_embeds)
+//! inputs_embeds = inputs_embeds.masked_scatter(input_ids == video_token_id, video_embeds)
+//! position_ids, rope_deltas = get_rope_index(input_ids, image_grid_thw, video_grid_thw)
+//! ```
 
 mod attention;
 pub mod deltanet;
@@ -27,6 +39,7 @@ use std::path::Path;
 
 use qwenrt_kernels as k;
 
+pub use rope::Position3;
 pub use state::{SessionState, Snapshot};
 
 use crate::config::{CheckpointLayout, Family, LayerType, ModelConfig};
@@ -35,7 +48,7 @@ use crate::linear::{load_vector, Linear, LoadOptions, WeightDtype};
 use crate::weights::WeightStore;
 use attention::{AttentionScratch, GatedAttention};
 use deltanet::{DeltaNetScratch, GatedDeltaNet};
-use rope::{MRope, Position3};
+use rope::MRope;
 use state::LayerCache;
 
 /// Prompt tokens pushed through all layers at once. A multiple of the DeltaNet chunk so that
@@ -59,6 +72,30 @@ pub enum Logits {
     None,
     /// The last position: what generation needs.
     Last,
+}
+
+/// Embedding rows that take the place of a placeholder token's: the `i`-th occurrence of `token`
+/// in the input gets row `i` of `rows` (`[occurrences, hidden_size]`), as transformers'
+/// `inputs_embeds.masked_scatter(input_ids == token, rows)` places image and video features.
+#[derive(Clone, Copy, Debug)]
+pub struct Injection<'a> {
+    pub token: u32,
+    pub rows: &'a [f32],
+}
+
+/// Tokens with explicit M-RoPE positions and some embedding rows replaced: how a prompt with
+/// images or videos enters the decoder ([`Model::forward_embedded`]; [`crate::vision`] builds
+/// the parts).
+#[derive(Clone, Copy, Debug)]
+pub struct EmbeddedInput<'a> {
+    pub tokens: &'a [u32],
+    /// One `(t, h, w)` position per token (`get_rope_index`).
+    pub positions: &'a [Position3],
+    /// At most one entry per placeholder token; each must bring exactly one row per occurrence.
+    pub injections: &'a [Injection<'a>],
+    /// [`SessionState::rope_delta`] once the input is consumed: a text token that follows takes
+    /// position `len + rope_delta`.
+    pub rope_delta: i64,
 }
 
 /// Tensor lookup for one decoder layer.
@@ -297,19 +334,75 @@ impl Model {
             self.run_one(state, &tokens[start..end]);
             start = end;
         }
-        let vocab = self.vocab_size();
-        if logits == Logits::None || tokens.is_empty() {
+        Ok(self.last_logits(state, tokens.len(), logits))
+    }
+
+    /// [`forward`](Self::forward) for a prompt whose placeholder tokens take given embedding
+    /// rows (images, videos) and whose tokens sit at given M-RoPE positions. Long inputs are
+    /// prefilled in the same pieces as by `forward`, positions and rows sliced to each piece.
+    /// Afterwards the state decodes at `len + input.rope_delta`. Everything is checked before
+    /// the state is touched.
+    pub fn forward_embedded<'s>(
+        &self,
+        state: &'s mut SessionState,
+        input: &EmbeddedInput<'_>,
+        logits: Logits,
+    ) -> Result<&'s [f32]> {
+        let tokens = input.tokens;
+        self.check_input(state, tokens)?;
+        if logits != Logits::None {
+            self.check_head()?;
+        }
+        self.check_embedded(input)?;
+        if tokens.is_empty() {
             return Ok(&[]);
         }
         let hidden = self.config.text.hidden_size;
-        let t_last = tokens.len() - (tokens.len() - 1) / PREFILL_BATCH * PREFILL_BATCH;
+        // Rows of each injection used so far.
+        let mut used = vec![0usize; input.injections.len()];
+        let mut start = 0;
+        while start < tokens.len() {
+            let end = (start + PREFILL_BATCH).min(tokens.len());
+            let piece = &tokens[start..end];
+            let mut s = std::mem::take(&mut state.scratch);
+            // inputs_embeds = embed_tokens(input_ids), then masked_scatter of the features
+            let h = grow(&mut s.hidden, piece.len() * hidden);
+            for (row, &id) in h.chunks_exact_mut(hidden).zip(piece) {
+                match input.injections.iter().position(|inj| inj.token == id) {
+                    Some(j) => {
+                        let r = used[j];
+                        row.copy_from_slice(&input.injections[j].rows[r * hidden..(r + 1) * hidden]);
+                        used[j] += 1;
+                    }
+                    None => self.embed_tokens.row(id as usize, row),
+                }
+            }
+            s.positions.clear();
+            s.positions.extend_from_slice(&input.positions[start..end]);
+            self.run_stack(&mut [&mut *state], std::iter::once(piece.len()), &mut s, true);
+            state.scratch = s;
+            start = end;
+        }
+        state.rope_delta = input.rope_delta;
+        Ok(self.last_logits(state, tokens.len(), logits))
+    }
+
+    /// The logits of the last of `n` tokens just fed in pieces of `PREFILL_BATCH` (its hidden
+    /// row is in the last piece's output), or nothing for [`Logits::None`].
+    fn last_logits<'s>(&self, state: &'s mut SessionState, n: usize, logits: Logits) -> &'s [f32] {
+        let vocab = self.vocab_size();
+        if logits == Logits::None || n == 0 {
+            return &[];
+        }
+        let hidden = self.config.text.hidden_size;
+        let t_last = n - (n - 1) / PREFILL_BATCH * PREFILL_BATCH;
         let s = &mut state.scratch;
         let last = &s.hidden[(t_last - 1) * hidden..t_last * hidden];
         let normed = grow(&mut s.normed, hidden);
         k::rms_norm(last, &self.norm, self.config.text.rms_norm_eps as f32, normed);
         let out = grow(&mut s.logits, vocab);
         self.lm_head().forward(normed, 1, out);
-        Ok(&state.scratch.logits[..vocab])
+        &state.scratch.logits[..vocab]
     }
 
     /// Feeds `tokens` and hands the logits of every position to `sink(position_in_tokens, logits)`,
@@ -491,6 +584,33 @@ impl Model {
         Ok(())
     }
 
+    /// Checks what [`forward_embedded`](Self::forward_embedded) needs beyond the token ids: a
+    /// position per token and exactly one row per occurrence of each injected token.
+    fn check_embedded(&self, input: &EmbeddedInput<'_>) -> Result<()> {
+        let hidden = self.config.text.hidden_size;
+        if input.positions.len() != input.tokens.len() {
+            return Err(Error::InvalidInput(format!(
+                "{} positions for {} tokens",
+                input.positions.len(),
+                input.tokens.len()
+            )));
+        }
+        for (j, inj) in input.injections.iter().enumerate() {
+            if input.injections[..j].iter().any(|other| other.token == inj.token) {
+                return Err(Error::InvalidInput(format!("token {} is injected twice", inj.token)));
+            }
+            let occurrences = input.tokens.iter().filter(|&&id| id == inj.token).count();
+            if inj.rows.len() != occurrences * hidden {
+                return Err(Error::InvalidInput(format!(
+                    "{} values injected for token {}, but it occurs {occurrences} times and rows have {hidden} values",
+                    inj.rows.len(),
+                    inj.token
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Runs one piece of a single sequence through every layer with the state's own scratch.
     fn run_one(&self, state: &mut SessionState, tokens: &[u32]) {
         let mut scratch = std::mem::take(&mut state.scratch);
@@ -512,18 +632,35 @@ impl Model {
     ) {
         let t: usize = inputs.iter().map(|i| i.len()).sum();
         let hidden_size = self.config.text.hidden_size;
-        let eps = self.config.text.rms_norm_eps as f32;
 
         // inputs_embeds = self.embed_tokens(input_ids)
         let h = grow(&mut s.hidden, t * hidden_size);
         for (row, &id) in h.chunks_exact_mut(hidden_size).zip(inputs.iter().flat_map(|i| i.iter())) {
             self.embed_tokens.row(id as usize, row);
         }
-        // Text positions: every M-RoPE axis carries the token index.
+        // Text positions: every M-RoPE axis carries the token index, shifted by the state's
+        // rope delta (0 unless an image came before: position_ids = arange(len) + rope_deltas).
         s.positions.clear();
         for (state, input) in states.iter().zip(inputs) {
-            s.positions.extend((0..input.len()).map(|i| [(state.len + i) as i64; 3]));
+            let first = state.len as i64 + state.rope_delta;
+            s.positions.extend((0..input.len() as i64).map(|i| [first + i; 3]));
         }
+        self.run_stack(states, inputs.iter().map(|i| i.len()), s, keep_cache);
+    }
+
+    /// The decoder layers over rows already embedded in `s.hidden` at `s.positions`: the `i`-th
+    /// length of `lens` is how many of the next rows continue `states[i]`. See
+    /// [`run_layers`](Self::run_layers).
+    fn run_stack(
+        &self,
+        states: &mut [&mut SessionState],
+        lens: impl Iterator<Item = usize> + Clone,
+        s: &mut Scratch,
+        keep_cache: bool,
+    ) {
+        let t: usize = lens.clone().sum();
+        let hidden_size = self.config.text.hidden_size;
+        let eps = self.config.text.rms_norm_eps as f32;
 
         for (l, layer) in self.layers.iter().enumerate() {
             let normed = grow(&mut s.normed, t * hidden_size);
@@ -534,8 +671,8 @@ impl Model {
                 k::rms_norm(x, &layer.input_layernorm, eps, y);
             }
             let mixed = grow(&mut s.mixed, t * hidden_size);
-            let sequences = states.iter_mut().zip(inputs).scan(0, |row, (state, input)| {
-                let rows = *row..*row + input.len();
+            let sequences = states.iter_mut().zip(lens.clone()).scan(0, |row, (state, len)| {
+                let rows = *row..*row + len;
                 *row = rows.end;
                 Some((rows, &mut state.layers[l]))
             });
@@ -581,8 +718,8 @@ impl Model {
             layer.mlp.down_proj.forward(gate, t, mixed);
             k::add_assign(h, mixed);
         }
-        for (state, input) in states.iter_mut().zip(inputs) {
-            state.len += input.len();
+        for (state, len) in states.iter_mut().zip(lens) {
+            state.len += len;
         }
     }
 }

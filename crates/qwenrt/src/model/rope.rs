@@ -2,8 +2,8 @@
 //!
 //! Only the first `rotary_dim` dimensions of each head rotate, in the NeoX "half" layout. Each
 //! frequency index follows one of three position axes (time, height, width), interleaved as
-//! T H W T H W …; for text all three axes carry the token index, which reduces this to ordinary
-//! RoPE.
+//! T H W T H W …; for text all three axes carry the same position (the token index, shifted by
+//! the state's rope delta after an image), which reduces this to ordinary RoPE.
 
 use crate::config::ModelConfig;
 

@@ -19,6 +19,10 @@ pub struct SessionState {
     pub(crate) layers: Vec<LayerCache>,
     /// Tokens consumed so far.
     pub(crate) len: usize,
+    /// M-RoPE offset of the next text token: it sits at position `len + rope_delta` on all three
+    /// axes. 0 for text; after an image, negative (a merged image of `n` tokens spans fewer
+    /// positions than tokens, see `vision::rope_index`).
+    pub(crate) rope_delta: i64,
     pub(crate) max_len: usize,
     pub(crate) scratch: super::Scratch,
 }
@@ -28,6 +32,7 @@ pub struct SessionState {
 pub struct Snapshot {
     layers: Vec<LayerCache>,
     len: usize,
+    rope_delta: i64,
 }
 
 impl SessionState {
@@ -47,7 +52,7 @@ impl SessionState {
                 LayerType::FullAttention => LayerCache::Attention { keys: Vec::new(), values: Vec::new() },
             })
             .collect();
-        SessionState { layers, len: 0, max_len, scratch: Default::default() }
+        SessionState { layers, len: 0, rope_delta: 0, max_len, scratch: Default::default() }
     }
 
     /// Number of tokens the state has consumed.
@@ -59,6 +64,12 @@ impl SessionState {
         self.len == 0
     }
 
+    /// The M-RoPE offset of the next token: a text token fed now takes position
+    /// `len() + rope_delta()` on every axis (0 unless the state has seen an image or video).
+    pub fn rope_delta(&self) -> i64 {
+        self.rope_delta
+    }
+
     /// The most tokens this state accepts (the model's context unless limited at creation).
     pub fn max_len(&self) -> usize {
         self.max_len
@@ -67,6 +78,7 @@ impl SessionState {
     /// Forgets the conversation, keeping allocated memory.
     pub fn reset(&mut self) {
         self.len = 0;
+        self.rope_delta = 0;
         for layer in &mut self.layers {
             match layer {
                 LayerCache::DeltaNet { conv, ssm } => {
@@ -82,7 +94,7 @@ impl SessionState {
     }
 
     pub fn snapshot(&self) -> Snapshot {
-        Snapshot { layers: self.layers.clone(), len: self.len }
+        Snapshot { layers: self.layers.clone(), len: self.len, rope_delta: self.rope_delta }
     }
 
     /// Returns to a snapshot taken from a state of the same model; a snapshot of another model
@@ -103,6 +115,7 @@ impl SessionState {
         }
         self.layers.clone_from(&snapshot.layers);
         self.len = snapshot.len;
+        self.rope_delta = snapshot.rope_delta;
         Ok(())
     }
 
@@ -120,6 +133,11 @@ impl SessionState {
 impl Snapshot {
     pub fn len(&self) -> usize {
         self.len
+    }
+
+    /// The state's [`SessionState::rope_delta`] when the snapshot was taken.
+    pub fn rope_delta(&self) -> i64 {
+        self.rope_delta
     }
 
     /// Bytes the snapshot holds.

@@ -17,21 +17,31 @@
 //!
 //! The decoder then embeds the expanded ids, replaces the rows of image tokens by the image
 //! embeddings in order (and video tokens by the video embeddings), and runs its layers at these
-//! positions.
+//! positions ([`crate::Model::forward_embedded`]).
+//!
+//! For chat, [`ImageInput`] / [`VideoInput`] are what messages carry
+//! ([`crate::chat::ContentPart::Image`]), [`Vision`] is a model folder's vision side (loaded by
+//! [`crate::LanguageModel`]), and [`Prompt`] ties the steps together: rendered chat text and
+//! attachments in, expanded ids and positions out, the tower's embeddings only for the part of
+//! the prompt no saved state holds ([`Vision::encode`], [`Prompt::piece`]).
 
 pub mod config;
+pub mod media;
 pub mod positions;
 pub mod preprocess;
+pub mod prompt;
 pub mod tower;
 
 pub use config::{
     ImagePreprocessorConfig, VideoPreprocessorConfig, VisionConfig, VisionModelConfig, VisionTokens,
 };
+pub use media::{ImageInput, VideoInput};
 pub use positions::{
     expand_prompt_ids, expand_prompt_text, rope_index, token_count, RopeIndex, VideoPlaceholder,
 };
 pub use preprocess::{
     decode_image, load_image, load_video, GridThw, ImagePreprocessor, ProcessedImage, ProcessedVideo,
-    RgbImage, VideoFrames, VideoPreprocessor,
+    RgbImage, VideoFrames, VideoPlan, VideoPreprocessor, DEFAULT_MAX_INPUT_PIXELS,
 };
+pub use prompt::{message_media, EncodedMedia, Prompt, PromptPiece, Vision};
 pub use tower::VisionTower;

@@ -474,11 +474,20 @@ impl ImagePreprocessor {
         self.patchify(&self.resize(image)?)
     }
 
+    /// The patch grid [`preprocess`](Self::preprocess) gives an image of this size, from the size
+    /// alone: what the prompt's placeholders and positions need.
+    pub fn grid(&self, height: usize, width: usize) -> Result<GridThw> {
+        let (h, w) = self.target_size(height, width)?;
+        check_multiple(w, h, self.factor())?;
+        // One temporal patch: the image fills each of its frames.
+        Ok((1, h / self.config.patch_size, w / self.config.patch_size))
+    }
+
     /// Normalises an already resized image (sides multiples of `patch_size * merge_size`) and
     /// lays out its patch rows.
     pub fn patchify(&self, resized: &RgbImage) -> Result<ProcessedImage> {
         let c = &self.config;
-        check_multiple(resized, self.factor())?;
+        check_multiple(resized.width, resized.height, self.factor())?;
         let normalizer =
             Normalizer::new(c.image_mean, c.image_std, c.rescale_factor, c.do_rescale, c.do_normalize);
         // An image fills every frame of its temporal patch.
@@ -576,6 +585,19 @@ pub struct ProcessedVideo {
     pub timestamps: Vec<f64>,
 }
 
+/// How a video will be preprocessed ([`VideoPreprocessor::plan`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct VideoPlan {
+    /// The frames of the source that are sampled.
+    pub frame_indices: Vec<usize>,
+    /// The size every sampled frame is resized to.
+    pub height: usize,
+    pub width: usize,
+    pub grid: GridThw,
+    /// Seconds into the video of each temporal patch.
+    pub timestamps: Vec<f64>,
+}
+
 /// transformers' `Qwen3VLVideoProcessor` (`video_preprocessor_config.json`).
 #[derive(Clone, Debug)]
 pub struct VideoPreprocessor {
@@ -603,7 +625,10 @@ impl VideoPreprocessor {
         linspace_rounded(total_frames.saturating_sub(1), count)
     }
 
-    pub fn preprocess(&self, video: &VideoFrames) -> Result<ProcessedVideo> {
+    /// What [`preprocess`](Self::preprocess) will make of a video, from its frame count, size and
+    /// rate alone (no pixel is touched): the sampled frames, the size they are resized to, the
+    /// grid and the timestamps. Checks the frames as `preprocess` does.
+    pub fn plan(&self, video: &VideoFrames) -> Result<VideoPlan> {
         let c = &self.config;
         let first = video.frames.first().ok_or_else(|| invalid("the video has no frames".into()))?;
         if !(video.fps > 0.0 && video.fps.is_finite()) {
@@ -638,22 +663,30 @@ impl VideoPreprocessor {
         } else {
             (first.height, first.width)
         };
-        let resized: Vec<RgbImage> =
-            frame_indices.par_iter().map(|&i| resize_bicubic(&video.frames[i], height, width)).collect();
-        let (pixel_values, grid) = self.patchify(&resized)?;
+        check_multiple(width, height, factor)?;
         // Timestamps of the padded frames, as `_calculate_timestamps` pads the sampled indices.
         let mut padded_indices = frame_indices.clone();
         while !padded_indices.len().is_multiple_of(c.temporal_patch_size) {
             padded_indices.push(*padded_indices.last().expect("at least one frame"));
         }
         // `_calculate_timestamps`: the mean time of the first and last frame of each temporal patch.
-        let timestamps = padded_indices
+        let timestamps: Vec<f64> = padded_indices
             .chunks(c.temporal_patch_size)
             .map(|group| {
                 let (a, b) = (group[0] as f64 / video.fps, group[group.len() - 1] as f64 / video.fps);
                 (a + b) / 2.0
             })
             .collect();
+        let grid = (timestamps.len(), height / c.patch_size, width / c.patch_size);
+        Ok(VideoPlan { frame_indices, height, width, grid, timestamps })
+    }
+
+    pub fn preprocess(&self, video: &VideoFrames) -> Result<ProcessedVideo> {
+        let VideoPlan { frame_indices, height, width, grid, timestamps } = self.plan(video)?;
+        let resized: Vec<RgbImage> =
+            frame_indices.par_iter().map(|&i| resize_bicubic(&video.frames[i], height, width)).collect();
+        let (pixel_values, patched) = self.patchify(&resized)?;
+        debug_assert_eq!(patched, grid, "the plan and the patches agree");
         Ok(ProcessedVideo { pixel_values, grid, frame_indices, timestamps })
     }
 
@@ -663,7 +696,7 @@ impl VideoPreprocessor {
     pub fn patchify(&self, resized: &[RgbImage]) -> Result<(Vec<f32>, GridThw)> {
         let c = &self.config;
         let first = resized.first().ok_or_else(|| invalid("the video has no frames".into()))?;
-        check_multiple(first, c.patch_size * c.merge_size)?;
+        check_multiple(first.width, first.height, c.patch_size * c.merge_size)?;
         if let Some(i) = resized.iter().position(|f| (f.width, f.height) != (first.width, first.height)) {
             return Err(invalid(format!("resized frame {i} differs in size from frame 0")));
         }
@@ -683,16 +716,11 @@ impl VideoPreprocessor {
     }
 }
 
-fn check_multiple(image: &RgbImage, factor: usize) -> Result<()> {
-    if image.width == 0
-        || image.height == 0
-        || !image.width.is_multiple_of(factor)
-        || !image.height.is_multiple_of(factor)
-    {
+fn check_multiple(width: usize, height: usize, factor: usize) -> Result<()> {
+    if width == 0 || height == 0 || !width.is_multiple_of(factor) || !height.is_multiple_of(factor) {
         return Err(invalid(format!(
-            "a {}x{} image cannot be cut into patches: both sides must be positive multiples of {factor} \
-             (patch_size * merge_size); is do_resize false?",
-            image.width, image.height
+            "a {width}x{height} image cannot be cut into patches: both sides must be positive multiples of {factor} \
+             (patch_size * merge_size); is do_resize false?"
         )));
     }
     Ok(())
