@@ -28,6 +28,6 @@ cmake -S "$LLAMA_DIR/src" -B "$LLAMA_DIR/build" -DCMAKE_BUILD_TYPE=Release \
     -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_UI=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_CURL=OFF \
     -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON \
     -DBUILD_SHARED_LIBS=OFF > "$LLAMA_DIR/cmake.log"
-cmake --build "$LLAMA_DIR/build" -j "$JOBS" --target llama-bench llama-quantize llama-embedding llama-cli \
+cmake --build "$LLAMA_DIR/build" -j "$JOBS" --target llama-bench llama-quantize llama-embedding llama-cli llama-mtmd-cli \
     > "$LLAMA_DIR/build.log"
 echo "built: $LLAMA_DIR/build/bin"

@@ -39,6 +39,10 @@ pub struct BenchArgs {
     /// Print JSON lines instead of a table.
     #[arg(long)]
     json: bool,
+    /// Also time the vision tower on a synthetic image of each size (WIDTHxHEIGHT,
+    /// comma-separated): preprocessing and encoding, at the weight precision.
+    #[arg(long, value_delimiter = ',', value_name = "WxH")]
+    image_size: Vec<String>,
     /// Also measure quality: logit cosine and top-1 agreement with the f32 model over this many
     /// prompt positions (loads the f32 model too).
     #[arg(long, value_name = "TOKENS")]
@@ -220,6 +224,9 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             extra: serde_json::json!({ "bytes_per_token": bytes_per_token }),
         });
     }
+    if !args.image_size.is_empty() {
+        rows.extend(vision_rows(&dir, &args)?);
+    }
     // Peak memory is read before the bandwidth probe allocates its buffer.
     let rss = peak_rss();
     if args.n_gen > 0 && !args.ctx.is_empty() && !embedding_model {
@@ -298,6 +305,15 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             );
             continue;
         }
+        if let Some(secs) = row.extra.get("encode_seconds") {
+            println!(
+                "| {name} | {dtype} | {threads} | {} | {:.2} | encode {:.2} s per image |",
+                row.test,
+                row.tokens_per_second,
+                secs.as_f64().unwrap_or(0.0)
+            );
+            continue;
+        }
         let note = match row.extra.get("fraction_of_bound") {
             Some(f) => format!(
                 "{:.0} % of the {:.1} t/s bandwidth bound ({:.2} GB/token at {:.1} GB/s)",
@@ -323,6 +339,43 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         qwenrt_isa()
     );
     Ok(())
+}
+
+/// Vision encode time per image size: preprocessing (resize, normalise, patches) and the tower.
+fn vision_rows(dir: &std::path::Path, args: &BenchArgs) -> Result<Vec<Row>> {
+    use qwenrt::vision::{ImagePreprocessor, RgbImage, VisionTower};
+    let tower = VisionTower::load_dir(dir, args.dtype.weight_dtype())
+        .with_context(|| format!("loading the vision tower of {}", dir.display()))?;
+    let preprocessor = ImagePreprocessor::from_dir(dir)?;
+    let mut rows = Vec::new();
+    for size in &args.image_size {
+        let (w, h) = size
+            .split_once('x')
+            .and_then(|(w, h)| Some((w.parse::<usize>().ok()?, h.parse::<usize>().ok()?)))
+            .with_context(|| format!("--image-size {size}: expected WIDTHxHEIGHT, e.g. 448x448"))?;
+        // A smooth pattern with some texture: the content does not change the work.
+        let data = (0..w * h * 3).map(|i| ((i * 7 + i / (3 * w) * 13) % 251) as u8).collect();
+        let image = RgbImage { width: w, height: h, data };
+        let mut seconds = Vec::new();
+        let mut tokens = 0;
+        for _ in 0..args.reps {
+            let t0 = Instant::now();
+            let processed = preprocessor.preprocess(&image)?;
+            let out = tower.encode(&processed.pixel_values, &[processed.grid])?;
+            seconds.push(t0.elapsed().as_secs_f64());
+            tokens = out.len() / tower.out_hidden();
+        }
+        let spread =
+            seconds.iter().cloned().fold(0.0, f64::max) - seconds.iter().cloned().fold(f64::MAX, f64::min);
+        let secs = median(&mut seconds);
+        rows.push(Row {
+            test: format!("vision {w}x{h} ({tokens} image tokens)"),
+            tokens_per_second: tokens as f64 / secs,
+            spread: spread * tokens as f64 / (secs * secs),
+            extra: serde_json::json!({ "encode_seconds": secs, "image_tokens": tokens }),
+        });
+    }
+    Ok(rows)
 }
 
 /// Embedding throughput for texts of `len` tokens, batched as the embedder batches them (texts
