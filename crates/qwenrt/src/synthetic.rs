@@ -4,7 +4,8 @@
 //! qwenrt and other engines (after their own conversion) run the very same weights:
 //!
 //! * `qwen3.5-0.8b`: the published `config.json`, every tensor of the published checkpoint
-//!   (decoder, vision tower, MTP head) in bf16, the chat template and `generation_config.json`;
+//!   (decoder, vision tower, MTP head) in bf16, the chat template, `generation_config.json` and
+//!   the image and video preprocessor configs;
 //! * `qwen3-embedding-0.6b`: the sentence-transformers folder of Qwen3-Embedding-0.6B (config,
 //!   modules, last-token pooling, query prompt) with every tensor in bf16.
 //!
@@ -19,6 +20,8 @@ use crate::error::{Error, Result};
 
 const CONFIG_0_8B: &str = include_str!("../../../fixtures/config/qwen3_5-0.8b.json");
 const TENSORS_0_8B: &str = include_str!("../../../fixtures/config/qwen3_5-0.8b.tensors.tsv");
+const PREPROCESSOR_CONFIG: &str = include_str!("../../../fixtures/vision/preprocessor_config.json");
+const VIDEO_PREPROCESSOR_CONFIG: &str = include_str!("../../../fixtures/vision/video_preprocessor_config.json");
 const CHAT_TEMPLATE: &str = include_str!("../../../fixtures/chat/qwen3_5/chat_template.jinja");
 const GENERATION_CONFIG: &str = r#"{"bos_token_id": 248044, "do_sample": true, "eos_token_id": [248046, 248044], "pad_token_id": 248044, "temperature": 1.0, "top_k": 20, "top_p": 0.95}"#;
 
@@ -106,6 +109,8 @@ pub fn write_synthetic_model(dir: &Path, preset: &str, seed: u64) -> Result<()> 
                 ("config.json", CONFIG_0_8B),
                 ("generation_config.json", GENERATION_CONFIG),
                 ("chat_template.jinja", CHAT_TEMPLATE),
+                ("preprocessor_config.json", PREPROCESSOR_CONFIG),
+                ("video_preprocessor_config.json", VIDEO_PREPROCESSOR_CONFIG),
                 (
                     "tokenizer_config.json",
                     r#"{"tokenizer_class": "Qwen2Tokenizer", "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}"#,
