@@ -65,9 +65,10 @@ def main() -> int:
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--dtype", default="int8")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--binary", type=Path, default=ROOT / "target/release/qwenrt")
     args = ap.parse_args()
 
-    binary = ROOT / "target/release/qwenrt"
+    binary = args.binary
     server = subprocess.Popen(
         [str(binary), "serve", "--model", str(args.model), "--dtype", args.dtype, "--port", "0",
          "--parallel", str(args.streams), "--threads", str(args.threads)],
