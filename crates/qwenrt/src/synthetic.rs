@@ -21,7 +21,8 @@ use crate::error::{Error, Result};
 const CONFIG_0_8B: &str = include_str!("../../../fixtures/config/qwen3_5-0.8b.json");
 const TENSORS_0_8B: &str = include_str!("../../../fixtures/config/qwen3_5-0.8b.tensors.tsv");
 const PREPROCESSOR_CONFIG: &str = include_str!("../../../fixtures/vision/preprocessor_config.json");
-const VIDEO_PREPROCESSOR_CONFIG: &str = include_str!("../../../fixtures/vision/video_preprocessor_config.json");
+const VIDEO_PREPROCESSOR_CONFIG: &str =
+    include_str!("../../../fixtures/vision/video_preprocessor_config.json");
 const CHAT_TEMPLATE: &str = include_str!("../../../fixtures/chat/qwen3_5/chat_template.jinja");
 const GENERATION_CONFIG: &str = r#"{"bos_token_id": 248044, "do_sample": true, "eos_token_id": [248046, 248044], "pad_token_id": 248044, "temperature": 1.0, "top_k": 20, "top_p": 0.95}"#;
 
