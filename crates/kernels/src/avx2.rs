@@ -1,8 +1,11 @@
 //! AVX2 + FMA + F16C twins of the scalar matrix kernels. Every function here is `unsafe` and
 //! must only be called after [`crate::Isa::detect`] found these features.
 //!
-//! Each kernel computes the dot products of one weight row with `M` activation rows at once
-//! (M = 1 for decode, 4 for prefill), so every weight load feeds `M` multiply-adds.
+//! The row kernels here compute the dot products of one weight row with `M` activation rows at
+//! once (M = 1 for decode, up to 8 for small batches), so every weight load feeds `M`
+//! multiply-adds; prompts (many tokens) go to the blocked kernels of [`gemm`].
+
+pub mod gemm;
 
 use std::arch::x86_64::*;
 
@@ -403,10 +406,11 @@ pub unsafe fn quantize_act(x: &[f32], out: &mut [BlockQ8Act]) {
         let d = amax / 127.0;
         let inv = _mm256_set1_ps(if d == 0.0 { 0.0 } else { 1.0 / d });
         b.d = d;
-        for (j, vi) in v.iter().enumerate() {
+        let mut levels = [_mm256_setzero_si256(); 4];
+        for (level, vi) in levels.iter_mut().zip(v) {
             // C's roundf (half away from zero), which the scalar twin uses: round to nearest
             // even, then move exact halves away from zero (s ± 0.5 is exact for |s| <= 127).
-            let s = _mm256_mul_ps(*vi, inv);
+            let s = _mm256_mul_ps(vi, inv);
             let r = _mm256_round_ps(s, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
             let is_half = _mm256_cmp_ps(
                 _mm256_andnot_ps(sign_mask, _mm256_sub_ps(s, r)),
@@ -414,13 +418,14 @@ pub unsafe fn quantize_act(x: &[f32], out: &mut [BlockQ8Act]) {
                 _CMP_EQ_OQ,
             );
             let away = _mm256_add_ps(s, _mm256_or_ps(_mm256_and_ps(s, sign_mask), _mm256_set1_ps(0.5)));
-            let r = _mm256_blendv_ps(r, away, is_half);
-            let i = _mm256_cvtps_epi32(r);
-            let mut lanes = [0i32; 8];
-            _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, i);
-            for (l, q) in lanes.iter().zip(&mut b.qs[j * 8..j * 8 + 8]) {
-                *q = *l as i8;
-            }
+            *level = _mm256_cvtps_epi32(_mm256_blendv_ps(r, away, is_half));
         }
+        // Narrow 4 × 8 i32 (all within ±127, so the saturating packs are exact) to 32 i8. The
+        // packs work within 128-bit halves, leaving 4-value groups in the order 0, 2, 4, 6,
+        // 1, 3, 5, 7 of the wanted one; a cross-lane permute puts them back.
+        let words = [_mm256_packs_epi32(levels[0], levels[1]), _mm256_packs_epi32(levels[2], levels[3])];
+        let bytes = _mm256_packs_epi16(words[0], words[1]);
+        let ordered = _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256(b.qs.as_mut_ptr() as *mut __m256i, ordered);
     }
 }

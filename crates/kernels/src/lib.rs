@@ -11,6 +11,8 @@
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "x86_64")]
+use avx2::gemm as avx2_gemm;
 pub mod quant;
 pub mod scalar;
 
@@ -128,6 +130,19 @@ thread_local! {
     static ACT: RefCell<Vec<BlockQ8Act>> = const { RefCell::new(Vec::new()) };
 }
 
+/// Products over at least this many tokens (prefill) run the blocked, packed kernels of
+/// `avx2::gemm`; fewer tokens (decode, small batches) are bound by reading the weights, which
+/// the row kernels of `avx2` do without a packing pass. Where the two cross over depends on how
+/// much the blocked kernel gains per token (measured with the `gemm_bench` example at k = 1024,
+/// n = 3584): for Q4 it is already ahead at 4 tokens, for Q8 at 8, for float weights at 16.
+fn gemm_min_tokens(w: &Weights) -> usize {
+    match w {
+        Weights::Float(..) => 16,
+        Weights::Q8(_) => 8,
+        Weights::Q4(_) => 4,
+    }
+}
+
 /// `out[t, n] = x[t, k] @ w.T`, on all threads, with the best instruction set.
 pub fn matmul(x: &[f32], w: Weights, out: &mut [f32], t: usize, k: usize, n: usize) {
     matmul_with(Isa::detect(), x, w, out, t, k, n)
@@ -216,7 +231,9 @@ fn run_rows(
     } else {
         1
     };
-    let rows_per_task = n.div_ceil(tasks).next_multiple_of(4).max(4);
+    // Whole micro-tiles of the blocked kernels (16 rows), or of the row kernels (4).
+    let granule = if t >= gemm_min_tokens(&w) { 16 } else { 4 };
+    let rows_per_task = n.div_ceil(tasks).next_multiple_of(granule).max(granule);
     let ptr = OutPtr(out.as_mut_ptr());
     let job = |r0: usize| {
         let rows = r0..(r0 + rows_per_task).min(n);
@@ -245,6 +262,20 @@ unsafe fn rows_kernel(
     rows: std::ops::Range<usize>,
 ) {
     match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 if t >= gemm_min_tokens(&w) => match w {
+            Weights::Float(bytes, FloatFormat::F32) => {
+                avx2_gemm::matmul_float::<avx2::F32>(x, bytes, out.0, t, k, n, rows)
+            }
+            Weights::Float(bytes, FloatFormat::Bf16) => {
+                avx2_gemm::matmul_float::<avx2::Bf16>(x, bytes, out.0, t, k, n, rows)
+            }
+            Weights::Float(bytes, FloatFormat::F16) => {
+                avx2_gemm::matmul_float::<avx2::F16>(x, bytes, out.0, t, k, n, rows)
+            }
+            Weights::Q8(blocks) => avx2_gemm::matmul_q8(act, blocks, out.0, t, k, n, rows),
+            Weights::Q4(blocks) => avx2_gemm::matmul_q4(act, blocks, out.0, t, k, n, rows),
+        },
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => match w {
             Weights::Float(bytes, FloatFormat::F32) => {

@@ -1,7 +1,7 @@
 //! Every SIMD kernel equals its scalar twin (to rounding) on odd shapes and tails.
 
 use qwenrt_kernels::quant::{quantize_q4, quantize_q8, BlockQ8Act, QK};
-use qwenrt_kernels::{matmul_with, quantize_act, FloatFormat, Isa, Weights};
+use qwenrt_kernels::{matmul_f32_local, matmul_with, quantize_act, FloatFormat, Isa, Weights};
 
 fn data(n: usize, seed: u64) -> Vec<f32> {
     let mut s = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
@@ -36,27 +36,59 @@ fn encode(w: &[f32], format: FloatFormat) -> Vec<u8> {
     }
 }
 
+/// Shapes for the row kernels (few tokens) and the blocked kernels (16 tokens or more): tokens
+/// not a multiple of the micro-tile (6 float, 4 quantized), rows not a multiple of the 16-row
+/// strip nor of the 128-row packed block, `k` with a tail after the last whole vector and
+/// spanning several packed `k` ranges (256 floats, 8 quantization blocks).
+const FLOAT_SHAPES: &[(usize, usize, usize)] = &[
+    (1, 1, 1),
+    (1, 7, 5),
+    (2, 8, 3),
+    (3, 17, 13),
+    (4, 33, 9),
+    (5, 100, 7),
+    (7, 257, 70),
+    (9, 1024, 33),
+    (15, 64, 40),
+    (16, 0, 3),
+    (16, 1, 1),
+    (16, 9, 17),
+    (17, 300, 129),
+    (23, 513, 31),
+    (37, 256, 16),
+    (64, 64, 130),
+    (101, 37, 300),
+];
+
+const QUANT_SHAPES: &[(usize, usize, usize)] = &[
+    (1, 32, 1),
+    (1, 64, 5),
+    (3, 96, 13),
+    (4, 320, 9),
+    (6, 1024, 37),
+    (9, 128, 70),
+    (15, 64, 40),
+    (16, 0, 3),
+    (16, 32, 1),
+    (17, 288, 129),
+    (18, 544, 31),
+    (23, 256, 16),
+    (64, 96, 130),
+    (101, 320, 300),
+];
+
 #[test]
 fn float_matmul_simd_equals_scalar() {
     let Some(isa) = simd() else { return eprintln!("no SIMD on this CPU: nothing to compare") };
     for format in [FloatFormat::F32, FloatFormat::Bf16, FloatFormat::F16] {
-        for &(t, k, n) in &[
-            (1, 1, 1),
-            (1, 7, 5),
-            (2, 8, 3),
-            (3, 17, 13),
-            (4, 33, 9),
-            (5, 100, 7),
-            (7, 257, 70),
-            (9, 1024, 33),
-        ] {
+        for &(t, k, n) in FLOAT_SHAPES {
             let x = data(t * k, (t * 31 + k) as u64);
             let w = encode(&data(n * k, (n * 17 + k) as u64), format);
             // Misaligned storage, as a memory-mapped tensor may be.
             let mut shifted = vec![0u8; w.len() + 1];
             shifted[1..].copy_from_slice(&w);
             let w = &shifted[1..];
-            let mut got = vec![0.0; t * n];
+            let mut got = vec![f32::NAN; t * n];
             let mut want = vec![0.0; t * n];
             matmul_with(isa, &x, Weights::Float(w, format), &mut got, t, k, n);
             matmul_with(Isa::Scalar, &x, Weights::Float(w, format), &mut want, t, k, n);
@@ -66,19 +98,100 @@ fn float_matmul_simd_equals_scalar() {
 }
 
 #[test]
+fn local_f32_matmul_equals_scalar() {
+    for &(t, k, n) in FLOAT_SHAPES {
+        let x = data(t * k, (t * 5 + k) as u64);
+        let w = data(n * k, (n * 11 + k) as u64);
+        let mut got = vec![f32::NAN; t * n];
+        let mut want = vec![0.0; t * n];
+        matmul_f32_local(&x, &w, &mut got, t, k, n);
+        qwenrt_kernels::matmul_f32(&x, &w, &mut want, t, k, n);
+        assert_close(&got, &want, k, &format!("local t={t} k={k} n={n}"));
+    }
+}
+
+#[test]
+fn blocked_float_matmul_handles_subnormals_and_nan() {
+    let Some(isa) = simd() else { return eprintln!("no SIMD on this CPU: nothing to compare") };
+    let (t, k, n) = (20, 70, 24);
+    let mut x = data(t * k, 5);
+    let w = data(n * k, 6);
+    // Row 0: subnormal activations (the blocked kernel counts them as zero; the products they
+    // would add are below 1e-38). Row 1: tiny normals whose products underflow. Row 2: a NaN.
+    for v in &mut x[..k] {
+        *v *= 1e-39;
+    }
+    for v in &mut x[k..2 * k] {
+        *v *= 1e-30;
+    }
+    x[2 * k + 3] = f32::NAN;
+    let bytes = encode(&w, FloatFormat::F32);
+    let mut got = vec![0.0; t * n];
+    let mut want = vec![0.0; t * n];
+    matmul_with(isa, &x, Weights::Float(&bytes, FloatFormat::F32), &mut got, t, k, n);
+    matmul_with(Isa::Scalar, &x, Weights::Float(&bytes, FloatFormat::F32), &mut want, t, k, n);
+    assert!(got[..2 * n].iter().all(|v| v.abs() < 1e-28), "tiny rows stay tiny");
+    assert!(got[2 * n..3 * n].iter().all(|v| v.is_nan()), "NaN propagates");
+    assert_close(&got[3 * n..], &want[3 * n..], k, "rows after the special ones");
+    // The product ran on this thread (it is too small to split) and left its float mode as it was.
+    let half_min = std::hint::black_box(f32::MIN_POSITIVE) / 2.0;
+    assert!(half_min > 0.0, "subnormal results are flushed after the product");
+}
+
+#[test]
 fn quantized_matmul_simd_equals_scalar() {
     let Some(isa) = simd() else { return eprintln!("no SIMD on this CPU: nothing to compare") };
-    for &(t, k, n) in &[(1, 32, 1), (1, 64, 5), (3, 96, 13), (4, 320, 9), (6, 1024, 37), (9, 128, 70)] {
-        let x = data(t * k, (t * 7 + k) as u64);
-        let wf = data(n * k, (n * 3 + k) as u64);
+    for &(t, k, n) in QUANT_SHAPES {
+        let mut x = data(t * k, (t * 7 + k) as u64);
+        // One activation block of exact extremes (±127 after quantization) in every row (`k` is
+        // 0 or a multiple of the block).
+        for row in x.chunks_exact_mut(k.max(QK)) {
+            for (j, v) in row[..QK].iter_mut().enumerate() {
+                *v = if j % 3 == 0 { -1.0 } else { 1.0 };
+            }
+        }
+        let mut wf = data(n * k, (n * 3 + k) as u64);
+        // And weight blocks at the extremes of both formats (Q8 ±127, Q4 nibbles 0 and 15).
+        for row in wf.chunks_exact_mut(k.max(QK)) {
+            for (j, v) in row[..QK].iter_mut().enumerate() {
+                *v = if j % 2 == 0 { -1.0 } else { 1.0 };
+            }
+        }
         let q8 = quantize_q8(&wf).unwrap();
         let q4 = quantize_q4(&wf).unwrap();
         for (name, w) in [("q8", Weights::Q8(&q8)), ("q4", Weights::Q4(&q4))] {
-            let mut got = vec![0.0; t * n];
+            let mut got = vec![f32::NAN; t * n];
             let mut want = vec![0.0; t * n];
             matmul_with(isa, &x, w, &mut got, t, k, n);
             matmul_with(Isa::Scalar, &x, w, &mut want, t, k, n);
             assert_close(&got, &want, k, &format!("{name} t={t} k={k} n={n}"));
+        }
+    }
+}
+
+#[test]
+fn quantized_matmul_at_the_integer_limits_equals_scalar() {
+    let Some(isa) = simd() else { return eprintln!("no SIMD on this CPU: nothing to compare") };
+    // Weight blocks whose levels are all at the top (Q4: one -8 sets the scale, the other 31
+    // values sit at +7, nibble 15; Q8: ±127) against activations all at ±127: the largest
+    // partial sums the kernels' 16-bit steps can meet.
+    let (k, n) = (64, 19);
+    let mut wf = vec![0.875f32; n * k];
+    for block in wf.chunks_exact_mut(QK) {
+        block[0] = -1.0;
+    }
+    for t in [4, 8, 21] {
+        for sign in [1.0f32, -1.0] {
+            let x = vec![sign; t * k];
+            let q8 = quantize_q8(&wf).unwrap();
+            let q4 = quantize_q4(&wf).unwrap();
+            for (name, w) in [("q8", Weights::Q8(&q8)), ("q4", Weights::Q4(&q4))] {
+                let mut got = vec![f32::NAN; t * n];
+                let mut want = vec![0.0; t * n];
+                matmul_with(isa, &x, w, &mut got, t, k, n);
+                matmul_with(Isa::Scalar, &x, w, &mut want, t, k, n);
+                assert_close(&got, &want, k, &format!("{name} t={t} sign={sign}"));
+            }
         }
     }
 }
