@@ -127,7 +127,12 @@ unsafe fn store_tile<const T: usize>(acc: &[[__m256; 2]; T], out: *mut f32, n: u
 
 /// The accumulators a tile starts from: zero, or what earlier `k` ranges left in `out`.
 #[inline(always)]
-unsafe fn load_tile<const T: usize>(out: *const f32, n: usize, valid: usize, resume: bool) -> [[__m256; 2]; T] {
+unsafe fn load_tile<const T: usize>(
+    out: *const f32,
+    n: usize,
+    valid: usize,
+    resume: bool,
+) -> [[__m256; 2]; T] {
     let mut acc = [[_mm256_setzero_ps(); 2]; T];
     if resume {
         for (i, a) in acc.iter_mut().enumerate() {
@@ -418,7 +423,15 @@ trait QuantKernel {
 
     /// Packs rows `r0..r0 + valid` (at most 16), blocks `b0..b0 + kb`, of an `[n, nb]` block
     /// matrix into `dst` (rows past `valid` are zero).
-    unsafe fn pack(w: &[Self::Block], nb: usize, r0: usize, valid: usize, b0: usize, kb: usize, dst: *mut Unit);
+    unsafe fn pack(
+        w: &[Self::Block],
+        nb: usize,
+        r0: usize,
+        valid: usize,
+        b0: usize,
+        kb: usize,
+        dst: *mut Unit,
+    );
 
     /// Packs `tokens` rows of activation blocks (`x`: the first token's first block, row stride
     /// `nb`), `kb` blocks each, into `tile`.
