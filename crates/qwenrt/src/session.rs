@@ -618,6 +618,31 @@ impl ChatSession {
     /// [`begin`](Self::begin) for a prompt that may have images or videos. The vision tower runs
     /// here, on the attachments no saved state covers.
     pub fn begin_prompt(&mut self, full: &Prompt, params: &ChatParams) -> Result<Turn> {
+        self.start_turn(full, params, false)
+    }
+
+    /// [`begin`](Self::begin) without prefilling: the whole part of the prompt that no saved
+    /// state covers becomes the turn's pending input, fed by the following steps
+    /// ([`advance`](Self::advance), [`advance_many`](Self::advance_many)) in pieces of at most
+    /// [`Turn::set_prefill_chunk`] tokens, so that a scheduler can start a long prompt without
+    /// holding up the turns it is decoding. The state after the last assistant header is still
+    /// saved (when the session has a prompt cache): a piece ends there. The first token is
+    /// sampled after the last piece, and the reply is the one [`begin`](Self::begin) leads to
+    /// (up to float rounding, as the prompt goes through the model in other pieces).
+    pub fn begin_deferred(&mut self, prompt: &[u32], params: &ChatParams) -> Result<Turn> {
+        self.begin_prompt_deferred(&Prompt::text(prompt.to_vec()), params)
+    }
+
+    /// [`begin_deferred`](Self::begin_deferred) for a prompt that may have images or videos.
+    /// Such a prompt is not deferred: as with [`begin_prompt`](Self::begin_prompt), the tower
+    /// runs and the prompt is prefilled up to the assistant header here, and its rest goes whole
+    /// with the first step (its positions and embedding rows do not split into pieces).
+    pub fn begin_prompt_deferred(&mut self, full: &Prompt, params: &ChatParams) -> Result<Turn> {
+        self.start_turn(full, params, true)
+    }
+
+    /// Starts a turn after `full`; a deferred one leaves the prefill to the steps.
+    fn start_turn(&mut self, full: &Prompt, params: &ChatParams, deferred: bool) -> Result<Turn> {
         let start = Instant::now();
         params.validate()?;
         let prompt = full.ids();
@@ -629,6 +654,14 @@ impl ChatSession {
                 "the prompt has {} tokens but the context holds {}",
                 prompt.len(),
                 self.state.max_len()
+            )));
+        }
+        // A deferred prompt meets the model only in a step, possibly batched with other
+        // sessions' turns: a bad id there would fail them all.
+        let vocab = self.lm.model.vocab_size();
+        if let Some((i, id)) = prompt.iter().enumerate().find(|&(_, &id)| id as usize >= vocab) {
+            return Err(Error::InvalidInput(format!(
+                "token id {id} at position {i} is outside the vocabulary (size {vocab})"
             )));
         }
         let mut sampler = Sampler::new(params.sampling.clone())?;
@@ -644,12 +677,13 @@ impl ChatSession {
         let h = &self.markers.assistant_header;
         let header_end =
             (!h.is_empty()).then(|| prompt.windows(h.len()).rposition(|w| w == h.as_slice())).flatten();
+        let snapshot_at =
+            header_end.map(|i| i + h.len()).filter(|&point| point > cached && point < prompt.len());
         let mut encoded = self.encode_media(full, cached)?;
-        if let Some(point) = header_end.map(|i| i + h.len()) {
-            if point > cached && point < prompt.len() {
-                self.feed(full, point, encoded.as_ref())?;
-                self.save_snapshot();
-            }
+        let feed_now = !deferred || encoded.is_some();
+        if let Some(point) = snapshot_at.filter(|_| feed_now) {
+            self.feed(full, point, encoded.as_ref())?;
+            self.save_snapshot();
         }
         let held = self.state_tokens.len();
         // The rest of the prompt goes with the first step; drop the rows already fed.
@@ -669,6 +703,9 @@ impl ChatSession {
             sampler,
             pending: prompt[held..].to_vec(),
             media,
+            prefill_chunk: usize::MAX,
+            // Without a cache to keep it, the state there is not worth a piece of its own.
+            snapshot_at: snapshot_at.filter(|_| !feed_now && self.cache.budget() > 0),
             tokens: Vec::new(),
             logprobs: Vec::new(),
             prompt_len: prompt.len(),
@@ -686,42 +723,62 @@ impl ChatSession {
         Ok(turn)
     }
 
-    /// Feeds the tokens `turn` waits for and lets it sample the next one. Returns false once
-    /// the turn is over (then call [`Turn::finish`]).
+    /// Saves the state if it has just reached the point `turn` saves it at.
+    fn save_if_reached(&mut self, turn: &mut Turn) {
+        let Some(point) = turn.snapshot_at else { return };
+        let held = self.state_tokens.len();
+        if held >= point {
+            if held == point {
+                self.save_snapshot();
+            }
+            turn.snapshot_at = None;
+        }
+    }
+
+    /// Feeds the tokens `turn` waits for and lets it sample the next one; a step through a
+    /// long prompt (see [`Turn::set_prefill_chunk`]) may feed part of it and sample nothing.
+    /// Returns false once the turn is over (then call [`Turn::finish`]).
     pub fn advance(&mut self, turn: &mut Turn, on_event: &mut dyn FnMut(Event<'_>)) -> Result<bool> {
         if turn.next_input(self).is_none() {
             return Ok(false);
         }
         let model = self.lm.clone();
         // The rest of a prompt with images or videos goes with its positions and embeddings.
-        let media = turn.media.take();
-        let fed = match &media {
-            Some(m) => feed_prompt_rest(&model.model, &mut self.state, m, &turn.pending),
-            None => model.model.forward(&mut self.state, &turn.pending, Logits::Last),
-        };
-        let logits = match fed {
-            Ok(logits) => logits,
-            Err(e) => {
-                // Nothing was fed: the turn can be retried as it was.
-                turn.media = media;
-                return Err(e);
-            }
-        };
-        self.state_tokens.extend_from_slice(&turn.pending);
-        if let Some(m) = &media {
+        if let Some(media) = turn.media.take() {
+            let logits = match feed_prompt_rest(&model.model, &mut self.state, &media, &turn.pending) {
+                Ok(logits) => logits,
+                Err(e) => {
+                    // Nothing was fed: the turn can be retried as it was.
+                    turn.media = Some(media);
+                    return Err(e);
+                }
+            };
+            self.state_tokens.extend_from_slice(&turn.pending);
             self.state_media.clear();
-            self.state_media.extend_from_slice(m.prompt.media_marks());
+            self.state_media.extend_from_slice(media.prompt.media_marks());
+            turn.accept(logits, on_event)?;
+            return Ok(true);
         }
+        let n = turn.piece_len(self.state_tokens.len());
+        if n < turn.pending.len() {
+            model.model.forward(&mut self.state, &turn.pending[..n], Logits::None)?;
+            self.state_tokens.extend(turn.pending.drain(..n));
+            self.save_if_reached(turn);
+            return Ok(true);
+        }
+        let logits = model.model.forward(&mut self.state, &turn.pending, Logits::Last)?;
+        self.state_tokens.extend_from_slice(&turn.pending);
         turn.accept(logits, on_event)?;
         Ok(true)
     }
 
     /// Advances several sessions' turns with one pass over the weights: every turn's pending
-    /// tokens (a prompt's remainder or the last sampled token) go through the model together.
+    /// tokens (a piece of a prompt, or the last sampled token) go through the model together.
     /// Turns that are over are skipped; `on_event(i, event)` reports turn `i`'s output. Returns
-    /// how many turns took a step. A model error in the batch leaves every state in it
-    /// unchanged. The rest of a prompt with images or videos (positions and rows of its own) is
-    /// fed alone, before the batch, as [`advance`](Self::advance) does.
+    /// how many turns took a step (a step through a prompt may sample nothing). A model error
+    /// in the batch leaves every state in it unchanged. The rest of a prompt with images or
+    /// videos (positions and rows of its own) is fed alone, before the batch, as
+    /// [`advance`](Self::advance) does.
     pub fn advance_many(
         sessions: &mut [&mut ChatSession],
         turns: &mut [&mut Turn],
@@ -730,6 +787,7 @@ impl ChatSession {
         assert_eq!(sessions.len(), turns.len(), "one turn per session");
         let Some(first) = sessions.first() else { return Ok(0) };
         let lm = first.lm.clone();
+        // Each turn in the batch, with how many of its pending tokens this step feeds.
         let mut active = Vec::with_capacity(sessions.len());
         let mut alone = 0;
         for (i, (session, turn)) in sessions.iter_mut().zip(turns.iter_mut()).enumerate() {
@@ -737,7 +795,7 @@ impl ChatSession {
             if turn.media.is_some() {
                 alone += usize::from(session.advance(turn, &mut |e| on_event(i, e))?);
             } else if turn.next_input(session).is_some() {
-                active.push(i);
+                active.push((i, turn.piece_len(session.state_tokens.len())));
             }
         }
         if active.is_empty() {
@@ -745,17 +803,17 @@ impl ChatSession {
         }
         // The tokens are recorded first: the borrows of the states below last as long as the
         // logits, and a rejected batch is rolled back.
-        for &i in &active {
-            sessions[i].state_tokens.extend_from_slice(&turns[i].pending);
+        for &(i, n) in &active {
+            sessions[i].state_tokens.extend_from_slice(&turns[i].pending[..n]);
         }
         let mut states = Vec::with_capacity(active.len());
         let mut inputs = Vec::with_capacity(active.len());
         let mut rest = &mut sessions[..];
         let mut taken = 0;
-        for &i in &active {
+        for &(i, n) in &active {
             let (head, tail) = std::mem::take(&mut rest).split_at_mut(i - taken + 1);
             states.push(&mut head[i - taken].state);
-            inputs.push(turns[i].pending.as_slice());
+            inputs.push(&turns[i].pending[..n]);
             rest = tail;
             taken = i + 1;
         }
@@ -763,18 +821,33 @@ impl ChatSession {
             Ok(logits) => logits,
             Err(e) => {
                 drop(states);
-                for &i in &active {
+                for &(i, _) in &active {
                     let held = sessions[i].state.len();
                     sessions[i].state_tokens.truncate(held);
                 }
                 return Err(e);
             }
         };
+        // A turn samples after the last piece of its prompt only; the logits after the other
+        // pieces are not needed. Every turn's step is recorded before an error is reported, so
+        // that each stays consistent with its state.
         let vocab = lm.model.vocab_size();
-        for (row, &i) in active.iter().enumerate() {
-            turns[i].accept(&logits[row * vocab..(row + 1) * vocab], &mut |e| on_event(i, e))?;
+        let mut outcome = Ok(());
+        for (row, &(i, n)) in active.iter().enumerate() {
+            let turn = &mut *turns[i];
+            if n < turn.pending.len() {
+                turn.pending.drain(..n);
+            } else if let Err(e) =
+                turn.accept(&logits[row * vocab..(row + 1) * vocab], &mut |e| on_event(i, e))
+            {
+                outcome = outcome.and(Err(e));
+            }
         }
-        Ok(alone + active.len())
+        drop(states);
+        for &(i, _) in &active {
+            sessions[i].save_if_reached(turns[i]);
+        }
+        outcome.map(|()| alone + active.len())
     }
 }
 
@@ -791,6 +864,11 @@ pub struct Turn {
     /// For a prompt with images or videos, until its rest (`pending`) is fed: the prompt and the
     /// tower's outputs for that rest.
     media: Option<PendingMedia>,
+    /// Most prompt tokens one step feeds.
+    prefill_chunk: usize,
+    /// Where the state is to be saved on its way through a deferred prompt (just after the last
+    /// assistant header), while that point is ahead: a piece of the prompt ends there.
+    snapshot_at: Option<usize>,
     tokens: Vec<u32>,
     logprobs: Vec<TokenLogprob>,
     out: TextOut,
@@ -820,6 +898,23 @@ impl Turn {
         &self.pending
     }
 
+    /// Tokens still to feed before the first sample: the part of the prompt not fed yet (and
+    /// what closes a thought given no budget); 0 once the turn has sampled or is over.
+    pub fn prefill_remaining(&self) -> usize {
+        if self.sampled > 0 || self.finish.is_some() {
+            return 0;
+        }
+        self.pending.len()
+    }
+
+    /// Feeds what is left of the prompt at most `tokens` (at least one) per step from now on;
+    /// the default is all of it in the next step. Decoding steps are not affected, nor the rest
+    /// of a prompt with images or videos (fed whole). A scheduler may change it before every
+    /// step to share a budget of prompt tokens among the turns it prefills.
+    pub fn set_prefill_chunk(&mut self, tokens: usize) {
+        self.prefill_chunk = tokens.max(1);
+    }
+
     /// Whether the turn is over.
     pub fn is_finished(&self) -> bool {
         self.finish.is_some()
@@ -844,6 +939,19 @@ impl Turn {
             self.finish = Some(FinishReason::Length);
         }
         self.finish.is_none().then_some(self.pending.as_slice())
+    }
+
+    /// How many pending tokens the next step feeds, with `held` tokens in the state: all of them
+    /// once the turn decodes; of the prompt at most a chunk, and never past the snapshot point.
+    fn piece_len(&self, held: usize) -> usize {
+        if self.sampled > 0 {
+            return self.pending.len();
+        }
+        let n = self.pending.len().min(self.prefill_chunk);
+        match self.snapshot_at {
+            Some(point) if point > held => n.min(point - held),
+            _ => n,
+        }
     }
 
     /// Samples from the logits that followed the pending tokens and streams the result.

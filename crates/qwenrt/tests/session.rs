@@ -489,3 +489,144 @@ fn turns_advanced_together_equal_turns_alone() {
         assert_eq!(sessions[i].context_tokens(), prompts[i].len() + reply.tokens.len() - 1);
     }
 }
+
+/// Runs `turn` to the end one `advance` at a time; returns the reply, the steps taken before
+/// the first sampled token, and the context length after each of those steps.
+fn run_stepwise(session: &mut ChatSession, mut turn: qwenrt::Turn) -> (qwenrt::Reply, usize, Vec<usize>) {
+    let mut sampled = false;
+    let mut prefill_steps = 0;
+    let mut held = Vec::new();
+    while !sampled {
+        let going = session.advance(&mut turn, &mut |e| sampled |= matches!(e, Event::Token(_))).unwrap();
+        assert!(going, "the turn ended before its first token");
+        prefill_steps += 1;
+        held.push(session.context_tokens());
+    }
+    while session.advance(&mut turn, &mut |_| {}).unwrap() {}
+    (turn.finish(&mut |_| {}), prefill_steps, held)
+}
+
+fn assert_same_reply(got: &qwenrt::Reply, want: &qwenrt::Reply, what: &str) {
+    assert_eq!(got.tokens, want.tokens, "{what}");
+    assert_eq!(got.content, want.content, "{what}");
+    assert_eq!(got.finish_reason, want.finish_reason, "{what}");
+    assert_eq!(got.usage.prompt_tokens, want.usage.prompt_tokens, "{what}");
+    assert_eq!(got.usage.cached_prompt_tokens, want.usage.cached_prompt_tokens, "{what}");
+    assert_eq!(got.logprobs.len(), want.logprobs.len(), "{what}");
+    for (a, b) in got.logprobs.iter().zip(&want.logprobs) {
+        assert_eq!(a.id, b.id, "{what}");
+        assert!((a.logprob - b.logprob).abs() < 1e-3, "{what}: {} vs {}", a.logprob, b.logprob);
+    }
+}
+
+/// A deferred turn fed three tokens per step gives the reply of the synchronous path, splits
+/// its pieces at the assistant header so that the state saved there is the one `begin` saves,
+/// and the next turn reuses as much of it.
+#[test]
+fn a_prompt_prefilled_in_chunks_equals_one_prefilled_at_once() {
+    let lm = load();
+    let params = ChatParams { logprobs: Some(2), ..greedy(8) };
+    let header = lm.encode("<|im_start|>assistant\n").unwrap();
+    let first = vec![Message::system("You are a terse assistant."), Message::user(QUESTIONS[1])];
+    let prompt = lm.encode(&lm.render_chat(&first, true, None).unwrap()).unwrap();
+    let point = prompt.windows(header.len()).rposition(|w| w == header.as_slice()).unwrap() + header.len();
+    const CHUNK: usize = 3;
+    assert_ne!(point % CHUNK, 0, "the header must end inside a piece for this test to split one");
+
+    let mut sync = ChatSession::new(lm.clone());
+    let turn = sync.begin(&prompt, &params).unwrap();
+    assert_eq!(sync.context_tokens(), point, "begin prefills up to the header");
+    let (want, _, _) = run_stepwise(&mut sync, turn);
+
+    let mut chunked = ChatSession::new(lm.clone());
+    let mut turn = chunked.begin_deferred(&prompt, &params).unwrap();
+    assert_eq!(chunked.context_tokens(), 0, "a deferred begin prefills nothing");
+    assert_eq!(turn.prefill_remaining(), prompt.len());
+    turn.set_prefill_chunk(CHUNK);
+    let (got, steps, held) = run_stepwise(&mut chunked, turn);
+    assert_same_reply(&got, &want, "first turn");
+    assert_eq!(steps, point.div_ceil(CHUNK) + (prompt.len() - point).div_ceil(CHUNK));
+    assert!(held.contains(&point), "a piece ends at the header: {held:?}");
+    assert!(held.windows(2).all(|w| w[1] - w[0] <= CHUNK), "{held:?}");
+    assert_eq!(chunked.prompt_cache().prefix_lengths(), sync.prompt_cache().prefix_lengths());
+    assert_eq!(chunked.prompt_cache().prefix_lengths(), [point]);
+
+    // The next turn of the conversation starts from the saved state in both sessions; the
+    // deferred one prefills its new part in pieces again, past the next header.
+    let mut second = first.clone();
+    second.push(Message::assistant(want.content.clone()));
+    second.push(Message::user(QUESTIONS[2]));
+    let prompt = lm.encode(&lm.render_chat(&second, true, None).unwrap()).unwrap();
+    let turn = sync.begin(&prompt, &params).unwrap();
+    let (want, _, _) = run_stepwise(&mut sync, turn);
+    assert_eq!(want.usage.cached_prompt_tokens, point, "the saved state is reused");
+    let mut turn = chunked.begin_deferred(&prompt, &params).unwrap();
+    assert_eq!(turn.prefill_remaining(), prompt.len() - point);
+    turn.set_prefill_chunk(CHUNK);
+    let (got, _, _) = run_stepwise(&mut chunked, turn);
+    assert_same_reply(&got, &want, "second turn");
+    assert_eq!(chunked.prompt_cache().prefix_lengths(), sync.prompt_cache().prefix_lengths());
+    assert_eq!(chunked.stats(), sync.stats());
+
+    // A deferred prompt meets the model only in a step, maybe next to other sessions' turns:
+    // its ids are checked up front.
+    let vocab = lm.model.vocab_size() as u32;
+    let e = chunked.begin_deferred(&[1, vocab, 2], &params).unwrap_err().to_string();
+    assert!(e.contains("outside the vocabulary"), "{e}");
+}
+
+/// One turn prefilling its prompt in pieces and another decoding share every step: the
+/// decoding turn samples at each of them, and both end with the replies they get alone.
+#[test]
+fn a_turn_prefilling_in_pieces_and_a_decoding_turn_advance_together() {
+    let lm = load();
+    let no_end = lm.stop_ids().iter().map(|&id| (id, -1000.0)).collect();
+    let mut params = ChatParams { logprobs: Some(2), ..greedy(24) };
+    params.sampling.logit_bias = no_end;
+    let render = |q: &str| lm.encode(&lm.render_chat(&[Message::user(q)], true, None).unwrap()).unwrap();
+    let (short, long) = (render(QUESTIONS[0]), render(&QUESTIONS.join(" ")));
+    let alone: Vec<_> = [&short, &long]
+        .iter()
+        .map(|p| ChatSession::new(lm.clone()).complete(p, &params, |_| {}).unwrap())
+        .collect();
+
+    let mut sessions = [ChatSession::new(lm.clone()), ChatSession::new(lm.clone())];
+    let [decoding_session, prefilling_session] = &mut sessions;
+    let mut decoding = decoding_session.begin(&short, &params).unwrap();
+    assert!(decoding_session.advance(&mut decoding, &mut |_| {}).unwrap(), "the short prompt is decoding");
+    let mut prefilling = prefilling_session.begin_deferred(&long, &params).unwrap();
+    prefilling.set_prefill_chunk(4);
+    let mut turns = [decoding, prefilling];
+    let mut sampled = [1, 0];
+    let mut steps_before_first_token = 0;
+    loop {
+        let mut step = [0, 0];
+        let mut s: Vec<&mut ChatSession> = sessions.iter_mut().collect();
+        let mut t: Vec<&mut qwenrt::Turn> = turns.iter_mut().collect();
+        let stepped = ChatSession::advance_many(&mut s, &mut t, |i, e| {
+            if matches!(e, Event::Token(_)) {
+                step[i] += 1;
+            }
+        })
+        .unwrap();
+        if stepped == 0 {
+            break;
+        }
+        if sampled[1] == 0 && step[1] == 0 {
+            steps_before_first_token += 1;
+            assert!(
+                turns[0].is_finished() || step[0] == 1,
+                "the decoding turn samples while the other prefills"
+            );
+        }
+        sampled = [sampled[0] + step[0], sampled[1] + step[1]];
+    }
+    let header = lm.encode("<|im_start|>assistant\n").unwrap();
+    let point = long.windows(header.len()).rposition(|w| w == header.as_slice()).unwrap() + header.len();
+    assert_eq!(steps_before_first_token, point.div_ceil(4) + (long.len() - point).div_ceil(4) - 1);
+    for (i, turn) in turns.into_iter().enumerate() {
+        let reply = turn.finish(&mut |_| {});
+        assert_same_reply(&reply, &alone[i], &format!("turn {i}"));
+        assert_eq!(sampled[i], reply.usage.completion_tokens);
+    }
+}

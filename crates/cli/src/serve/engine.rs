@@ -6,8 +6,10 @@
 //! once, each on its own chat session (with its prompt cache): every step feeds all running
 //! jobs' next tokens through the model together — one pass over the weights serves every
 //! sequence — then each job samples and streams. Jobs join as soon as a slot is free and leave
-//! as soon as they end, between steps; a new job's prompt is prefilled in the same passes as the
-//! others' decode steps.
+//! as soon as they end, between steps. A new job's prompt is prefilled in pieces over the next
+//! steps, within a budget of prompt tokens per step shared in order of arrival, in the same passes
+//! as the others' decode steps: running streams keep flowing while a long prompt comes in, and
+//! prompts that arrive together are prefilled together.
 
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -31,7 +33,16 @@ pub struct EngineOptions {
     pub max_context: usize,
     /// Byte budget of each slot's prompt cache.
     pub prompt_cache_bytes: usize,
+    /// Most prompt tokens one step prefills, over all the jobs whose prompt is being prefilled
+    /// (`--prefill-chunk`); decoding jobs add one token each. Smaller keeps streams steadier while
+    /// prompts arrive, larger prefills faster.
+    pub prefill_chunk: usize,
 }
+
+/// Big enough that prefill runs near its full rate (each step also pays a pass over the weights)
+/// and that several chat prompts arriving together start in one step; a long prompt then holds
+/// up the running streams for one such step per token instead of for its whole prefill.
+pub const DEFAULT_PREFILL_CHUNK: usize = 256;
 
 /// One generation: continue `prompt` (rendered and tokenized) under `params`.
 #[derive(Debug, Clone)]
@@ -394,6 +405,8 @@ struct SessionPool {
     active: Vec<Active>,
     /// `<|im_start|>assistant\n`: where a session saves the state it can reuse next turn.
     assistant_header: Vec<u32>,
+    /// Most prompt tokens one step prefills.
+    prefill_chunk: usize,
 }
 
 /// A running job: its slot and its turn in progress.
@@ -441,7 +454,15 @@ impl SessionPool {
         };
         let slots = (0..options.slots.max(1)).map(|_| Slot::new(&lm, session_options)).collect();
         let assistant_header = lm.encode("<|im_start|>assistant\n").unwrap_or_default();
-        SessionPool { lm, session_options, slots, clock: 0, active: Vec::new(), assistant_header }
+        SessionPool {
+            lm,
+            session_options,
+            slots,
+            clock: 0,
+            active: Vec::new(),
+            assistant_header,
+            prefill_chunk: options.prefill_chunk.max(1),
+        }
     }
 
     /// The free slot that can reuse the most of `prompt`; among equals the least recently used,
@@ -453,17 +474,46 @@ impl SessionPool {
     }
 
     /// What the session will hold after this job: the state saved after the prompt's last
-    /// assistant header, and the live state (prompt and answer but the last sampled token).
+    /// assistant header, and the live state (prompt and answer but the last sampled token), as
+    /// far as the job got: one cancelled during its prefill has fed only part of its prompt.
     fn remember(&mut self, slot: usize, prompt: &[u32], answer: &[u32]) {
+        let held = self.slots[slot].session.context_tokens();
         let header = &self.assistant_header;
         if !header.is_empty() {
             if let Some(at) = prompt.windows(header.len()).rposition(|w| w == header.as_slice()) {
-                self.slots[slot].remember(prompt[..at + header.len()].to_vec());
+                let end = at + header.len();
+                if end <= held {
+                    self.slots[slot].remember(prompt[..end].to_vec());
+                }
             }
         }
         let mut live = prompt.to_vec();
         live.extend_from_slice(&answer[..answer.len().saturating_sub(1)]);
+        live.truncate(held);
         self.slots[slot].remember(live);
+    }
+
+    /// Shares this step's prompt tokens among the jobs still prefilling, oldest first, so that
+    /// the earliest request gets its first token first; returns the jobs that wait for the next
+    /// step. Decoding jobs always take their step.
+    fn share_prefill_budget(&mut self) -> Vec<JobId> {
+        self.active.sort_by_key(|a| a.id);
+        let mut budget = self.prefill_chunk;
+        let mut waiting = Vec::new();
+        for active in &mut self.active {
+            let remaining = active.turn.prefill_remaining();
+            if remaining == 0 {
+                continue;
+            }
+            if budget == 0 {
+                waiting.push(active.id);
+                continue;
+            }
+            let share = remaining.min(budget);
+            active.turn.set_prefill_chunk(share);
+            budget -= share;
+        }
+        waiting
     }
 
     /// Ends the active job at `index` and returns how it went.
@@ -507,9 +557,10 @@ impl Backend for SessionPool {
         self.clock += 1;
         self.slots[slot].last_used = self.clock;
         let session = &mut self.slots[slot].session;
+        // The prompt is prefilled by the following steps, next to the running jobs' decoding.
         let turn = match &job.media {
-            Some(prompt) => session.begin_prompt(prompt, &job.params),
-            None => session.begin(&job.prompt, &job.params),
+            Some(prompt) => session.begin_prompt_deferred(prompt, &job.params),
+            None => session.begin_deferred(&job.prompt, &job.params),
         }
         .map_err(invalid)?;
         self.active.push(Active { id, slot, turn, prompt: job.prompt.clone() });
@@ -518,6 +569,7 @@ impl Backend for SessionPool {
 
     fn step(&mut self, emit: &mut dyn FnMut(JobId, JobEvent)) -> Vec<(JobId, Result<Completion, JobError>)> {
         let stop_ids = self.lm.stop_ids().to_vec();
+        let waiting = self.share_prefill_budget();
         // Pair each active turn with its slot's session, in slot order (disjoint borrows).
         self.active.sort_by_key(|a| a.slot);
         let mut sessions = Vec::with_capacity(self.active.len());
@@ -527,6 +579,9 @@ impl Backend for SessionPool {
         for (i, slot) in self.slots.iter_mut().enumerate() {
             if pending.peek().is_some_and(|a| a.slot == i) {
                 let active = pending.next().expect("peeked");
+                if waiting.contains(&active.id) {
+                    continue;
+                }
                 sessions.push(&mut slot.session);
                 turns.push(&mut active.turn);
                 ids.push(active.id);
@@ -539,11 +594,16 @@ impl Backend for SessionPool {
         if let Err(e) = stepped {
             // The batch was rejected as a whole (states unchanged): every job in it fails.
             let error = invalid(e);
-            let ended = self.active.iter().map(|a| (a.id, Err(error.clone()))).collect();
-            for active in std::mem::take(&mut self.active) {
-                self.slots[active.slot].session.reset();
-            }
-            return ended;
+            let (failed, kept): (Vec<Active>, Vec<Active>) =
+                std::mem::take(&mut self.active).into_iter().partition(|a| !waiting.contains(&a.id));
+            self.active = kept;
+            return failed
+                .into_iter()
+                .map(|active| {
+                    self.slots[active.slot].session.reset();
+                    (active.id, Err(error.clone()))
+                })
+                .collect();
         }
         let mut ended = Vec::new();
         let mut i = 0;
@@ -703,7 +763,13 @@ mod tests {
     #[test]
     fn running_jobs_advance_together_and_match_jobs_alone() {
         let lm = crate::serve::tests::lm();
-        let options = EngineOptions { slots: 3, queue_capacity: 4, max_context: 4096, prompt_cache_bytes: 0 };
+        let options = EngineOptions {
+            slots: 3,
+            queue_capacity: 4,
+            max_context: 4096,
+            prompt_cache_bytes: 0,
+            prefill_chunk: DEFAULT_PREFILL_CHUNK,
+        };
         let jobs: Vec<Job> = ["one", "two two", "three three three"]
             .iter()
             .map(|q| {
@@ -756,6 +822,142 @@ mod tests {
         first_step.sort();
         assert_eq!(first_step, [0, 1, 2], "one step streams for every running job");
         assert_eq!(texts, alone);
+    }
+
+    /// Runs `job` on a pool of its own; returns what it streams.
+    fn run_alone(lm: &Arc<LanguageModel>, options: &EngineOptions, job: &Job) -> Vec<JobEvent> {
+        let mut pool = SessionPool::new(lm.clone(), options);
+        pool.start(1, job).unwrap();
+        let mut events = Vec::new();
+        while pool.step(&mut |_, e| events.push(e)).is_empty() {}
+        events
+    }
+
+    /// The ids of the sampled tokens and the text of a job's events.
+    fn tokens_and_text(events: &[JobEvent]) -> (Vec<u32>, String) {
+        let mut ids = Vec::new();
+        let mut text = String::new();
+        for event in events {
+            match event {
+                JobEvent::Token(t) => ids.push(t.id),
+                JobEvent::Content(t) | JobEvent::Reasoning(t) => text.push_str(t),
+                _ => {}
+            }
+        }
+        (ids, text)
+    }
+
+    /// A long prompt admitted while another job decodes is prefilled a budget of tokens per
+    /// step alongside that job's decoding: the running job keeps receiving a token every step
+    /// until the new one's first token, and both stream what they stream alone.
+    #[test]
+    fn a_long_prompt_prefills_in_pieces_while_a_running_job_keeps_streaming() {
+        let lm = crate::serve::tests::lm();
+        const CHUNK: usize = 8;
+        let options = EngineOptions {
+            slots: 2,
+            queue_capacity: 4,
+            max_context: 4096,
+            prompt_cache_bytes: 64 << 20,
+            prefill_chunk: CHUNK,
+        };
+        let job = |question: &str, max_tokens: usize| {
+            let text = lm.render_chat(&[qwenrt::chat::Message::user(question)], true, None).unwrap();
+            let mut sampling = qwenrt::SamplingParams::greedy();
+            // Answers run to `max_tokens`, so the first job is still decoding at the end.
+            sampling.logit_bias = lm.stop_ids().iter().map(|&id| (id, -1000.0)).collect();
+            let params = ChatParams { sampling, max_tokens, logprobs: Some(1), ..Default::default() };
+            Job { prompt: lm.encode(&text).unwrap(), params, media: None }
+        };
+        let long_question = "Tell me everything about the delta rule, gated attention, ".repeat(6);
+        let (running, long) = (job("Hi", 40), job(&long_question, 6));
+        let header = lm.encode("<|im_start|>assistant\n").unwrap();
+        let point =
+            long.prompt.windows(header.len()).rposition(|w| w == header.as_slice()).unwrap() + header.len();
+        let pieces = point.div_ceil(CHUNK) + (long.prompt.len() - point).div_ceil(CHUNK);
+        assert!(pieces > 10, "a prompt of {} tokens", long.prompt.len());
+
+        let mut pool = SessionPool::new(lm.clone(), &options);
+        let mut log: Vec<(JobId, JobEvent)> = Vec::new();
+        pool.start(1, &running).unwrap();
+        for _ in 0..2 {
+            assert!(pool.step(&mut |id, e| log.push((id, e))).is_empty());
+        }
+        pool.start(2, &long).unwrap();
+        let long_slot = pool.active.iter().find(|a| a.id == 2).unwrap().slot;
+        assert_eq!(pool.slots[long_slot].session.context_tokens(), 0, "starting a job prefills nothing");
+        let admitted = log.len();
+        let mut ended = 0;
+        while ended < 2 {
+            ended += pool.step(&mut |id, e| log.push((id, e))).len();
+        }
+
+        let first_of_long =
+            log.iter().position(|(id, e)| *id == 2 && matches!(e, JobEvent::Token(_))).unwrap();
+        let streamed_meanwhile = log[admitted..first_of_long]
+            .iter()
+            .filter(|(id, e)| *id == 1 && matches!(e, JobEvent::Token(_)))
+            .count();
+        assert!(
+            streamed_meanwhile >= pieces - 1,
+            "the running job got {streamed_meanwhile} tokens during the {pieces} steps of the other's prefill"
+        );
+        for (id, job) in [(1, &running), (2, &long)] {
+            let events: Vec<JobEvent> =
+                log.iter().filter(|(i, _)| *i == id).map(|(_, e)| e.clone()).collect();
+            let (ids, text) = tokens_and_text(&events);
+            let (want_ids, want_text) = tokens_and_text(&run_alone(&lm, &options, job));
+            assert_eq!(ids.len(), job.params.max_tokens, "job {id}");
+            assert_eq!((ids, text), (want_ids, want_text), "job {id}");
+        }
+    }
+
+    /// Prompts that arrive together are prefilled in the same passes, sharing each step's budget
+    /// oldest first: with room for all of them (and no prompt cache, so no piece has to end at
+    /// the assistant header), each gets its first token in the first step.
+    #[test]
+    fn prompts_arriving_together_prefill_in_the_same_steps() {
+        let lm = crate::serve::tests::lm();
+        let prompts: Vec<Vec<u32>> = ["one", "two two", "three three three"]
+            .iter()
+            .map(|q| {
+                lm.encode(&lm.render_chat(&[qwenrt::chat::Message::user(*q)], true, None).unwrap()).unwrap()
+            })
+            .collect();
+        let mut sampling = qwenrt::SamplingParams::greedy();
+        sampling.logit_bias = lm.stop_ids().iter().map(|&id| (id, -1000.0)).collect();
+        let params = ChatParams { sampling, max_tokens: 3, logprobs: Some(0), ..Default::default() };
+        // The step in which each job gets its first token.
+        let first_token_steps = |prefill_chunk: usize| {
+            let options = EngineOptions {
+                slots: 3,
+                queue_capacity: 4,
+                max_context: 4096,
+                prompt_cache_bytes: 0,
+                prefill_chunk,
+            };
+            let mut pool = SessionPool::new(lm.clone(), &options);
+            for (id, prompt) in prompts.iter().enumerate() {
+                pool.start(id as JobId, &Job { prompt: prompt.clone(), params: params.clone(), media: None })
+                    .unwrap();
+            }
+            let mut first = vec![0; prompts.len()];
+            let (mut step, mut ended) = (0, 0);
+            while ended < prompts.len() {
+                step += 1;
+                let mut sampled = |id: JobId, e: JobEvent| {
+                    if matches!(e, JobEvent::Token(_)) && first[id as usize] == 0 {
+                        first[id as usize] = step;
+                    }
+                };
+                ended += pool.step(&mut sampled).len();
+            }
+            first
+        };
+        let total: usize = prompts.iter().map(Vec::len).sum();
+        assert_eq!(first_token_steps(total), [1, 1, 1]);
+        let staggered = first_token_steps(prompts[0].len() + prompts[1].len() / 2);
+        assert!(staggered[0] == 1 && staggered[1] <= staggered[2] && staggered[2] > 1, "{staggered:?}");
     }
 
     #[tokio::test]

@@ -90,6 +90,11 @@ pub struct ServeArgs {
     /// Requests that may wait for the model (and as many for the embedding model); more get 503.
     #[arg(long, default_value_t = 64, value_name = "N")]
     queue: usize,
+    /// Most prompt tokens prefilled per step, shared by the requests whose prompt is being read
+    /// (oldest first), while the others decode a token each: smaller keeps streams steadier when
+    /// long prompts arrive, larger reads prompts faster.
+    #[arg(long, default_value_t = engine::DEFAULT_PREFILL_CHUNK, value_name = "N")]
+    prefill_chunk: usize,
     /// Memory for each conversation's saved states, in MiB (0 turns prompt reuse off).
     #[arg(long, default_value_t = 512, value_name = "MIB")]
     cache_mib: usize,
@@ -115,6 +120,9 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     if args.parallel == 0 {
         bail!("--parallel must be at least 1");
     }
+    if args.prefill_chunk == 0 {
+        bail!("--prefill-chunk must be at least 1");
+    }
     let lm = Arc::new(crate::load_lm(&args.model, args.dtype)?);
     let model_context = lm.model.max_context();
     let max_context = match args.ctx {
@@ -133,6 +141,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
             queue_capacity: args.queue,
             max_context,
             prompt_cache_bytes: args.cache_mib << 20,
+            prefill_chunk: args.prefill_chunk,
         },
     )
     .context("starting the engine thread")?;

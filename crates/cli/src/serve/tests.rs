@@ -84,6 +84,7 @@ impl Setup {
                 queue_capacity: self.queue,
                 max_context: self.max_context,
                 prompt_cache_bytes: 64 << 20,
+                prefill_chunk: super::engine::DEFAULT_PREFILL_CHUNK,
             },
         )
         .unwrap();
