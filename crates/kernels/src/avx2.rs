@@ -5,6 +5,8 @@
 //! once (M = 1 for decode, up to 8 for small batches), so every weight load feeds `M`
 //! multiply-adds; prompts (many tokens) go to the blocked kernels of [`gemm`].
 
+pub mod attention;
+pub mod convert;
 pub mod gemm;
 
 use std::arch::x86_64::*;

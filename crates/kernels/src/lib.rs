@@ -13,12 +13,15 @@
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 use avx2::gemm as avx2_gemm;
+pub mod attention;
+mod convert;
 pub mod quant;
 pub mod scalar;
 
 use std::cell::RefCell;
 use std::sync::OnceLock;
 
+pub use convert::{decode_floats, encode_floats};
 use quant::{BlockQ4, BlockQ8, BlockQ8Act, QK};
 pub use scalar::{
     add_assign, l2_normalize, matmul_f32, rms_norm, rms_norm_gated, sigmoid, silu, silu_mul, softmax,

@@ -216,7 +216,7 @@ mod tests {
     fn snapshot() -> Snapshot {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/models/tiny-vl");
         let config = ModelConfig::from_file(&dir.join("config.json")).unwrap();
-        SessionState::new(&config, 64).snapshot()
+        SessionState::new(&config, 64, qwenrt_kernels::FloatFormat::F32).snapshot()
     }
 
     #[test]

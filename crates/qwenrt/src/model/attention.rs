@@ -7,6 +7,7 @@ use qwenrt_kernels as k;
 use rayon::prelude::*;
 
 use super::rope::{MRope, Position3};
+use super::state::KvRows;
 use super::{grow, LayerWeights};
 use crate::config::ModelConfig;
 use crate::error::Result;
@@ -125,8 +126,8 @@ impl GatedAttention {
         rows: std::ops::Range<usize>,
         positions: &[Position3],
         rope: &MRope,
-        keys: &mut Vec<f32>,
-        values: &mut Vec<f32>,
+        keys: &mut KvRows,
+        values: &mut KvRows,
         s: &mut AttentionScratch,
     ) {
         let hd = self.head_dim;
@@ -158,8 +159,8 @@ impl GatedAttention {
 
         // key_states, value_states = cache.update(key_states, value_states, ...)
         let past = keys.len() / kv_width;
-        keys.extend_from_slice(kx);
-        values.extend_from_slice(vx);
+        keys.extend(kx);
+        values.extend(vx);
 
         // softmax(q k^T * head_dim^-0.5 + causal_mask) v. One task per KV head: the query heads
         // that share it read each cached key and value once, not once per query head. No
@@ -170,7 +171,7 @@ impl GatedAttention {
         if s.heads.len() < self.kv_heads {
             s.heads.resize_with(self.kv_heads, Default::default);
         }
-        let (keys, values, q) = (&keys[..], &values[..], &*q);
+        let (keys, values, q) = (&*keys, &*values, &*q);
         s.heads[..self.kv_heads].par_iter_mut().enumerate().for_each(|(kvh, hs)| {
             let layout = HeadLayout { kvh, group, hd, q_width, kv_width, past, t, scale };
             if t >= TILED_MIN_TOKENS {
@@ -221,43 +222,43 @@ impl HeadLayout {
         let h = self.kvh * self.group + g;
         &q[ti * self.q_width + h * self.hd..ti * self.q_width + (h + 1) * self.hd]
     }
-    fn cached<'a>(&self, kv: &'a [f32], j: usize) -> &'a [f32] {
-        &kv[j * self.kv_width + self.kvh * self.hd..j * self.kv_width + (self.kvh + 1) * self.hd]
+    /// Where cached position `j` of this head starts, in values.
+    fn cached(&self, j: usize) -> usize {
+        j * self.kv_width + self.kvh * self.hd
     }
 }
 
-/// One query row at a time: scores against every visible key, softmax, weighted sum of values.
-fn attend_rows(l: &HeadLayout, q: &[f32], keys: &[f32], values: &[f32], hs: &mut HeadScratch) {
+/// One query row at a time (decode): the kernel reads each visible cached row once for all the
+/// query heads of the group.
+fn attend_rows(l: &HeadLayout, q: &[f32], keys: &KvRows, values: &KvRows, hs: &mut HeadScratch) {
     let (group, hd, past, t) = (l.group, l.hd, l.past, l.t);
-    let span = past + t;
-    let scores = grow(&mut hs.scores, group * span);
+    let scores = grow(&mut hs.scores, group * (past + t));
     let out = grow(&mut hs.out, t * group * hd);
-    out.fill(0.0);
+    let scaled = grow(&mut hs.q, group * hd);
+    let head_start = l.kvh * hd * keys.format().bytes();
     for ti in 0..t {
-        let visible = past + ti + 1;
-        for j in 0..visible {
-            let kj = l.cached(keys, j);
-            for g in 0..group {
-                scores[g * span + j] = k::dot(l.query(q, ti, g), kj) * l.scale;
-            }
+        let first = ti * l.q_width + l.kvh * group * hd;
+        for (d, &v) in scaled.iter_mut().zip(&q[first..first + group * hd]) {
+            *d = v * l.scale;
         }
-        for g in 0..group {
-            k::softmax(&mut scores[g * span..g * span + visible]);
-        }
-        let rows = &mut out[ti * group * hd..(ti + 1) * group * hd];
-        for j in 0..visible {
-            let vj = l.cached(values, j);
-            for (g, oh) in rows.chunks_exact_mut(hd).enumerate() {
-                k::axpy(oh, scores[g * span + j], vj);
-            }
-        }
+        k::attention::attend_cached(
+            keys.format(),
+            scaled,
+            hd,
+            &keys.bytes()[head_start..],
+            &values.bytes()[head_start..],
+            l.kv_width,
+            past + ti + 1,
+            scores,
+            &mut out[ti * group * hd..(ti + 1) * group * hd],
+        );
     }
 }
 
 /// Tiles of `QUERY_TILE` new tokens (all query heads of the group) against `KEY_TILE` keys: the
 /// scores and the probability-weighted values of a tile are matrix products; the softmax runs
 /// online (a running max and sum per row, earlier partial sums rescaled), as in FlashAttention.
-fn attend_tiled(l: &HeadLayout, q: &[f32], keys: &[f32], values: &[f32], hs: &mut HeadScratch) {
+fn attend_tiled(l: &HeadLayout, q: &[f32], keys: &KvRows, values: &KvRows, hs: &mut HeadScratch) {
     let (group, hd, past, t) = (l.group, l.hd, l.past, l.t);
     let out = grow(&mut hs.out, t * group * hd);
     for q0 in (0..t).step_by(QUERY_TILE) {
@@ -286,9 +287,11 @@ fn attend_tiled(l: &HeadLayout, q: &[f32], keys: &[f32], values: &[f32], hs: &mu
             let kn = k1 - k0;
             let kt = grow(&mut hs.k, kn * hd);
             let vt = grow(&mut hs.vt, hd * kn);
+            let value_row = grow(&mut hs.pv, hd);
             for j in k0..k1 {
-                kt[(j - k0) * hd..(j - k0 + 1) * hd].copy_from_slice(l.cached(keys, j));
-                for (d, &v) in l.cached(values, j).iter().enumerate() {
+                keys.read(l.cached(j), &mut kt[(j - k0) * hd..(j - k0 + 1) * hd]);
+                values.read(l.cached(j), value_row);
+                for (d, &v) in value_row.iter().enumerate() {
                     vt[d * kn + (j - k0)] = v;
                 }
             }
@@ -340,7 +343,8 @@ mod tests {
     use super::*;
 
     /// The tiled path (online softmax over key tiles) equals the row-by-row softmax, across
-    /// tile edges, with a cache before the new tokens and a partial last tile.
+    /// tile edges, with a cache before the new tokens and a partial last tile, for both cache
+    /// formats.
     #[test]
     fn tiled_attention_equals_row_by_row() {
         let mut seed = 0x9e3779b97f4a7c15u64;
@@ -356,14 +360,20 @@ mod tests {
             let q: Vec<f32> = (0..t * q_width).map(|_| 3.0 * rand()).collect();
             let keys: Vec<f32> = (0..(past + t) * kv_width).map(|_| rand()).collect();
             let values: Vec<f32> = (0..(past + t) * kv_width).map(|_| rand()).collect();
-            for kvh in 0..kv_heads {
+            for (kvh, format) in
+                (0..kv_heads).flat_map(|h| [(h, k::FloatFormat::F32), (h, k::FloatFormat::F16)])
+            {
+                let (mut cached_keys, mut cached_values) = (KvRows::new(format), KvRows::new(format));
+                cached_keys.extend(&keys);
+                cached_values.extend(&values);
+                let (keys, values) = (&cached_keys, &cached_values);
                 let layout =
                     HeadLayout { kvh, group, hd, q_width, kv_width, past, t, scale: (hd as f32).powf(-0.5) };
                 let (mut rows, mut tiled) = (HeadScratch::default(), HeadScratch::default());
-                attend_rows(&layout, &q, &keys, &values, &mut rows);
-                attend_tiled(&layout, &q, &keys, &values, &mut tiled);
+                attend_rows(&layout, &q, keys, values, &mut rows);
+                attend_tiled(&layout, &q, keys, values, &mut tiled);
                 let worst = rows.out.iter().zip(&tiled.out).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
-                assert!(worst < 1e-5, "past {past}, t {t}, head {kvh}: {worst}");
+                assert!(worst < 1e-5, "{format:?}, past {past}, t {t}, head {kvh}: {worst}");
             }
         }
     }

@@ -173,6 +173,8 @@ pub struct Model {
     /// False for a bare decoder saved without a head (an embedding model).
     has_lm_head: bool,
     rope: MRope,
+    /// How attention caches store keys and values (see [`state::KvRows`]).
+    kv_format: k::FloatFormat,
 }
 
 impl Model {
@@ -256,7 +258,8 @@ impl Model {
         };
         let has_lm_head = config.tie_word_embeddings || !headless;
         let rope = MRope::new(&config);
-        Ok(Model { config, embed_tokens, layers, norm, lm_head, has_lm_head, rope })
+        let kv_format = if dtype == WeightDtype::F32 { k::FloatFormat::F32 } else { k::FloatFormat::F16 };
+        Ok(Model { config, embed_tokens, layers, norm, lm_head, has_lm_head, rope, kv_format })
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -274,12 +277,12 @@ impl Model {
 
     /// A fresh, empty conversation state accepting up to `max_context()` tokens.
     pub fn new_state(&self) -> SessionState {
-        SessionState::new(&self.config, self.max_context())
+        SessionState::new(&self.config, self.max_context(), self.kv_format)
     }
 
     /// A fresh state that refuses to grow past `max_len` tokens (bounding KV memory).
     pub fn new_state_with_limit(&self, max_len: usize) -> SessionState {
-        SessionState::new(&self.config, max_len.min(self.max_context()))
+        SessionState::new(&self.config, max_len.min(self.max_context()), self.kv_format)
     }
 
     /// Bytes of weights held in memory.
@@ -696,8 +699,8 @@ impl Model {
                         let positions = &s.positions[rows.clone()];
                         m.attend_sequence(rows, positions, &self.rope, keys, values, &mut s.attn);
                         if !keep_cache {
-                            *keys = Vec::new();
-                            *values = Vec::new();
+                            keys.release();
+                            values.release();
                         }
                     }
                     m.output(t, &mut s.attn, mixed);
@@ -755,7 +758,12 @@ mod tests {
                     LayerCache::Attention { keys: k1, values: v1 },
                     LayerCache::Attention { keys: k2, values: v2 },
                 ) => {
-                    kv_d = kv_d.max(max_diff(k1, k2)).max(max_diff(v1, v2));
+                    let f32s = |rows: &state::KvRows| {
+                        let mut v = vec![0.0; rows.len()];
+                        rows.read(0, &mut v);
+                        v
+                    };
+                    kv_d = kv_d.max(max_diff(&f32s(k1), &f32s(k2))).max(max_diff(&f32s(v1), &f32s(v2)));
                 }
                 _ => panic!("layer kinds differ"),
             }
@@ -848,8 +856,10 @@ mod tests {
         for (i, (want, state)) in alone.iter().enumerate() {
             let got = &batched[i * vocab..(i + 1) * vocab];
             assert!(max_diff(want, got) < 1e-3, "sequence {i}: {}", max_diff(want, got));
+            // Stacked, the rows take the blocked kernels where a short input alone takes the row
+            // kernels: the sums round differently.
             let (conv, ssm, kv) = state_diff(state, &batch_states[i]);
-            assert!(conv < 1e-5 && ssm < 1e-5 && kv < 1e-5, "sequence {i}: {conv} {ssm} {kv}");
+            assert!(conv < 1e-4 && ssm < 1e-4 && kv < 1e-4, "sequence {i}: {conv} {ssm} {kv}");
             assert_eq!(state.len(), batch_states[i].len());
         }
         // A batch with one bad input changes nothing.

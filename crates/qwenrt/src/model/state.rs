@@ -1,6 +1,8 @@
 //! Per-session state: what a conversation has accumulated (KV caches, DeltaNet conv and
 //! recurrent states) plus reusable scratch memory. The model itself stays immutable.
 
+use qwenrt_kernels::FloatFormat;
+
 use crate::config::{LayerType, ModelConfig};
 
 /// The cache of one decoder layer.
@@ -11,7 +13,63 @@ pub(crate) enum LayerCache {
     DeltaNet { conv: Vec<f32>, ssm: Vec<f32> },
     /// Full attention: keys and values of every past position, `[len, nKV, head_dim]`
     /// (keys after q/k-norm and RoPE).
-    Attention { keys: Vec<f32>, values: Vec<f32> },
+    Attention { keys: KvRows, values: KvRows },
+}
+
+/// The keys or the values of one attention layer, `[len, nKV, head_dim]`, stored in `format`:
+/// half precision unless the model runs in f32. Decode at long context is bound by reading
+/// this cache, and half precision halves those bytes; f32 mode keeps f32 because its point is
+/// matching the reference.
+#[derive(Clone, Debug)]
+pub(crate) struct KvRows {
+    format: FloatFormat,
+    bytes: Vec<u8>,
+}
+
+impl KvRows {
+    pub(crate) fn new(format: FloatFormat) -> Self {
+        KvRows { format, bytes: Vec::new() }
+    }
+
+    pub(crate) fn format(&self) -> FloatFormat {
+        self.format
+    }
+
+    /// The stored values, in [`format`](Self::format).
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// Number of values held.
+    pub(crate) fn len(&self) -> usize {
+        self.bytes.len() / self.format.bytes()
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.bytes.clear();
+    }
+
+    /// Frees the memory (the layer-at-a-time embedding pass drops each layer's cache after use).
+    pub(crate) fn release(&mut self) {
+        self.bytes = Vec::new();
+    }
+
+    /// Appends `values`, rounded to the storage format.
+    pub(crate) fn extend(&mut self, values: &[f32]) {
+        let start = self.bytes.len();
+        self.bytes.resize(start + values.len() * self.format.bytes(), 0);
+        qwenrt_kernels::encode_floats(self.format, values, &mut self.bytes[start..]);
+    }
+
+    /// Values `start..start + out.len()` as f32.
+    pub(crate) fn read(&self, start: usize, out: &mut [f32]) {
+        let b = self.format.bytes();
+        qwenrt_kernels::decode_floats(self.format, &self.bytes[start * b..(start + out.len()) * b], out);
+    }
+
+    fn byte_len(&self) -> usize {
+        self.bytes.len()
+    }
 }
 
 /// Everything a conversation carries between calls to the model.
@@ -36,7 +94,7 @@ pub struct Snapshot {
 }
 
 impl SessionState {
-    pub(crate) fn new(config: &ModelConfig, max_len: usize) -> Self {
+    pub(crate) fn new(config: &ModelConfig, max_len: usize, kv_format: FloatFormat) -> Self {
         let t = &config.text;
         let layers = config
             .layer_types
@@ -49,7 +107,9 @@ impl SessionState {
                         t.linear_num_value_heads * t.linear_key_head_dim * t.linear_value_head_dim
                     ],
                 },
-                LayerType::FullAttention => LayerCache::Attention { keys: Vec::new(), values: Vec::new() },
+                LayerType::FullAttention => {
+                    LayerCache::Attention { keys: KvRows::new(kv_format), values: KvRows::new(kv_format) }
+                }
             })
             .collect();
         SessionState { layers, len: 0, rope_delta: 0, max_len, scratch: Default::default() }
@@ -105,7 +165,9 @@ impl SessionState {
                 (LayerCache::DeltaNet { conv: c1, ssm: s1 }, LayerCache::DeltaNet { conv: c2, ssm: s2 }) => {
                     c1.len() == c2.len() && s1.len() == s2.len()
                 }
-                (LayerCache::Attention { .. }, LayerCache::Attention { .. }) => true,
+                (LayerCache::Attention { keys: k1, .. }, LayerCache::Attention { keys: k2, .. }) => {
+                    k1.format() == k2.format()
+                }
                 _ => false,
             });
         if !compatible || snapshot.len > self.max_len {
@@ -155,7 +217,7 @@ fn caches_bytes(layers: &[LayerCache]) -> usize {
         .iter()
         .map(|l| match l {
             LayerCache::DeltaNet { conv, ssm } => (conv.len() + ssm.len()) * 4,
-            LayerCache::Attention { keys, values } => (keys.len() + values.len()) * 4,
+            LayerCache::Attention { keys, values } => keys.byte_len() + values.byte_len(),
         })
         .sum()
 }

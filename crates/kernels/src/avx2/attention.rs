@@ -1,0 +1,163 @@
+//! AVX2 twin of [`crate::attention::attend_cached`].
+//!
+//! Up to four query heads go together, so each cached key or value row is loaded and converted
+//! once for all of them. The weighted sum runs over blocks of rows small enough to stay in L2
+//! while every 16-value column strip of the block is accumulated in registers; column strips
+//! over the whole cache would read it from memory once per strip.
+//!
+//! # Safety
+//! AVX2, FMA and F16C must be available, and the caller (which asserts the shapes) guarantees
+//! that `span` rows of `hd` values at stride `stride` lie within `keys` and `values`.
+
+use std::arch::x86_64::*;
+
+use super::Lanes;
+
+/// Query heads sharing one pass over the cache.
+const HEADS: usize = 4;
+/// Cached rows per block of the weighted sum (128 rows of 256 f32 values: 128 KiB).
+const ROW_BLOCK: usize = 128;
+
+#[target_feature(enable = "avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn attend_cached<L: Lanes>(
+    q: &[f32],
+    hd: usize,
+    keys: &[u8],
+    values: &[u8],
+    stride: usize,
+    span: usize,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    let group = q.len() / hd;
+    let mut g0 = 0;
+    while g0 < group {
+        let heads = HEADS.min(group - g0);
+        let (qs, ss) = (q.as_ptr().add(g0 * hd), scores.as_mut_ptr().add(g0 * span));
+        match heads {
+            4 => scores_for::<L, 4>(qs, hd, keys.as_ptr(), stride, span, ss),
+            3 => scores_for::<L, 3>(qs, hd, keys.as_ptr(), stride, span, ss),
+            2 => scores_for::<L, 2>(qs, hd, keys.as_ptr(), stride, span, ss),
+            _ => scores_for::<L, 1>(qs, hd, keys.as_ptr(), stride, span, ss),
+        }
+        g0 += heads;
+    }
+    for s in scores.chunks_exact_mut(span) {
+        crate::softmax(s);
+    }
+    out.fill(0.0);
+    let mut g0 = 0;
+    while g0 < group {
+        let heads = HEADS.min(group - g0);
+        let (ss, os) = (scores.as_ptr().add(g0 * span), out.as_mut_ptr().add(g0 * hd));
+        match heads {
+            4 => weighted_sum::<L, 4>(ss, span, values.as_ptr(), stride, hd, os),
+            3 => weighted_sum::<L, 3>(ss, span, values.as_ptr(), stride, hd, os),
+            2 => weighted_sum::<L, 2>(ss, span, values.as_ptr(), stride, hd, os),
+            _ => weighted_sum::<L, 1>(ss, span, values.as_ptr(), stride, hd, os),
+        }
+        g0 += heads;
+    }
+}
+
+#[inline(always)]
+unsafe fn hsum(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+}
+
+/// `scores[g * span + j] = q[g] · key j` for `G` query heads (rows of `q`, `hd` apart).
+#[inline(always)]
+unsafe fn scores_for<L: Lanes, const G: usize>(
+    q: *const f32,
+    hd: usize,
+    keys: *const u8,
+    stride: usize,
+    span: usize,
+    scores: *mut f32,
+) {
+    let whole = hd / 8 * 8;
+    for j in 0..span {
+        let row = keys.add(j * stride * L::BYTES);
+        let mut acc = [_mm256_setzero_ps(); G];
+        for d in (0..whole).step_by(8) {
+            let k = L::load8(row.add(d * L::BYTES));
+            for (g, a) in acc.iter_mut().enumerate() {
+                *a = _mm256_fmadd_ps(_mm256_loadu_ps(q.add(g * hd + d)), k, *a);
+            }
+        }
+        for (g, a) in acc.iter().enumerate() {
+            let mut s = hsum(*a);
+            for d in whole..hd {
+                s += *q.add(g * hd + d) * L::scalar(row.add(d * L::BYTES));
+            }
+            *scores.add(g * span + j) = s;
+        }
+    }
+}
+
+/// `out[g] += Σ_j scores[g * span + j] · value j` for `G` query heads.
+#[inline(always)]
+unsafe fn weighted_sum<L: Lanes, const G: usize>(
+    scores: *const f32,
+    span: usize,
+    values: *const u8,
+    stride: usize,
+    hd: usize,
+    out: *mut f32,
+) {
+    for j0 in (0..span).step_by(ROW_BLOCK) {
+        let j1 = (j0 + ROW_BLOCK).min(span);
+        let mut d = 0;
+        while d + 16 <= hd {
+            let mut acc = [[_mm256_setzero_ps(); 2]; G];
+            for (g, a) in acc.iter_mut().enumerate() {
+                a[0] = _mm256_loadu_ps(out.add(g * hd + d));
+                a[1] = _mm256_loadu_ps(out.add(g * hd + d + 8));
+            }
+            for j in j0..j1 {
+                let row = values.add((j * stride + d) * L::BYTES);
+                let (v0, v1) = (L::load8(row), L::load8(row.add(8 * L::BYTES)));
+                for (g, a) in acc.iter_mut().enumerate() {
+                    let p = _mm256_broadcast_ss(&*scores.add(g * span + j));
+                    a[0] = _mm256_fmadd_ps(p, v0, a[0]);
+                    a[1] = _mm256_fmadd_ps(p, v1, a[1]);
+                }
+            }
+            for (g, a) in acc.iter().enumerate() {
+                _mm256_storeu_ps(out.add(g * hd + d), a[0]);
+                _mm256_storeu_ps(out.add(g * hd + d + 8), a[1]);
+            }
+            d += 16;
+        }
+        // Head sizes that are not a multiple of 16 (none of the Qwen models'): 8 lanes, then
+        // single values.
+        if d + 8 <= hd {
+            let mut acc = [_mm256_setzero_ps(); G];
+            for (g, a) in acc.iter_mut().enumerate() {
+                *a = _mm256_loadu_ps(out.add(g * hd + d));
+            }
+            for j in j0..j1 {
+                let v = L::load8(values.add((j * stride + d) * L::BYTES));
+                for (g, a) in acc.iter_mut().enumerate() {
+                    *a = _mm256_fmadd_ps(_mm256_broadcast_ss(&*scores.add(g * span + j)), v, *a);
+                }
+            }
+            for (g, a) in acc.iter().enumerate() {
+                _mm256_storeu_ps(out.add(g * hd + d), *a);
+            }
+            d += 8;
+        }
+        for dd in d..hd {
+            for g in 0..G {
+                let mut s = *out.add(g * hd + dd);
+                for j in j0..j1 {
+                    s += *scores.add(g * span + j) * L::scalar(values.add((j * stride + dd) * L::BYTES));
+                }
+                *out.add(g * hd + dd) = s;
+            }
+        }
+    }
+}
