@@ -47,7 +47,7 @@ pub fn attend_cached_with(
     scores: &mut [f32],
     out: &mut [f32],
 ) {
-    assert!(hd > 0 && q.len() % hd == 0 && out.len() == q.len(), "attend_cached: query shapes");
+    assert!(hd > 0 && q.len().is_multiple_of(hd) && out.len() == q.len(), "attend_cached: query shapes");
     let group = q.len() / hd;
     assert!(span > 0 && stride >= hd && scores.len() >= group * span, "attend_cached: cache shapes");
     let needed = ((span - 1) * stride + hd) * format.bytes();

@@ -7,6 +7,7 @@
 
 pub mod attention;
 pub mod convert;
+pub mod elementwise;
 pub mod gemm;
 
 use std::arch::x86_64::*;

@@ -23,10 +23,7 @@ use std::sync::OnceLock;
 
 pub use convert::{decode_floats, encode_floats};
 use quant::{BlockQ4, BlockQ8, BlockQ8Act, QK};
-pub use scalar::{
-    add_assign, l2_normalize, matmul_f32, rms_norm, rms_norm_gated, sigmoid, silu, silu_mul, softmax,
-    softplus, FloatFormat,
-};
+pub use scalar::{matmul_f32, sigmoid, silu, softplus, FloatFormat};
 
 /// Sum of `a[i] * b[i]` with the best instruction set.
 #[inline]
@@ -49,6 +46,157 @@ pub fn axpy(acc: &mut [f32], a: f32, x: &[f32]) {
         // SAFETY: as in dot.
         Isa::Avx2 => unsafe { avx2::axpy(acc, a, x) },
         _ => scalar::axpy(acc, a, x),
+    }
+}
+
+/// `x[i] = e^x[i]`, within 2 ulp of libm's `expf` (0 below the subnormal range, infinite above
+/// `f32::MAX`, NaN for NaN).
+pub fn exp_in_place(x: &mut [f32]) {
+    match Isa::detect() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: detect() checked the features.
+        Isa::Avx2 => unsafe { avx2::elementwise::exp_in_place(x) },
+        _ => scalar::exp_in_place(x),
+    }
+}
+
+/// `x[i] = silu(x[i]) = x[i] · sigmoid(x[i])`.
+pub fn silu_in_place(x: &mut [f32]) {
+    match Isa::detect() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: detect() checked the features.
+        Isa::Avx2 => unsafe { avx2::elementwise::silu_in_place(x) },
+        _ => scalar::silu_in_place(x),
+    }
+}
+
+/// `gate[i] = silu(gate[i]) * up[i]`, the SwiGLU activation.
+pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
+    assert_eq!(gate.len(), up.len(), "silu_mul: length mismatch");
+    match Isa::detect() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: detect() checked the features; the lengths are equal.
+        Isa::Avx2 => unsafe { avx2::elementwise::silu_mul(gate, up) },
+        _ => scalar::silu_mul(gate, up),
+    }
+}
+
+/// `x[i] *= a`.
+#[inline]
+pub fn scale(x: &mut [f32], a: f32) {
+    match Isa::detect() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: detect() checked the features.
+        Isa::Avx2 => unsafe { avx2::elementwise::scale(x, a) },
+        _ => scalar::scale(x, a),
+    }
+}
+
+/// `acc[i] += x[i]`.
+#[inline]
+pub fn add_assign(acc: &mut [f32], x: &[f32]) {
+    assert_eq!(acc.len(), x.len(), "add_assign: length mismatch");
+    match Isa::detect() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: detect() checked the features; the lengths are equal.
+        Isa::Avx2 => unsafe { avx2::elementwise::add_assign(acc, x) },
+        _ => scalar::add_assign(acc, x),
+    }
+}
+
+/// `out = x / sqrt(mean(x^2) + eps) * w`. Zero-centred norms pass `w = 1 + weight`, folded at load.
+pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    assert!(x.len() == w.len() && x.len() == out.len(), "rms_norm: length mismatch");
+    match Isa::detect() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: detect() checked the features; the lengths are equal.
+        Isa::Avx2 => unsafe { avx2::elementwise::rms_norm(x, w, eps, out) },
+        _ => scalar::rms_norm(x, w, eps, out),
+    }
+}
+
+/// Gated RMSNorm of the DeltaNet output: `w * (x / rms(x)) * silu(gate)`, in place on `x`.
+pub fn rms_norm_gated(x: &mut [f32], gate: &[f32], w: &[f32], eps: f32) {
+    assert!(x.len() == w.len() && x.len() == gate.len(), "rms_norm_gated: length mismatch");
+    match Isa::detect() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: detect() checked the features; the lengths are equal.
+        Isa::Avx2 => unsafe { avx2::elementwise::rms_norm_gated(x, gate, w, eps) },
+        _ => scalar::rms_norm_gated(x, gate, w, eps),
+    }
+}
+
+/// `x * rsqrt(sum(x^2) + eps)` in place, the FLA-style L2 normalisation DeltaNet applies to q and k.
+pub fn l2_normalize(x: &mut [f32], eps: f32) {
+    match Isa::detect() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: detect() checked the features.
+        Isa::Avx2 => unsafe { avx2::elementwise::l2_normalize(x, eps) },
+        _ => scalar::l2_normalize(x, eps),
+    }
+}
+
+/// Numerically stable softmax in place.
+pub fn softmax(x: &mut [f32]) {
+    match Isa::detect() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: detect() checked the features.
+        Isa::Avx2 => unsafe { avx2::elementwise::softmax(x) },
+        _ => scalar::softmax(x),
+    }
+}
+
+/// Depthwise causal convolution + SiLU of `u: [t, channels]` with taps `weight_t: [kernel,
+/// channels]`, continuing from (and updating) the `kernel - 1` previous inputs in `state`; see
+/// [`scalar::causal_conv`].
+pub fn causal_conv(
+    u: &[f32],
+    t: usize,
+    channels: usize,
+    weight_t: &[f32],
+    kernel: usize,
+    state: &mut [f32],
+    out: &mut [f32],
+) {
+    scalar::check_causal_conv(u, t, channels, weight_t, kernel, state, out);
+    match Isa::detect() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: detect() checked the features; the shapes are checked above.
+        Isa::Avx2 => unsafe { avx2::elementwise::causal_conv(u, t, channels, weight_t, kernel, state, out) },
+        _ => scalar::causal_conv(u, t, channels, weight_t, kernel, state, out),
+    }
+}
+
+/// One token of the gated delta rule for one head on its state `[dk, dv]`; see
+/// [`scalar::delta_rule_step`].
+pub fn delta_rule_step(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    g: f32,
+    beta: f32,
+    state: &mut [f32],
+    out: &mut [f32],
+) {
+    scalar::check_delta_rule(q, k, v, state, out);
+    match Isa::detect() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: detect() checked the features; the shapes are checked above.
+        Isa::Avx2 => unsafe { avx2::elementwise::delta_rule_step(q, k, v, g, beta, state, out) },
+        _ => scalar::delta_rule_step(q, k, v, g, beta, state, out),
+    }
+}
+
+/// Rotary embedding in the NeoX `rotate_half` form on the first `2 * cos.len()` values of
+/// `head`; see [`scalar::rope_rotate_half`].
+#[inline]
+pub fn rope_rotate_half(head: &mut [f32], cos: &[f32], sin: &[f32]) {
+    scalar::check_rope(head, cos, sin);
+    match Isa::detect() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: detect() checked the features; the lengths are checked above.
+        Isa::Avx2 => unsafe { avx2::elementwise::rope_rotate_half(head, cos, sin) },
+        _ => scalar::rope_rotate_half(head, cos, sin),
     }
 }
 

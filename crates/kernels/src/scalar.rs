@@ -127,6 +127,165 @@ pub fn add_assign(acc: &mut [f32], x: &[f32]) {
     }
 }
 
+/// `x[i] = e^x[i]` with libm's `expf`, the reference for the vector exponentials.
+pub fn exp_in_place(x: &mut [f32]) {
+    for v in x.iter_mut() {
+        *v = v.exp();
+    }
+}
+
+/// `x[i] = silu(x[i])`.
+pub fn silu_in_place(x: &mut [f32]) {
+    for v in x.iter_mut() {
+        *v = silu(*v);
+    }
+}
+
+/// `x[i] *= a`.
+pub fn scale(x: &mut [f32], a: f32) {
+    for v in x.iter_mut() {
+        *v *= a;
+    }
+}
+
+/// Depthwise causal convolution with SiLU, DeltaNet's `F.silu(conv1d(...))` over
+/// `[state ++ u]`:
+///
+/// `out[ti, ch] = silu(Σ_j weight_t[j, ch] · input(ti - (kernel - 1) + j, ch))`
+///
+/// for `u: [t, channels]` and taps `weight_t: [kernel, channels]` (the checkpoint's
+/// `[channels, 1, kernel]` weight transposed), where inputs before `u` come from
+/// `state: [kernel - 1, channels]` (oldest first). Leaves the last `kernel - 1` rows of
+/// `[state ++ u]` in `state`, so a sequence may be fed in pieces of any length.
+pub fn causal_conv(
+    u: &[f32],
+    t: usize,
+    channels: usize,
+    weight_t: &[f32],
+    kernel: usize,
+    state: &mut [f32],
+    out: &mut [f32],
+) {
+    check_causal_conv(u, t, channels, weight_t, kernel, state, out);
+    let hist = kernel - 1;
+    for ti in 0..t {
+        for ch in 0..channels {
+            let mut acc = 0.0f32;
+            for j in 0..kernel {
+                // Tap j reads row ti + j of [state ++ u].
+                let row = ti + j;
+                let x = if row < hist { state[row * channels + ch] } else { u[(row - hist) * channels + ch] };
+                acc += weight_t[j * channels + ch] * x;
+            }
+            out[ti * channels + ch] = silu(acc);
+        }
+    }
+    shift_conv_state(u, t, channels, hist, state);
+}
+
+/// The shape checks of [`causal_conv`], shared with its twins.
+pub(crate) fn check_causal_conv(
+    u: &[f32],
+    t: usize,
+    channels: usize,
+    weight_t: &[f32],
+    kernel: usize,
+    state: &[f32],
+    out: &[f32],
+) {
+    assert!(kernel >= 1, "causal_conv: kernel must be at least 1");
+    assert_eq!(u.len(), t * channels, "causal_conv: u is not [t, channels]");
+    assert_eq!(out.len(), t * channels, "causal_conv: out is not [t, channels]");
+    assert_eq!(weight_t.len(), kernel * channels, "causal_conv: weight_t is not [kernel, channels]");
+    assert_eq!(state.len(), (kernel - 1) * channels, "causal_conv: state is not [kernel - 1, channels]");
+}
+
+/// Replaces `state` (`[hist, channels]`) by the last `hist` rows of `[state ++ u]`.
+pub(crate) fn shift_conv_state(u: &[f32], t: usize, channels: usize, hist: usize, state: &mut [f32]) {
+    if t >= hist {
+        state.copy_from_slice(&u[(t - hist) * channels..t * channels]);
+    } else {
+        state.copy_within(t * channels.., 0);
+        state[(hist - t) * channels..].copy_from_slice(&u[..t * channels]);
+    }
+}
+
+/// One token of the gated delta rule for one head (`torch_recurrent_gated_delta_rule`), on the
+/// state `S: [dk, dv]` (row `i` belongs to key dimension `i`):
+///
+/// ```text
+/// S *= e^g;  delta = (v - Σ_i k_i S_i) · beta;  S_i += k_i · delta;  out = Σ_i q_i S_i
+/// ```
+///
+/// `q` (`dk`) comes l2-normalised and scaled, `k` (`dk`) l2-normalised; `out` (`dv`) is
+/// overwritten.
+pub fn delta_rule_step(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    g: f32,
+    beta: f32,
+    state: &mut [f32],
+    out: &mut [f32],
+) {
+    check_delta_rule(q, k, v, state, out);
+    let (dk, dv) = (k.len(), v.len());
+    let decay = g.exp();
+    for s in state.iter_mut() {
+        *s *= decay;
+    }
+    // `out` holds delta until the state has taken it in, so the reference needs no scratch.
+    let delta = out;
+    delta.copy_from_slice(v);
+    for i in 0..dk {
+        for j in 0..dv {
+            delta[j] -= k[i] * state[i * dv + j];
+        }
+    }
+    for d in delta.iter_mut() {
+        *d *= beta;
+    }
+    for i in 0..dk {
+        for j in 0..dv {
+            state[i * dv + j] += k[i] * delta[j];
+        }
+    }
+    let out = delta;
+    out.fill(0.0);
+    for i in 0..dk {
+        for j in 0..dv {
+            out[j] += q[i] * state[i * dv + j];
+        }
+    }
+}
+
+/// The shape checks of [`delta_rule_step`], shared with its twins.
+pub(crate) fn check_delta_rule(q: &[f32], k: &[f32], v: &[f32], state: &[f32], out: &[f32]) {
+    assert_eq!(q.len(), k.len(), "delta_rule_step: q and k differ in length");
+    assert_eq!(out.len(), v.len(), "delta_rule_step: out and v differ in length");
+    assert_eq!(state.len(), k.len() * v.len(), "delta_rule_step: state is not [dk, dv]");
+}
+
+/// Rotary embedding in the NeoX `rotate_half` form, `x·cos + rotate_half(x)·sin`, on the first
+/// `2 * cos.len()` values of `head` (later values untouched): with `x1`, `x2` the two halves of
+/// that part, `x1 ← x1·cos − x2·sin` and `x2 ← x2·cos + x1·sin`.
+pub fn rope_rotate_half(head: &mut [f32], cos: &[f32], sin: &[f32]) {
+    check_rope(head, cos, sin);
+    let half = cos.len();
+    let (lo, hi) = head[..2 * half].split_at_mut(half);
+    for i in 0..half {
+        let (a, b) = (lo[i], hi[i]);
+        lo[i] = a * cos[i] - b * sin[i];
+        hi[i] = b * cos[i] + a * sin[i];
+    }
+}
+
+/// The shape checks of [`rope_rotate_half`], shared with its twins.
+pub(crate) fn check_rope(head: &[f32], cos: &[f32], sin: &[f32]) {
+    assert_eq!(cos.len(), sin.len(), "rope_rotate_half: cos and sin differ in length");
+    assert!(head.len() >= 2 * cos.len(), "rope_rotate_half: head shorter than the rotated part");
+}
+
 /// How a float weight matrix is stored, for [`matmul_float`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FloatFormat {
