@@ -54,7 +54,7 @@ pub struct GatedDeltaNet {
     in_proj_z: Linear,
     in_proj_b: Linear,
     in_proj_a: Linear,
-    /// Depthwise causal conv taps, `[conv_dim, K]` (`conv1d.weight` without its unit middle axis).
+    /// Depthwise causal conv taps, `[K, conv_dim]` (`conv1d.weight` transposed at load).
     conv_weight: Vec<f32>,
     dt_bias: Vec<f32>,
     /// `-exp(A_log)`, folded at load.
@@ -103,7 +103,10 @@ impl GatedDeltaNet {
             kernel: t.linear_conv_kernel_dim,
         };
         let p = |name: &str| format!("{}linear_attn.{name}", w.prefix);
-        let conv_weight = w.store.get(&p("conv1d.weight"), &[d.conv_dim(), 1, d.kernel])?.to_f32();
+        // Stored [channels, 1, K]; the kernel wants the taps of all channels side by side.
+        let conv = w.store.get(&p("conv1d.weight"), &[d.conv_dim(), 1, d.kernel])?.to_f32();
+        let mut conv_weight = vec![0.0; conv.len()];
+        k::transpose(&conv, d.conv_dim(), d.kernel, &mut conv_weight);
         let a_log = load_vector(w.store, &p("A_log"), d.hv)?;
         Ok(GatedDeltaNet {
             in_proj_qkv: w.linear(&p("in_proj_qkv.weight"), d.conv_dim(), d.hidden)?,
@@ -247,39 +250,17 @@ impl GatedDeltaNet {
     /// Depthwise causal convolution of `u: [t, C]` with SiLU, reading the `K-1` inputs before
     /// `u` from `state` (oldest first) and leaving the last `K-1` inputs there.
     fn causal_conv(&self, u: &[f32], t: usize, state: &mut [f32], out: &mut [f32]) {
-        let c = self.d.conv_dim();
-        let kw = self.d.kernel;
-        let hist = kw - 1;
-        // Input at time `ti - hist + j` for tap j; negative times come from the state.
-        let input = |time: isize, ch: usize, state: &[f32]| -> f32 {
-            if time >= 0 {
-                u[time as usize * c + ch]
-            } else {
-                state[(hist as isize + time) as usize * c + ch]
-            }
-        };
-        for ti in 0..t {
-            for ch in 0..c {
-                let taps = &self.conv_weight[ch * kw..(ch + 1) * kw];
-                let mut acc = 0.0f32;
-                for (j, &w) in taps.iter().enumerate() {
-                    acc += w * input(ti as isize - hist as isize + j as isize, ch, state);
-                }
-                out[ti * c + ch] = k::silu(acc);
-            }
-        }
-        // New state: the last K-1 rows of [state ++ u].
-        if t >= hist {
-            state.copy_from_slice(&u[(t - hist) * c..t * c]);
-        } else {
-            state.copy_within(t * c.., 0);
-            state[(hist - t) * c..].copy_from_slice(&u[..t * c]);
-        }
+        k::causal_conv(u, t, self.d.conv_dim(), &self.conv_weight, self.d.kernel, state, out);
     }
 }
 
 /// One token of the recurrent delta rule for one value head (`torch_recurrent_gated_delta_rule`).
-/// `q` is already l2-normalised and scaled, `k` l2-normalised; `state` is `[dk, dv]`.
+/// `q` is already l2-normalised and scaled, `k` l2-normalised; `state` is `[dk, dv]`:
+///
+/// ```text
+/// S = S * exp(g);  delta = (v - (S * k[:, None]).sum(-2)) * beta
+/// S = S + k[:, None] * delta[None, :];  out = (S * q[:, None]).sum(-2)
+/// ```
 pub fn delta_rule_step(
     q: &[f32],
     k: &[f32],
@@ -289,33 +270,19 @@ pub fn delta_rule_step(
     state: &mut [f32],
     out: &mut [f32],
 ) {
-    let dv = v.len();
-    // last_recurrent_state = last_recurrent_state * decay_t
-    let decay = g.exp();
-    state.iter_mut().for_each(|s| *s *= decay);
-    // kv_mem = (S * k[:, None]).sum(-2);  delta = (v - kv_mem) * beta
-    let mut delta = [0.0f32; MAX_HEAD_DIM];
-    let delta = &mut delta[..dv];
-    delta.copy_from_slice(v);
-    for (&ki, srow) in k.iter().zip(state.chunks_exact(dv)) {
-        k::axpy(delta, -ki, srow);
-    }
-    delta.iter_mut().for_each(|x| *x *= beta);
-    // S = S + k[:, None] * delta[None, :];  out = (S * q[:, None]).sum(-2)
-    out.fill(0.0);
-    for ((&ki, &qi), srow) in k.iter().zip(q).zip(state.chunks_exact_mut(dv)) {
-        k::axpy(srow, ki, delta);
-        k::axpy(out, qi, srow);
-    }
+    qwenrt_kernels::delta_rule_step(q, k, v, g, beta, state, out);
 }
 
-/// Head dimensions above this would need heap scratch in [`delta_rule_step`]; real models use 128.
+/// Largest head size the attention norms' stack scratch holds (checked at load); real models
+/// use 128 (DeltaNet) and 256 (attention).
 pub const MAX_HEAD_DIM: usize = 512;
 
 /// Per-chunk matrices of the parallel form, reused across heads and calls.
 #[derive(Default)]
 pub struct ChunkScratch {
     cum_g: Vec<f32>,
+    /// `e^{G_i−G_j}` for one row `i`.
+    decay: Vec<f32>,
     /// Strictly lower `β_i (k_i·k_j) e^{G_i−G_j}`, `[C, C]`.
     ut: Vec<f32>,
     /// `(q_i·k_j) e^{G_i−G_j}` for `j <= i`, `[C, C]`.
@@ -373,18 +340,26 @@ pub fn delta_rule_chunked(
         let row = |i: usize, n: usize| i * n..(i + 1) * n;
 
         // ut_system (strictly lower part) and intra_chunk_attn (lower part incl. diagonal)
+        // Both from the products K K^T and Q K^T, then decayed and masked row by row.
         let ut = grow(&mut s.ut, c * c);
+        k::matmul_f32_local(k, k, ut, c, dk, c);
         let qk = grow(&mut s.qk, c * c);
+        k::matmul_f32_local(q, k, qk, c, dk, c);
+        let decay = grow(&mut s.decay, c);
         for i in 0..c {
-            let (ki, qi) = (&k[row(i, dk)], &q[row(i, dk)]);
-            for j in 0..=i {
-                let kj = &k[row(j, dk)];
-                let decay = (cum[i] - cum[j]).exp();
-                ut[i * c + j] = if j < i { beta[i] * k::dot(ki, kj) * decay } else { 0.0 };
-                qk[i * c + j] = k::dot(qi, kj) * decay;
+            for (d, &cj) in decay[..=i].iter_mut().zip(cum.iter()) {
+                *d = cum[i] - cj;
             }
+            k::exp_in_place(&mut decay[..=i]);
+            let (ut_row, qk_row) = (&mut ut[row(i, c)], &mut qk[row(i, c)]);
+            for ((u, q), &d) in ut_row[..i].iter_mut().zip(&mut qk_row[..i]).zip(decay.iter()) {
+                *u *= beta[i] * d;
+                *q *= d;
+            }
+            qk_row[i] *= decay[i];
+            ut_row[i..].fill(0.0);
             // The causal mask: qk multiplies v_new as a full [c, c] matrix below.
-            qk[i * c + i + 1..(i + 1) * c].fill(0.0);
+            qk_row[i + 1..].fill(0.0);
         }
 
         // new_values = solve(ut, v_beta); k_cumdecay = solve(ut, k_beta * exp(cum_decay))

@@ -59,12 +59,7 @@ impl MRope {
     /// `x_rot * cos + rotate_half(x_rot) * sin`.
     pub fn rotate(&self, head: &mut [f32], cos: &[f32], sin: &[f32]) {
         let half = self.rotary_dim / 2;
-        let (lo, hi) = head[..self.rotary_dim].split_at_mut(half);
-        for i in 0..half {
-            let (a, b) = (lo[i], hi[i]);
-            lo[i] = a * cos[i] - b * sin[i];
-            hi[i] = b * cos[i] + a * sin[i];
-        }
+        qwenrt_kernels::rope_rotate_half(head, &cos[..half], &sin[..half]);
     }
 
     pub fn half_dim(&self) -> usize {
