@@ -5,10 +5,82 @@
 //! are by reading weights: at 8k tokens the six attention layers of Qwen3.5-0.8B read 192 MiB
 //! of f32 keys and values per token, a quarter of what its int8 weights take. The kernel reads
 //! every cached row once for the whole group of query heads, and the cache may be stored in
-//! half precision, which halves those bytes.
+//! half precision or in 8-bit blocks, which halve or nearly quarter those bytes.
 
+use crate::quant::{quantize_q8_into, BlockQ8, QK};
 use crate::scalar::{softmax, FloatFormat};
 use crate::Isa;
+
+/// How a cache stores its values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CacheFormat {
+    Float(FloatFormat),
+    /// Blocks of 32 values, each an f16 scale then 32 signed levels (the Q8_0 layout, 34
+    /// bytes): rows and the heads within them must be whole blocks.
+    Q8,
+}
+
+/// Bytes of one [`CacheFormat::Q8`] block.
+pub const Q8_BLOCK_BYTES: usize = 2 + QK;
+
+impl CacheFormat {
+    /// Bytes that `values` values take (for Q8, a multiple of 32).
+    pub fn bytes_for(self, values: usize) -> usize {
+        match self {
+            CacheFormat::Float(f) => values * f.bytes(),
+            CacheFormat::Q8 => values / QK * Q8_BLOCK_BYTES,
+        }
+    }
+
+    /// Whether rows or heads of `values` values can be stored in this format.
+    pub fn fits(self, values: usize) -> bool {
+        self != CacheFormat::Q8 || values % QK == 0
+    }
+
+    /// Value `i` of `bytes`.
+    pub fn get(self, bytes: &[u8], i: usize) -> f32 {
+        match self {
+            CacheFormat::Float(f) => f.get(bytes, i),
+            CacheFormat::Q8 => {
+                let block = &bytes[i / QK * Q8_BLOCK_BYTES..];
+                half::f16::from_le_bytes([block[0], block[1]]).to_f32() * (block[2 + i % QK] as i8) as f32
+            }
+        }
+    }
+}
+
+/// Writes `values` to `out` (`format.bytes_for(values.len())` bytes) in `format`.
+pub fn encode_cache(format: CacheFormat, values: &[f32], out: &mut [u8]) {
+    match format {
+        CacheFormat::Float(f) => crate::encode_floats(f, values, out),
+        CacheFormat::Q8 => {
+            assert!(values.len() % QK == 0, "encode_cache: Q8 needs whole blocks");
+            assert_eq!(out.len(), format.bytes_for(values.len()), "encode_cache: length mismatch");
+            let mut block = [BlockQ8::default()];
+            for (chunk, o) in values.chunks_exact(QK).zip(out.chunks_exact_mut(Q8_BLOCK_BYTES)) {
+                quantize_q8_into(chunk, &mut block).expect("a whole block");
+                o[..2].copy_from_slice(&block[0].d.to_le_bytes());
+                for (b, &q) in o[2..].iter_mut().zip(&block[0].qs) {
+                    *b = q as u8;
+                }
+            }
+        }
+    }
+}
+
+/// Reads `out.len()` values from `bytes` (in `format`) into `out`.
+pub fn decode_cache(format: CacheFormat, bytes: &[u8], out: &mut [f32]) {
+    match format {
+        CacheFormat::Float(f) => crate::decode_floats(f, bytes, out),
+        CacheFormat::Q8 => {
+            assert!(out.len() % QK == 0, "decode_cache: Q8 needs whole blocks");
+            assert_eq!(bytes.len(), format.bytes_for(out.len()), "decode_cache: length mismatch");
+            for (i, o) in out.iter_mut().enumerate() {
+                *o = format.get(bytes, i);
+            }
+        }
+    }
+}
 
 /// `out[g] = softmax(q[g] · K^T) V` for the `q.len() / hd` query heads of one KV head, over
 /// `span` cached positions.
@@ -20,7 +92,7 @@ use crate::Isa;
 /// * `out`: `q.len()` values, overwritten.
 #[allow(clippy::too_many_arguments)]
 pub fn attend_cached(
-    format: FloatFormat,
+    format: CacheFormat,
     q: &[f32],
     hd: usize,
     keys: &[u8],
@@ -37,7 +109,7 @@ pub fn attend_cached(
 #[allow(clippy::too_many_arguments)]
 pub fn attend_cached_with(
     isa: Isa,
-    format: FloatFormat,
+    format: CacheFormat,
     q: &[f32],
     hd: usize,
     keys: &[u8],
@@ -50,7 +122,8 @@ pub fn attend_cached_with(
     assert!(hd > 0 && q.len().is_multiple_of(hd) && out.len() == q.len(), "attend_cached: query shapes");
     let group = q.len() / hd;
     assert!(span > 0 && stride >= hd && scores.len() >= group * span, "attend_cached: cache shapes");
-    let needed = ((span - 1) * stride + hd) * format.bytes();
+    assert!(format.fits(hd) && format.fits(stride), "attend_cached: Q8 rows and heads must be whole blocks");
+    let needed = format.bytes_for((span - 1) * stride + hd);
     assert!(keys.len() >= needed && values.len() >= needed, "attend_cached: cache too short");
     let scores = &mut scores[..group * span];
     match isa {
@@ -58,16 +131,20 @@ pub fn attend_cached_with(
         // SAFETY: detect() (or the caller's choice, which tests only make after detect()) found
         // AVX2+FMA+F16C; the asserts above bound every row read.
         Isa::Avx2 => unsafe {
-            use crate::avx2::{attention as simd, Bf16, F16, F32};
+            use crate::avx2::attention::{self as simd, Float, Q8Rows};
+            use crate::avx2::{Bf16, F16, F32};
             match format {
-                FloatFormat::F32 => {
-                    simd::attend_cached::<F32>(q, hd, keys, values, stride, span, scores, out)
+                CacheFormat::Float(FloatFormat::F32) => {
+                    simd::attend_cached::<Float<F32>>(q, hd, keys, values, stride, span, scores, out)
                 }
-                FloatFormat::Bf16 => {
-                    simd::attend_cached::<Bf16>(q, hd, keys, values, stride, span, scores, out)
+                CacheFormat::Float(FloatFormat::Bf16) => {
+                    simd::attend_cached::<Float<Bf16>>(q, hd, keys, values, stride, span, scores, out)
                 }
-                FloatFormat::F16 => {
-                    simd::attend_cached::<F16>(q, hd, keys, values, stride, span, scores, out)
+                CacheFormat::Float(FloatFormat::F16) => {
+                    simd::attend_cached::<Float<F16>>(q, hd, keys, values, stride, span, scores, out)
+                }
+                CacheFormat::Q8 => {
+                    simd::attend_cached::<Q8Rows>(q, hd, keys, values, stride, span, scores, out)
                 }
             }
         },
@@ -78,7 +155,7 @@ pub fn attend_cached_with(
 /// The specification: scores row by row, a softmax per query head, then the weighted sum.
 #[allow(clippy::too_many_arguments)]
 fn scalar_attend_cached(
-    format: FloatFormat,
+    format: CacheFormat,
     q: &[f32],
     hd: usize,
     keys: &[u8],

@@ -2,7 +2,7 @@
 //! format, on head sizes with tails, groups that do not fill the 4-head passes, and spans that
 //! cross the row blocks of the weighted sum.
 
-use qwenrt_kernels::attention::attend_cached_with;
+use qwenrt_kernels::attention::{attend_cached_with, decode_cache, encode_cache, CacheFormat};
 use qwenrt_kernels::{FloatFormat, Isa};
 
 fn data(n: usize, seed: u64) -> Vec<f32> {
@@ -17,20 +17,27 @@ fn data(n: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
-fn encode(w: &[f32], format: FloatFormat) -> Vec<u8> {
-    match format {
-        FloatFormat::F32 => w.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        FloatFormat::Bf16 => w.iter().flat_map(|&v| half::bf16::from_f32(v).to_le_bytes()).collect(),
-        FloatFormat::F16 => w.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect(),
-    }
+fn encode(w: &[f32], format: CacheFormat) -> Vec<u8> {
+    let mut out = vec![0; format.bytes_for(w.len())];
+    encode_cache(format, w, &mut out);
+    out
 }
+
+const FORMATS: [CacheFormat; 4] = [
+    CacheFormat::Float(FloatFormat::F32),
+    CacheFormat::Float(FloatFormat::Bf16),
+    CacheFormat::Float(FloatFormat::F16),
+    CacheFormat::Q8,
+];
 
 #[test]
 fn attend_cached_simd_equals_scalar() {
     if Isa::detect() == Isa::Scalar {
         return eprintln!("no SIMD on this CPU: nothing to compare");
     }
-    // (query heads, head size, span, row stride in values)
+    // (query heads, head size, span, row stride in values): tails after whole vectors, groups
+    // that do not fill the 4-head passes, spans across the value row blocks; Q8 takes the shapes
+    // of whole blocks.
     let shapes = [
         (1, 8, 1, 8),
         (4, 256, 300, 512),
@@ -39,13 +46,18 @@ fn attend_cached_simd_equals_scalar() {
         (8, 64, 17, 128),
         (2, 7, 5, 9),
     ];
-    for format in [FloatFormat::F32, FloatFormat::Bf16, FloatFormat::F16] {
+    for format in FORMATS {
         for &(group, hd, span, stride) in &shapes {
+            if !format.fits(hd) || !format.fits(stride) {
+                continue;
+            }
             let q: Vec<f32> = data(group * hd, (group * 7 + hd) as u64).iter().map(|v| v * 3.0).collect();
-            // The cache of one head inside rows of a wider cache: start at an offset of 1.
-            let keys = encode(&data(span * stride + 1, span as u64), format);
-            let values = encode(&data(span * stride + 1, span as u64 + 99), format);
-            let at = format.bytes();
+            // The cache of one head inside rows of a wider cache: start one head-size in.
+            let (keys, values) = (
+                encode(&data((span + 1) * stride, span as u64), format),
+                encode(&data((span + 1) * stride, span as u64 + 99), format),
+            );
+            let at = format.bytes_for(stride - hd);
             let (mut got, mut want) = (vec![f32::NAN; group * hd], vec![f32::NAN; group * hd]);
             let mut scores = vec![0.0; group * span];
             attend_cached_with(
@@ -82,27 +94,35 @@ fn attend_cached_simd_equals_scalar() {
     }
 }
 
+/// The Q8 cache round-trips within half a level of each block, plus what the f16 rounding of the
+/// block's scale moves its largest level (at most 127 · 2⁻¹¹ of a level).
+#[test]
+fn q8_cache_round_trip() {
+    let values: Vec<f32> =
+        data(32 * 9, 5).iter().enumerate().map(|(i, v)| v * (1.0 + i as f32 / 40.0)).collect();
+    let bytes = encode(&values, CacheFormat::Q8);
+    assert_eq!(bytes.len(), 9 * 34);
+    let mut back = vec![0.0; values.len()];
+    decode_cache(CacheFormat::Q8, &bytes, &mut back);
+    for (block, (v, b)) in values.chunks(32).zip(back.chunks(32)).enumerate() {
+        let step = v.iter().fold(0.0f32, |m, x| m.max(x.abs())) / 127.0;
+        for (x, y) in v.iter().zip(b) {
+            assert!((x - y).abs() <= (0.5 + 127.0 / 2048.0) * step, "block {block}: {x} read back as {y}");
+        }
+    }
+}
+
 #[test]
 fn attention_to_one_key_returns_its_value() {
     let (hd, stride) = (16, 16);
     let q = data(2 * hd, 1);
     let values = data(hd, 2);
-    let bytes = encode(&values, FloatFormat::F32);
-    let keys = encode(&data(hd, 3), FloatFormat::F32);
+    let format = CacheFormat::Float(FloatFormat::F32);
+    let bytes = encode(&values, format);
+    let keys = encode(&data(hd, 3), format);
     let mut out = vec![0.0; 2 * hd];
     let mut scores = vec![0.0; 2];
-    attend_cached_with(
-        Isa::detect(),
-        FloatFormat::F32,
-        &q,
-        hd,
-        &keys,
-        &bytes,
-        stride,
-        1,
-        &mut scores,
-        &mut out,
-    );
+    attend_cached_with(Isa::detect(), format, &q, hd, &keys, &bytes, stride, 1, &mut scores, &mut out);
     assert_eq!(&out[..hd], &values[..]);
     assert_eq!(&out[hd..], &values[..]);
 }

@@ -212,11 +212,13 @@ mod tests {
     use super::*;
     use crate::config::ModelConfig;
     use crate::model::SessionState;
+    use qwenrt_kernels::attention::CacheFormat;
+    use qwenrt_kernels::FloatFormat;
 
     fn snapshot() -> Snapshot {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/models/tiny-vl");
         let config = ModelConfig::from_file(&dir.join("config.json")).unwrap();
-        SessionState::new(&config, 64, qwenrt_kernels::FloatFormat::F32).snapshot()
+        SessionState::new(&config, 64, CacheFormat::Float(FloatFormat::F32)).snapshot()
     }
 
     #[test]

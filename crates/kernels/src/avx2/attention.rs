@@ -10,8 +10,67 @@
 //! that `span` rows of `hd` values at stride `stride` lie within `keys` and `values`.
 
 use std::arch::x86_64::*;
+use std::marker::PhantomData;
 
-use super::Lanes;
+use super::{f16_to_f32, Lanes};
+use crate::attention::Q8_BLOCK_BYTES;
+use crate::quant::QK;
+
+/// How the rows of a cache are laid out and read, 8 values at a time.
+pub trait Rows {
+    /// Start of row `j` of `stride` values.
+    unsafe fn row(base: *const u8, j: usize, stride: usize) -> *const u8;
+    /// Values `d..d + 8` of a row (`d` a multiple of 8).
+    unsafe fn load8(row: *const u8, d: usize) -> __m256;
+    unsafe fn scalar(row: *const u8, d: usize) -> f32;
+}
+
+/// Rows of floats in the storage format `L`.
+pub struct Float<L>(PhantomData<L>);
+
+impl<L: Lanes> Rows for Float<L> {
+    #[inline(always)]
+    unsafe fn row(base: *const u8, j: usize, stride: usize) -> *const u8 {
+        base.add(j * stride * L::BYTES)
+    }
+    #[inline(always)]
+    unsafe fn load8(row: *const u8, d: usize) -> __m256 {
+        L::load8(row.add(d * L::BYTES))
+    }
+    #[inline(always)]
+    unsafe fn scalar(row: *const u8, d: usize) -> f32 {
+        L::scalar(row.add(d * L::BYTES))
+    }
+}
+
+/// Rows of Q8 blocks (whole blocks per row; 8 aligned values never straddle two blocks).
+pub struct Q8Rows;
+
+impl Q8Rows {
+    #[inline(always)]
+    unsafe fn block(row: *const u8, d: usize) -> (*const u8, f32) {
+        let block = row.add(d / QK * Q8_BLOCK_BYTES);
+        (block.add(2 + d % QK), f16_to_f32((block as *const u16).read_unaligned()))
+    }
+}
+
+impl Rows for Q8Rows {
+    #[inline(always)]
+    unsafe fn row(base: *const u8, j: usize, stride: usize) -> *const u8 {
+        base.add(j * stride / QK * Q8_BLOCK_BYTES)
+    }
+    #[inline(always)]
+    unsafe fn load8(row: *const u8, d: usize) -> __m256 {
+        let (levels, scale) = Self::block(row, d);
+        let q = _mm256_cvtepi8_epi32(_mm_loadl_epi64(levels as *const __m128i));
+        _mm256_mul_ps(_mm256_cvtepi32_ps(q), _mm256_set1_ps(scale))
+    }
+    #[inline(always)]
+    unsafe fn scalar(row: *const u8, d: usize) -> f32 {
+        let (levels, scale) = Self::block(row, d);
+        (*levels as i8) as f32 * scale
+    }
+}
 
 /// Query heads sharing one pass over the cache.
 const HEADS: usize = 4;
@@ -20,7 +79,7 @@ const ROW_BLOCK: usize = 128;
 
 #[target_feature(enable = "avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
-pub unsafe fn attend_cached<L: Lanes>(
+pub unsafe fn attend_cached<R: Rows>(
     q: &[f32],
     hd: usize,
     keys: &[u8],
@@ -36,10 +95,10 @@ pub unsafe fn attend_cached<L: Lanes>(
         let heads = HEADS.min(group - g0);
         let (qs, ss) = (q.as_ptr().add(g0 * hd), scores.as_mut_ptr().add(g0 * span));
         match heads {
-            4 => scores_for::<L, 4>(qs, hd, keys.as_ptr(), stride, span, ss),
-            3 => scores_for::<L, 3>(qs, hd, keys.as_ptr(), stride, span, ss),
-            2 => scores_for::<L, 2>(qs, hd, keys.as_ptr(), stride, span, ss),
-            _ => scores_for::<L, 1>(qs, hd, keys.as_ptr(), stride, span, ss),
+            4 => scores_for::<R, 4>(qs, hd, keys.as_ptr(), stride, span, ss),
+            3 => scores_for::<R, 3>(qs, hd, keys.as_ptr(), stride, span, ss),
+            2 => scores_for::<R, 2>(qs, hd, keys.as_ptr(), stride, span, ss),
+            _ => scores_for::<R, 1>(qs, hd, keys.as_ptr(), stride, span, ss),
         }
         g0 += heads;
     }
@@ -52,10 +111,10 @@ pub unsafe fn attend_cached<L: Lanes>(
         let heads = HEADS.min(group - g0);
         let (ss, os) = (scores.as_ptr().add(g0 * span), out.as_mut_ptr().add(g0 * hd));
         match heads {
-            4 => weighted_sum::<L, 4>(ss, span, values.as_ptr(), stride, hd, os),
-            3 => weighted_sum::<L, 3>(ss, span, values.as_ptr(), stride, hd, os),
-            2 => weighted_sum::<L, 2>(ss, span, values.as_ptr(), stride, hd, os),
-            _ => weighted_sum::<L, 1>(ss, span, values.as_ptr(), stride, hd, os),
+            4 => weighted_sum::<R, 4>(ss, span, values.as_ptr(), stride, hd, os),
+            3 => weighted_sum::<R, 3>(ss, span, values.as_ptr(), stride, hd, os),
+            2 => weighted_sum::<R, 2>(ss, span, values.as_ptr(), stride, hd, os),
+            _ => weighted_sum::<R, 1>(ss, span, values.as_ptr(), stride, hd, os),
         }
         g0 += heads;
     }
@@ -70,7 +129,7 @@ unsafe fn hsum(v: __m256) -> f32 {
 
 /// `scores[g * span + j] = q[g] · key j` for `G` query heads (rows of `q`, `hd` apart).
 #[inline(always)]
-unsafe fn scores_for<L: Lanes, const G: usize>(
+unsafe fn scores_for<R: Rows, const G: usize>(
     q: *const f32,
     hd: usize,
     keys: *const u8,
@@ -80,10 +139,10 @@ unsafe fn scores_for<L: Lanes, const G: usize>(
 ) {
     let whole = hd / 8 * 8;
     for j in 0..span {
-        let row = keys.add(j * stride * L::BYTES);
+        let row = R::row(keys, j, stride);
         let mut acc = [_mm256_setzero_ps(); G];
         for d in (0..whole).step_by(8) {
-            let k = L::load8(row.add(d * L::BYTES));
+            let k = R::load8(row, d);
             for (g, a) in acc.iter_mut().enumerate() {
                 *a = _mm256_fmadd_ps(_mm256_loadu_ps(q.add(g * hd + d)), k, *a);
             }
@@ -91,7 +150,7 @@ unsafe fn scores_for<L: Lanes, const G: usize>(
         for (g, a) in acc.iter().enumerate() {
             let mut s = hsum(*a);
             for d in whole..hd {
-                s += *q.add(g * hd + d) * L::scalar(row.add(d * L::BYTES));
+                s += *q.add(g * hd + d) * R::scalar(row, d);
             }
             *scores.add(g * span + j) = s;
         }
@@ -100,7 +159,7 @@ unsafe fn scores_for<L: Lanes, const G: usize>(
 
 /// `out[g] += Σ_j scores[g * span + j] · value j` for `G` query heads.
 #[inline(always)]
-unsafe fn weighted_sum<L: Lanes, const G: usize>(
+unsafe fn weighted_sum<R: Rows, const G: usize>(
     scores: *const f32,
     span: usize,
     values: *const u8,
@@ -118,8 +177,8 @@ unsafe fn weighted_sum<L: Lanes, const G: usize>(
                 a[1] = _mm256_loadu_ps(out.add(g * hd + d + 8));
             }
             for j in j0..j1 {
-                let row = values.add((j * stride + d) * L::BYTES);
-                let (v0, v1) = (L::load8(row), L::load8(row.add(8 * L::BYTES)));
+                let row = R::row(values, j, stride);
+                let (v0, v1) = (R::load8(row, d), R::load8(row, d + 8));
                 for (g, a) in acc.iter_mut().enumerate() {
                     let p = _mm256_broadcast_ss(&*scores.add(g * span + j));
                     a[0] = _mm256_fmadd_ps(p, v0, a[0]);
@@ -140,7 +199,7 @@ unsafe fn weighted_sum<L: Lanes, const G: usize>(
                 *a = _mm256_loadu_ps(out.add(g * hd + d));
             }
             for j in j0..j1 {
-                let v = L::load8(values.add((j * stride + d) * L::BYTES));
+                let v = R::load8(R::row(values, j, stride), d);
                 for (g, a) in acc.iter_mut().enumerate() {
                     *a = _mm256_fmadd_ps(_mm256_broadcast_ss(&*scores.add(g * span + j)), v, *a);
                 }
@@ -154,7 +213,7 @@ unsafe fn weighted_sum<L: Lanes, const G: usize>(
             for g in 0..G {
                 let mut s = *out.add(g * hd + dd);
                 for j in j0..j1 {
-                    s += *scores.add(g * span + j) * L::scalar(values.add((j * stride + dd) * L::BYTES));
+                    s += *scores.add(g * span + j) * R::scalar(R::row(values, j, stride), dd);
                 }
                 *out.add(g * hd + dd) = s;
             }

@@ -235,7 +235,7 @@ fn attend_rows(l: &HeadLayout, q: &[f32], keys: &KvRows, values: &KvRows, hs: &m
     let scores = grow(&mut hs.scores, group * (past + t));
     let out = grow(&mut hs.out, t * group * hd);
     let scaled = grow(&mut hs.q, group * hd);
-    let head_start = l.kvh * hd * keys.format().bytes();
+    let head_start = keys.format().bytes_for(l.kvh * hd);
     for ti in 0..t {
         let first = ti * l.q_width + l.kvh * group * hd;
         for (d, &v) in scaled.iter_mut().zip(&q[first..first + group * hd]) {
@@ -341,6 +341,7 @@ fn attend_tiled(l: &HeadLayout, q: &[f32], keys: &KvRows, values: &KvRows, hs: &
 #[cfg(test)]
 mod tests {
     use super::*;
+    use qwenrt_kernels::attention::CacheFormat;
 
     /// The tiled path (online softmax over key tiles) equals the row-by-row softmax, across
     /// tile edges, with a cache before the new tokens and a partial last tile, for both cache
@@ -355,14 +356,17 @@ mod tests {
             (seed >> 40) as f32 / (1u64 << 23) as f32 - 1.0
         };
         for (past, t) in [(0, 70), (300, 37), (5, 300)] {
-            let (kv_heads, group, hd) = (2, 3, 24);
+            let (kv_heads, group, hd) = (2, 3, 32);
             let (q_width, kv_width) = (kv_heads * group * hd, kv_heads * hd);
             let q: Vec<f32> = (0..t * q_width).map(|_| 3.0 * rand()).collect();
             let keys: Vec<f32> = (0..(past + t) * kv_width).map(|_| rand()).collect();
             let values: Vec<f32> = (0..(past + t) * kv_width).map(|_| rand()).collect();
-            for (kvh, format) in
-                (0..kv_heads).flat_map(|h| [(h, k::FloatFormat::F32), (h, k::FloatFormat::F16)])
-            {
+            let formats = [
+                CacheFormat::Float(k::FloatFormat::F32),
+                CacheFormat::Float(k::FloatFormat::F16),
+                CacheFormat::Q8,
+            ];
+            for (kvh, format) in (0..kv_heads).flat_map(|h| formats.map(|f| (h, f))) {
                 let (mut cached_keys, mut cached_values) = (KvRows::new(format), KvRows::new(format));
                 cached_keys.extend(&keys);
                 cached_values.extend(&values);

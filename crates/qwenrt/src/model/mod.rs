@@ -38,6 +38,7 @@ mod state;
 use std::path::Path;
 
 use qwenrt_kernels as k;
+use qwenrt_kernels::attention::CacheFormat;
 
 pub use rope::Position3;
 pub use state::{SessionState, Snapshot};
@@ -174,7 +175,7 @@ pub struct Model {
     has_lm_head: bool,
     rope: MRope,
     /// How attention caches store keys and values (see [`state::KvRows`]).
-    kv_format: k::FloatFormat,
+    kv_format: CacheFormat,
 }
 
 impl Model {
@@ -258,7 +259,11 @@ impl Model {
         };
         let has_lm_head = config.tie_word_embeddings || !headless;
         let rope = MRope::new(&config);
-        let kv_format = if dtype == WeightDtype::F32 { k::FloatFormat::F32 } else { k::FloatFormat::F16 };
+        let kv_format = match dtype {
+            WeightDtype::F32 => CacheFormat::Float(k::FloatFormat::F32),
+            WeightDtype::Int8 | WeightDtype::Int4 if CacheFormat::Q8.fits(config.head_dim) => CacheFormat::Q8,
+            _ => CacheFormat::Float(k::FloatFormat::F16),
+        };
         Ok(Model { config, embed_tokens, layers, norm, lm_head, has_lm_head, rope, kv_format })
     }
 

@@ -1,7 +1,7 @@
 //! Per-session state: what a conversation has accumulated (KV caches, DeltaNet conv and
 //! recurrent states) plus reusable scratch memory. The model itself stays immutable.
 
-use qwenrt_kernels::FloatFormat;
+use qwenrt_kernels::attention::{decode_cache, encode_cache, CacheFormat};
 
 use crate::config::{LayerType, ModelConfig};
 
@@ -16,22 +16,23 @@ pub(crate) enum LayerCache {
     Attention { keys: KvRows, values: KvRows },
 }
 
-/// The keys or the values of one attention layer, `[len, nKV, head_dim]`, stored in `format`:
-/// half precision unless the model runs in f32. Decode at long context is bound by reading
-/// this cache, and half precision halves those bytes; f32 mode keeps f32 because its point is
-/// matching the reference.
+/// The keys or the values of one attention layer, `[len, nKV, head_dim]`, stored in `format`.
+/// Decode at long context is bound by reading this cache, so it follows the weights: 8-bit
+/// blocks with int8/int4 weights (whose matrix products quantize activations to the same blocks
+/// anyway), half precision with bf16/f16 weights, f32 in f32 mode, whose point is matching the
+/// reference.
 #[derive(Clone, Debug)]
 pub(crate) struct KvRows {
-    format: FloatFormat,
+    format: CacheFormat,
     bytes: Vec<u8>,
 }
 
 impl KvRows {
-    pub(crate) fn new(format: FloatFormat) -> Self {
+    pub(crate) fn new(format: CacheFormat) -> Self {
         KvRows { format, bytes: Vec::new() }
     }
 
-    pub(crate) fn format(&self) -> FloatFormat {
+    pub(crate) fn format(&self) -> CacheFormat {
         self.format
     }
 
@@ -42,7 +43,10 @@ impl KvRows {
 
     /// Number of values held.
     pub(crate) fn len(&self) -> usize {
-        self.bytes.len() / self.format.bytes()
+        match self.format {
+            CacheFormat::Float(f) => self.bytes.len() / f.bytes(),
+            CacheFormat::Q8 => self.bytes.len() / self.format.bytes_for(32) * 32,
+        }
     }
 
     pub(crate) fn clear(&mut self) {
@@ -57,14 +61,14 @@ impl KvRows {
     /// Appends `values`, rounded to the storage format.
     pub(crate) fn extend(&mut self, values: &[f32]) {
         let start = self.bytes.len();
-        self.bytes.resize(start + values.len() * self.format.bytes(), 0);
-        qwenrt_kernels::encode_floats(self.format, values, &mut self.bytes[start..]);
+        self.bytes.resize(start + self.format.bytes_for(values.len()), 0);
+        encode_cache(self.format, values, &mut self.bytes[start..]);
     }
 
-    /// Values `start..start + out.len()` as f32.
+    /// Values `start..start + out.len()` as f32 (for Q8, whole blocks).
     pub(crate) fn read(&self, start: usize, out: &mut [f32]) {
-        let b = self.format.bytes();
-        qwenrt_kernels::decode_floats(self.format, &self.bytes[start * b..(start + out.len()) * b], out);
+        let (from, to) = (self.format.bytes_for(start), self.format.bytes_for(start + out.len()));
+        decode_cache(self.format, &self.bytes[from..to], out);
     }
 
     fn byte_len(&self) -> usize {
@@ -94,7 +98,7 @@ pub struct Snapshot {
 }
 
 impl SessionState {
-    pub(crate) fn new(config: &ModelConfig, max_len: usize, kv_format: FloatFormat) -> Self {
+    pub(crate) fn new(config: &ModelConfig, max_len: usize, kv_format: CacheFormat) -> Self {
         let t = &config.text;
         let layers = config
             .layer_types
