@@ -34,7 +34,7 @@ impl CacheFormat {
 
     /// Whether rows or heads of `values` values can be stored in this format.
     pub fn fits(self, values: usize) -> bool {
-        self != CacheFormat::Q8 || values % QK == 0
+        self != CacheFormat::Q8 || values.is_multiple_of(QK)
     }
 
     /// Value `i` of `bytes`.
@@ -54,7 +54,7 @@ pub fn encode_cache(format: CacheFormat, values: &[f32], out: &mut [u8]) {
     match format {
         CacheFormat::Float(f) => crate::encode_floats(f, values, out),
         CacheFormat::Q8 => {
-            assert!(values.len() % QK == 0, "encode_cache: Q8 needs whole blocks");
+            assert!(values.len().is_multiple_of(QK), "encode_cache: Q8 needs whole blocks");
             assert_eq!(out.len(), format.bytes_for(values.len()), "encode_cache: length mismatch");
             let mut block = [BlockQ8::default()];
             for (chunk, o) in values.chunks_exact(QK).zip(out.chunks_exact_mut(Q8_BLOCK_BYTES)) {
@@ -73,7 +73,7 @@ pub fn decode_cache(format: CacheFormat, bytes: &[u8], out: &mut [f32]) {
     match format {
         CacheFormat::Float(f) => crate::decode_floats(f, bytes, out),
         CacheFormat::Q8 => {
-            assert!(out.len() % QK == 0, "decode_cache: Q8 needs whole blocks");
+            assert!(out.len().is_multiple_of(QK), "decode_cache: Q8 needs whole blocks");
             assert_eq!(bytes.len(), format.bytes_for(out.len()), "decode_cache: length mismatch");
             for (i, o) in out.iter_mut().enumerate() {
                 *o = format.get(bytes, i);
