@@ -23,6 +23,36 @@ pub trait Rows {
     /// Values `d..d + 8` of a row (`d` a multiple of 8).
     unsafe fn load8(row: *const u8, d: usize) -> __m256;
     unsafe fn scalar(row: *const u8, d: usize) -> f32;
+
+    /// The scores of `G` query heads against every row (see [`scores_for`]).
+    #[inline(always)]
+    unsafe fn scores<const G: usize>(
+        q: *const f32,
+        hd: usize,
+        keys: *const u8,
+        stride: usize,
+        span: usize,
+        scores: *mut f32,
+    ) where
+        Self: Sized,
+    {
+        scores_for::<Self, G>(q, hd, keys, stride, span, scores)
+    }
+
+    /// `out[g] += Σ_j scores[g * span + j] · value j` (see [`weighted_sum`]).
+    #[inline(always)]
+    unsafe fn weighted<const G: usize>(
+        scores: *const f32,
+        span: usize,
+        values: *const u8,
+        stride: usize,
+        hd: usize,
+        out: *mut f32,
+    ) where
+        Self: Sized,
+    {
+        weighted_sum::<Self, G>(scores, span, values, stride, hd, out)
+    }
 }
 
 /// Rows of floats in the storage format `L`.
@@ -70,7 +100,100 @@ impl Rows for Q8Rows {
         let (levels, scale) = Self::block(row, d);
         (*levels as i8) as f32 * scale
     }
+
+    /// Dots with the integer levels of a block first, then one scale per block and head (rows
+    /// here are whole blocks, so `hd` is a multiple of 32).
+    #[inline(always)]
+    unsafe fn scores<const G: usize>(
+        q: *const f32,
+        hd: usize,
+        keys: *const u8,
+        stride: usize,
+        span: usize,
+        scores: *mut f32,
+    ) {
+        for j in 0..span {
+            let row = Self::row(keys, j, stride);
+            let mut acc = [_mm256_setzero_ps(); G];
+            for b in (0..hd).step_by(QK) {
+                let (levels, scale) = Self::block(row, b);
+                let mut part = [_mm256_setzero_ps(); G];
+                for c in (0..QK).step_by(8) {
+                    let k = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(
+                        levels.add(c) as *const __m128i
+                    )));
+                    for (g, p) in part.iter_mut().enumerate() {
+                        *p = _mm256_fmadd_ps(_mm256_loadu_ps(q.add(g * hd + b + c)), k, *p);
+                    }
+                }
+                let scale = _mm256_set1_ps(scale);
+                for (a, p) in acc.iter_mut().zip(part) {
+                    *a = _mm256_fmadd_ps(p, scale, *a);
+                }
+            }
+            for (g, a) in acc.iter().enumerate() {
+                *scores.add(g * span + j) = hsum(*a);
+            }
+        }
+    }
+
+    /// Folds each row's block scales into its probabilities first (per row block, in L1), so
+    /// the inner loop only widens levels and multiplies-adds, as for f16 rows.
+    #[inline(always)]
+    unsafe fn weighted<const G: usize>(
+        scores: *const f32,
+        span: usize,
+        values: *const u8,
+        stride: usize,
+        hd: usize,
+        out: *mut f32,
+    ) {
+        let blocks = hd / QK;
+        if blocks > MAX_BLOCKS {
+            return weighted_sum::<Self, G>(scores, span, values, stride, hd, out);
+        }
+        // scaled[(g * ROW_BLOCK + j - j0) * blocks + b] = p[g][j] · scale of block b of row j
+        let mut scaled = [0.0f32; HEADS * ROW_BLOCK * MAX_BLOCKS];
+        for j0 in (0..span).step_by(ROW_BLOCK) {
+            let j1 = (j0 + ROW_BLOCK).min(span);
+            for j in j0..j1 {
+                let row = Self::row(values, j, stride);
+                for b in 0..blocks {
+                    let scale = f16_to_f32((row.add(b * Q8_BLOCK_BYTES) as *const u16).read_unaligned());
+                    for g in 0..G {
+                        scaled[(g * ROW_BLOCK + j - j0) * blocks + b] = *scores.add(g * span + j) * scale;
+                    }
+                }
+            }
+            for d in (0..hd).step_by(16) {
+                let b = d / QK;
+                let mut acc = [[_mm256_setzero_ps(); 2]; G];
+                for (g, a) in acc.iter_mut().enumerate() {
+                    a[0] = _mm256_loadu_ps(out.add(g * hd + d));
+                    a[1] = _mm256_loadu_ps(out.add(g * hd + d + 8));
+                }
+                for j in j0..j1 {
+                    let levels = Self::row(values, j, stride).add(b * Q8_BLOCK_BYTES + 2 + d % QK);
+                    let q = _mm_loadu_si128(levels as *const __m128i);
+                    let v0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q));
+                    let v1 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128::<8>(q)));
+                    for (g, a) in acc.iter_mut().enumerate() {
+                        let p = _mm256_broadcast_ss(&scaled[(g * ROW_BLOCK + j - j0) * blocks + b]);
+                        a[0] = _mm256_fmadd_ps(p, v0, a[0]);
+                        a[1] = _mm256_fmadd_ps(p, v1, a[1]);
+                    }
+                }
+                for (g, a) in acc.iter().enumerate() {
+                    _mm256_storeu_ps(out.add(g * hd + d), a[0]);
+                    _mm256_storeu_ps(out.add(g * hd + d + 8), a[1]);
+                }
+            }
+        }
+    }
 }
+
+/// Most Q8 blocks per head that [`Q8Rows::weighted`]'s stack scratch covers (heads of 512).
+const MAX_BLOCKS: usize = 16;
 
 /// Query heads sharing one pass over the cache.
 const HEADS: usize = 4;
@@ -95,10 +218,10 @@ pub unsafe fn attend_cached<R: Rows>(
         let heads = HEADS.min(group - g0);
         let (qs, ss) = (q.as_ptr().add(g0 * hd), scores.as_mut_ptr().add(g0 * span));
         match heads {
-            4 => scores_for::<R, 4>(qs, hd, keys.as_ptr(), stride, span, ss),
-            3 => scores_for::<R, 3>(qs, hd, keys.as_ptr(), stride, span, ss),
-            2 => scores_for::<R, 2>(qs, hd, keys.as_ptr(), stride, span, ss),
-            _ => scores_for::<R, 1>(qs, hd, keys.as_ptr(), stride, span, ss),
+            4 => R::scores::<4>(qs, hd, keys.as_ptr(), stride, span, ss),
+            3 => R::scores::<3>(qs, hd, keys.as_ptr(), stride, span, ss),
+            2 => R::scores::<2>(qs, hd, keys.as_ptr(), stride, span, ss),
+            _ => R::scores::<1>(qs, hd, keys.as_ptr(), stride, span, ss),
         }
         g0 += heads;
     }
@@ -111,10 +234,10 @@ pub unsafe fn attend_cached<R: Rows>(
         let heads = HEADS.min(group - g0);
         let (ss, os) = (scores.as_ptr().add(g0 * span), out.as_mut_ptr().add(g0 * hd));
         match heads {
-            4 => weighted_sum::<R, 4>(ss, span, values.as_ptr(), stride, hd, os),
-            3 => weighted_sum::<R, 3>(ss, span, values.as_ptr(), stride, hd, os),
-            2 => weighted_sum::<R, 2>(ss, span, values.as_ptr(), stride, hd, os),
-            _ => weighted_sum::<R, 1>(ss, span, values.as_ptr(), stride, hd, os),
+            4 => R::weighted::<4>(ss, span, values.as_ptr(), stride, hd, os),
+            3 => R::weighted::<3>(ss, span, values.as_ptr(), stride, hd, os),
+            2 => R::weighted::<2>(ss, span, values.as_ptr(), stride, hd, os),
+            _ => R::weighted::<1>(ss, span, values.as_ptr(), stride, hd, os),
         }
         g0 += heads;
     }

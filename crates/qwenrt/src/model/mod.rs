@@ -259,9 +259,10 @@ impl Model {
         };
         let has_lm_head = config.tie_word_embeddings || !headless;
         let rope = MRope::new(&config);
+        // Q8 blocks would read fewer bytes still, but their decode kernel is bound by widening
+        // and scaling today (see the kernels' `attention_bench`), slower than f16 at 8k tokens.
         let kv_format = match dtype {
             WeightDtype::F32 => CacheFormat::Float(k::FloatFormat::F32),
-            WeightDtype::Int8 | WeightDtype::Int4 if CacheFormat::Q8.fits(config.head_dim) => CacheFormat::Q8,
             _ => CacheFormat::Float(k::FloatFormat::F16),
         };
         Ok(Model { config, embed_tokens, layers, norm, lm_head, has_lm_head, rope, kv_format })

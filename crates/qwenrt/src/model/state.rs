@@ -16,11 +16,9 @@ pub(crate) enum LayerCache {
     Attention { keys: KvRows, values: KvRows },
 }
 
-/// The keys or the values of one attention layer, `[len, nKV, head_dim]`, stored in `format`.
-/// Decode at long context is bound by reading this cache, so it follows the weights: 8-bit
-/// blocks with int8/int4 weights (whose matrix products quantize activations to the same blocks
-/// anyway), half precision with bf16/f16 weights, f32 in f32 mode, whose point is matching the
-/// reference.
+/// The keys or the values of one attention layer, `[len, nKV, head_dim]`, stored in `format`:
+/// half precision unless the model runs in f32, whose point is matching the reference. Decode at
+/// long context is bound by reading this cache, and half precision halves those bytes.
 #[derive(Clone, Debug)]
 pub(crate) struct KvRows {
     format: CacheFormat,
