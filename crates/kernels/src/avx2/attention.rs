@@ -112,28 +112,41 @@ impl Rows for Q8Rows {
         span: usize,
         scores: *mut f32,
     ) {
-        for j in 0..span {
-            let row = Self::row(keys, j, stride);
-            let mut acc = [_mm256_setzero_ps(); G];
+        // Two rows per pass, as in `scores_for`.
+        let mut j = 0;
+        while j < span {
+            let pair = (span - j).min(2);
+            let rows = [Self::row(keys, j, stride), Self::row(keys, j + pair - 1, stride)];
+            let mut acc = [[_mm256_setzero_ps(); G]; 2];
             for b in (0..hd).step_by(QK) {
-                let (levels, scale) = Self::block(row, b);
-                let mut part = [_mm256_setzero_ps(); G];
+                let blocks = [Self::block(rows[0], b), Self::block(rows[1], b)];
+                let mut part = [[_mm256_setzero_ps(); G]; 2];
                 for c in (0..QK).step_by(8) {
-                    let k = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(
-                        levels.add(c) as *const __m128i
-                    )));
-                    for (g, p) in part.iter_mut().enumerate() {
-                        *p = _mm256_fmadd_ps(_mm256_loadu_ps(q.add(g * hd + b + c)), k, *p);
+                    let widen = |levels: *const u8| {
+                        _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(
+                            levels.add(c) as *const __m128i
+                        )))
+                    };
+                    let k = [widen(blocks[0].0), widen(blocks[1].0)];
+                    for g in 0..G {
+                        let x = _mm256_loadu_ps(q.add(g * hd + b + c));
+                        part[0][g] = _mm256_fmadd_ps(x, k[0], part[0][g]);
+                        part[1][g] = _mm256_fmadd_ps(x, k[1], part[1][g]);
                     }
                 }
-                let scale = _mm256_set1_ps(scale);
-                for (a, p) in acc.iter_mut().zip(part) {
-                    *a = _mm256_fmadd_ps(p, scale, *a);
+                for r in 0..2 {
+                    let scale = _mm256_set1_ps(blocks[r].1);
+                    for g in 0..G {
+                        acc[r][g] = _mm256_fmadd_ps(part[r][g], scale, acc[r][g]);
+                    }
                 }
             }
-            for (g, a) in acc.iter().enumerate() {
-                *scores.add(g * span + j) = hsum(*a);
+            for (r, sums) in acc.iter().enumerate().take(pair) {
+                for (g, a) in sums.iter().enumerate() {
+                    *scores.add(g * span + j + r) = hsum(*a);
+                }
             }
+            j += pair;
         }
     }
 
@@ -152,7 +165,8 @@ impl Rows for Q8Rows {
         if blocks > MAX_BLOCKS {
             return weighted_sum::<Self, G>(scores, span, values, stride, hd, out);
         }
-        // scaled[(g * ROW_BLOCK + j - j0) * blocks + b] = p[g][j] · scale of block b of row j
+        // scaled[(b * ROW_BLOCK + j - j0) * G + g] = p[g][j] · scale of block b of row j: the
+        // inner loop below reads it in order.
         let mut scaled = [0.0f32; HEADS * ROW_BLOCK * MAX_BLOCKS];
         for j0 in (0..span).step_by(ROW_BLOCK) {
             let j1 = (j0 + ROW_BLOCK).min(span);
@@ -161,7 +175,7 @@ impl Rows for Q8Rows {
                 for b in 0..blocks {
                     let scale = f16_to_f32((row.add(b * Q8_BLOCK_BYTES) as *const u16).read_unaligned());
                     for g in 0..G {
-                        scaled[(g * ROW_BLOCK + j - j0) * blocks + b] = *scores.add(g * span + j) * scale;
+                        scaled[(b * ROW_BLOCK + j - j0) * G + g] = *scores.add(g * span + j) * scale;
                     }
                 }
             }
@@ -172,16 +186,19 @@ impl Rows for Q8Rows {
                     a[0] = _mm256_loadu_ps(out.add(g * hd + d));
                     a[1] = _mm256_loadu_ps(out.add(g * hd + d + 8));
                 }
-                for j in j0..j1 {
-                    let levels = Self::row(values, j, stride).add(b * Q8_BLOCK_BYTES + 2 + d % QK);
+                let probabilities = scaled.as_ptr().add(b * ROW_BLOCK * G);
+                let mut levels = Self::row(values, j0, stride).add(b * Q8_BLOCK_BYTES + 2 + d % QK);
+                let row_bytes = stride / QK * Q8_BLOCK_BYTES;
+                for jj in 0..j1 - j0 {
                     let q = _mm_loadu_si128(levels as *const __m128i);
                     let v0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q));
                     let v1 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128::<8>(q)));
                     for (g, a) in acc.iter_mut().enumerate() {
-                        let p = _mm256_broadcast_ss(&scaled[(g * ROW_BLOCK + j - j0) * blocks + b]);
+                        let p = _mm256_broadcast_ss(&*probabilities.add(jj * G + g));
                         a[0] = _mm256_fmadd_ps(p, v0, a[0]);
                         a[1] = _mm256_fmadd_ps(p, v1, a[1]);
                     }
+                    levels = levels.add(row_bytes);
                 }
                 for (g, a) in acc.iter().enumerate() {
                     _mm256_storeu_ps(out.add(g * hd + d), a[0]);
@@ -261,7 +278,26 @@ unsafe fn scores_for<R: Rows, const G: usize>(
     scores: *mut f32,
 ) {
     let whole = hd / 8 * 8;
-    for j in 0..span {
+    // Two rows per pass: each query load feeds two multiply-adds, and 2·G independent sums
+    // keep the multiply-add pipeline full (one row's G sums would wait on its latency).
+    let mut j = 0;
+    while j + 2 <= span {
+        let rows = [R::row(keys, j, stride), R::row(keys, j + 1, stride)];
+        let mut acc = [[_mm256_setzero_ps(); G]; 2];
+        for d in (0..whole).step_by(8) {
+            let k = [R::load8(rows[0], d), R::load8(rows[1], d)];
+            for g in 0..G {
+                let x = _mm256_loadu_ps(q.add(g * hd + d));
+                acc[0][g] = _mm256_fmadd_ps(x, k[0], acc[0][g]);
+                acc[1][g] = _mm256_fmadd_ps(x, k[1], acc[1][g]);
+            }
+        }
+        for (r, (row, sums)) in rows.iter().zip(&acc).enumerate() {
+            store_scores::<R, G>(q, hd, whole, *row, sums, scores.add(j + r), span);
+        }
+        j += 2;
+    }
+    if j < span {
         let row = R::row(keys, j, stride);
         let mut acc = [_mm256_setzero_ps(); G];
         for d in (0..whole).step_by(8) {
@@ -270,13 +306,28 @@ unsafe fn scores_for<R: Rows, const G: usize>(
                 *a = _mm256_fmadd_ps(_mm256_loadu_ps(q.add(g * hd + d)), k, *a);
             }
         }
-        for (g, a) in acc.iter().enumerate() {
-            let mut s = hsum(*a);
-            for d in whole..hd {
-                s += *q.add(g * hd + d) * R::scalar(row, d);
-            }
-            *scores.add(g * span + j) = s;
+        store_scores::<R, G>(q, hd, whole, row, &acc, scores.add(j), span);
+    }
+}
+
+/// Finishes one row's `G` scores (the values past the last whole vector one by one) and stores
+/// them `span` apart.
+#[inline(always)]
+unsafe fn store_scores<R: Rows, const G: usize>(
+    q: *const f32,
+    hd: usize,
+    whole: usize,
+    row: *const u8,
+    sums: &[__m256; G],
+    out: *mut f32,
+    span: usize,
+) {
+    for (g, a) in sums.iter().enumerate() {
+        let mut s = hsum(*a);
+        for d in whole..hd {
+            s += *q.add(g * hd + d) * R::scalar(row, d);
         }
+        *out.add(g * span) = s;
     }
 }
 
