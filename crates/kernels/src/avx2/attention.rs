@@ -104,6 +104,7 @@ impl Rows for Q8Rows {
     /// Dots with the integer levels of a block first, then one scale per block and head (rows
     /// here are whole blocks, so `hd` is a multiple of 32).
     #[inline(always)]
+    #[allow(clippy::needless_range_loop)] // `g` indexes both rows' sums and the query
     unsafe fn scores<const G: usize>(
         q: *const f32,
         hd: usize,
@@ -269,6 +270,7 @@ unsafe fn hsum(v: __m256) -> f32 {
 
 /// `scores[g * span + j] = q[g] · key j` for `G` query heads (rows of `q`, `hd` apart).
 #[inline(always)]
+#[allow(clippy::needless_range_loop)] // `g` indexes both rows' sums and the query
 unsafe fn scores_for<R: Rows, const G: usize>(
     q: *const f32,
     hd: usize,
