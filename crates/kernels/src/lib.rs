@@ -14,7 +14,7 @@ mod avx2;
 #[cfg(target_arch = "x86_64")]
 use avx2::gemm as avx2_gemm;
 pub mod attention;
-mod convert;
+pub mod convert;
 pub mod quant;
 pub mod scalar;
 

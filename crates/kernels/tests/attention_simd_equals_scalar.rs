@@ -126,3 +126,33 @@ fn attention_to_one_key_returns_its_value() {
     assert_eq!(&out[..hd], &values[..]);
     assert_eq!(&out[hd..], &values[..]);
 }
+
+/// The F16C conversions equal `half`'s round-to-nearest-even, tails included, and decoding
+/// gives back exactly the rounded values.
+#[test]
+fn half_precision_conversions_equal_the_scalar_spec() {
+    for n in [1, 7, 8, 9, 31, 1000] {
+        let mut values: Vec<f32> = data(n, n as u64).iter().map(|v| v * 70000.0).collect();
+        // Exact halfway cases between two f16 values, tiny and huge magnitudes.
+        values[0] = 1.0 + 1.0 / 2048.0;
+        if n > 3 {
+            values[1] = 1e-8;
+            values[2] = -1e6;
+            values[3] = f32::NAN;
+        }
+        let mut simd = vec![0u8; 2 * n];
+        let mut spec = vec![0u8; 2 * n];
+        qwenrt_kernels::encode_floats(FloatFormat::F16, &values, &mut simd);
+        qwenrt_kernels::convert::scalar_encode(FloatFormat::F16, &values, &mut spec);
+        for (i, (a, b)) in simd.chunks(2).zip(spec.chunks(2)).enumerate() {
+            let (a, b) = (half::f16::from_le_bytes([a[0], a[1]]), half::f16::from_le_bytes([b[0], b[1]]));
+            assert!(a == b || (a.is_nan() && b.is_nan()), "n={n} value {i} ({}): {a} vs {b}", values[i]);
+        }
+        let mut back = vec![0.0; n];
+        qwenrt_kernels::decode_floats(FloatFormat::F16, &simd, &mut back);
+        for (i, (x, b)) in back.iter().zip(simd.chunks(2)).enumerate() {
+            let want = half::f16::from_le_bytes([b[0], b[1]]).to_f32();
+            assert!(x.to_bits() == want.to_bits() || (x.is_nan() && want.is_nan()), "n={n} value {i}");
+        }
+    }
+}
