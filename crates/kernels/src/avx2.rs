@@ -228,18 +228,27 @@ unsafe fn dot32(abs_w: __m256i, w: __m256i, x: __m256i) -> __m256 {
     _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)))
 }
 
+/// The 32 stored nibbles `q = w + 8` (0..=15) of a Q4 block, one per byte, in value order.
 #[inline(always)]
 unsafe fn unpack_q4(b: &BlockQ4) -> __m256i {
     let packed = _mm_loadu_si128(b.qs.as_ptr() as *const __m128i);
     let mask = _mm_set1_epi8(0x0f);
     let lo = _mm_and_si128(packed, mask);
     let hi = _mm_and_si128(_mm_srli_epi16(packed, 4), mask);
-    _mm256_sub_epi8(_mm256_set_m128i(hi, lo), _mm256_set1_epi8(8))
+    _mm256_set_m128i(hi, lo)
 }
 
+/// A weight block format of the row kernels: how a block loads, and its integer dot product
+/// with a block of activation levels.
 pub trait QuantRow {
     type Block;
+    /// The block's levels as the kernel multiplies them, and its scale.
     unsafe fn load(b: &Self::Block) -> (__m256i, f32);
+    /// What [`dot`](Self::dot) needs of an activation block besides its levels, computed once
+    /// for all the weight rows that meet it.
+    unsafe fn offset(x: __m256i) -> __m256i;
+    /// `Σ w·x` of a loaded block and activation levels `x`, as 8 partial sums (f32 lanes).
+    unsafe fn dot(w: __m256i, x: __m256i, offset: __m256i) -> __m256;
 }
 
 pub struct Q8;
@@ -251,13 +260,33 @@ impl QuantRow for Q8 {
     unsafe fn load(b: &BlockQ8) -> (__m256i, f32) {
         (_mm256_loadu_si256(b.qs.as_ptr() as *const __m256i), f16_to_f32(b.d.to_bits()))
     }
+    #[inline(always)]
+    unsafe fn offset(_: __m256i) -> __m256i {
+        _mm256_setzero_si256()
+    }
+    #[inline(always)]
+    unsafe fn dot(w: __m256i, x: __m256i, _: __m256i) -> __m256 {
+        dot32(_mm256_sign_epi8(w, w), w, x)
+    }
 }
 
+/// The nibbles themselves are `vpmaddubsw`'s unsigned operand (no sign juggling per row):
+/// `Σ (q − 8)·x = Σ q·x − Σ 8·x`, the second sum shared by every row that meets `x`. A product
+/// pair is at most 2 · 15 · 127 in magnitude, far from i16 saturation.
 impl QuantRow for Q4 {
     type Block = BlockQ4;
     #[inline(always)]
     unsafe fn load(b: &BlockQ4) -> (__m256i, f32) {
         (unpack_q4(b), f16_to_f32(b.d.to_bits()))
+    }
+    #[inline(always)]
+    unsafe fn offset(x: __m256i) -> __m256i {
+        _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(8), x), _mm256_set1_epi16(1))
+    }
+    #[inline(always)]
+    unsafe fn dot(q: __m256i, x: __m256i, offset: __m256i) -> __m256 {
+        let sums = _mm256_madd_epi16(_mm256_maddubs_epi16(q, x), _mm256_set1_epi16(1));
+        _mm256_cvtepi32_ps(_mm256_sub_epi32(sums, offset))
     }
 }
 
@@ -267,10 +296,10 @@ unsafe fn dot_quant<Q: QuantRow, const M: usize>(w: &[Q::Block], xs: [&[BlockQ8A
     let mut acc = [_mm256_setzero_ps(); M];
     for (b, wb) in w.iter().enumerate() {
         let (wq, dw) = Q::load(wb);
-        let aw = _mm256_sign_epi8(wq, wq);
         for m in 0..M {
             let xb = xs[m].get_unchecked(b);
-            let p = dot32(aw, wq, _mm256_loadu_si256(xb.qs.as_ptr() as *const __m256i));
+            let xq = _mm256_loadu_si256(xb.qs.as_ptr() as *const __m256i);
+            let p = Q::dot(wq, xq, Q::offset(xq));
             acc[m] = _mm256_fmadd_ps(_mm256_set1_ps(dw * xb.d), p, acc[m]);
         }
     }
@@ -303,14 +332,13 @@ unsafe fn dot_quant2<Q: QuantRow, const M: usize>(
         }
         let (q0, d0) = Q::load(w0.get_unchecked(b));
         let (q1, d1) = Q::load(w1.get_unchecked(b));
-        let (a0, a1) = (_mm256_sign_epi8(q0, q0), _mm256_sign_epi8(q1, q1));
         let (d0, d1) = (_mm256_set1_ps(d0), _mm256_set1_ps(d1));
         for m in 0..M {
             let xb = xs[m].get_unchecked(b);
             let xq = _mm256_loadu_si256(xb.qs.as_ptr() as *const __m256i);
-            let dx = _mm256_set1_ps(xb.d);
-            acc0[m] = _mm256_fmadd_ps(_mm256_mul_ps(d0, dx), dot32(a0, q0, xq), acc0[m]);
-            acc1[m] = _mm256_fmadd_ps(_mm256_mul_ps(d1, dx), dot32(a1, q1, xq), acc1[m]);
+            let (offset, dx) = (Q::offset(xq), _mm256_set1_ps(xb.d));
+            acc0[m] = _mm256_fmadd_ps(_mm256_mul_ps(d0, dx), Q::dot(q0, xq, offset), acc0[m]);
+            acc1[m] = _mm256_fmadd_ps(_mm256_mul_ps(d1, dx), Q::dot(q1, xq, offset), acc1[m]);
         }
     }
     let (mut out0, mut out1) = ([0.0f32; M], [0.0f32; M]);
