@@ -656,6 +656,19 @@ impl ChatSession {
                 self.state.max_len()
             )));
         }
+        let thinking = self.opens_thought(prompt);
+        // A thinking budget of zero closes the thought before the first sample: those tokens
+        // go in with the prompt and must fit too.
+        if thinking && params.max_thinking_tokens == Some(0) {
+            let close = self.markers.close.len().max(self.markers.close_after_newline.len());
+            if prompt.len() + close > self.state.max_len() {
+                return Err(Error::InvalidInput(format!(
+                    "the prompt has {} tokens and closing its thought takes {close} more, but the context holds {}",
+                    prompt.len(),
+                    self.state.max_len()
+                )));
+            }
+        }
         // A deferred prompt meets the model only in a step, possibly batched with other
         // sessions' turns: a bad id there would fail them all.
         let vocab = self.lm.model.vocab_size();
@@ -666,7 +679,6 @@ impl ChatSession {
         }
         let mut sampler = Sampler::new(params.sampling.clone())?;
         sampler.observe_prompt(prompt);
-        let thinking = self.opens_thought(prompt);
 
         // At least one prompt token must be fed to get logits.
         let cached = self.reuse_longest(full, prompt.len() - 1);

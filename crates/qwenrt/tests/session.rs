@@ -290,6 +290,20 @@ fn thinking_budget_closes_the_thought_and_the_answer_follows() {
     assert!(reply.tokens.starts_with(&lm.encode("\n</think>\n\n").unwrap()), "{:?}", reply.tokens);
     assert_eq!((reply.reasoning.as_str(), reply.usage.reasoning_tokens), ("", 0));
     assert!(!reply.content.is_empty());
+
+    // A context that holds the prompt but not the forced close is refused up front, deferred or
+    // not, rather than failing in a step (which, batched, would fail other turns too).
+    let prompt =
+        lm.encode(&lm.render_chat(&[Message::user("Think hard.")], true, Some(true)).unwrap()).unwrap();
+    let tight = SessionOptions { prompt_cache_bytes: 0, max_context: Some(prompt.len() + 1) };
+    let mut session = ChatSession::with_options(lm.clone(), tight);
+    for deferred in [false, true] {
+        let e =
+            if deferred { session.begin_deferred(&prompt, &params) } else { session.begin(&prompt, &params) };
+        let e = e.unwrap_err().to_string();
+        assert!(e.contains("closing its thought") && e.contains("context holds"), "{e}");
+    }
+    assert!(session.begin(&prompt, &ChatParams { max_thinking_tokens: None, ..params.clone() }).is_ok());
 }
 
 #[test]
