@@ -228,22 +228,25 @@ unsafe fn dot32(abs_w: __m256i, w: __m256i, x: __m256i) -> __m256 {
     _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)))
 }
 
-/// The 32 stored nibbles `q = w + 8` (0..=15) of a Q4 block, one per byte, in value order.
+/// The 32 stored nibbles `q = w + 8` (0..=15) of a Q4 block, one per byte, in value order: the
+/// 16 bytes go to both halves of a register and the upper half is shifted down a nibble.
 #[inline(always)]
 unsafe fn unpack_q4(b: &BlockQ4) -> __m256i {
-    let packed = _mm_loadu_si128(b.qs.as_ptr() as *const __m128i);
-    let mask = _mm_set1_epi8(0x0f);
-    let lo = _mm_and_si128(packed, mask);
-    let hi = _mm_and_si128(_mm_srli_epi16(packed, 4), mask);
-    _mm256_set_m128i(hi, lo)
+    let both = _mm256_broadcastsi128_si256(_mm_loadu_si128(b.qs.as_ptr() as *const __m128i));
+    let shifted = _mm256_srlv_epi32(both, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4));
+    _mm256_and_si256(shifted, _mm256_set1_epi8(0x0f))
 }
 
 /// A weight block format of the row kernels: how a block loads, and its integer dot product
 /// with a block of activation levels.
 pub trait QuantRow {
     type Block;
+    /// Whether [`dot`](Self::dot) needs [`offset`](Self::offset).
+    const OFFSET: bool;
     /// The block's levels as the kernel multiplies them, and its scale.
     unsafe fn load(b: &Self::Block) -> (__m256i, f32);
+    /// The f16 bits of the scales of the 8 blocks from `b` on.
+    unsafe fn scales8(b: *const Self::Block) -> __m128i;
     /// What [`dot`](Self::dot) needs of an activation block besides its levels, computed once
     /// for all the weight rows that meet it.
     unsafe fn offset(x: __m256i) -> __m256i;
@@ -256,6 +259,12 @@ pub struct Q4;
 
 impl QuantRow for Q8 {
     type Block = BlockQ8;
+    const OFFSET: bool = false;
+    #[inline(always)]
+    unsafe fn scales8(b: *const BlockQ8) -> __m128i {
+        let d = |i: usize| (*b.add(i)).d.to_bits() as i16;
+        _mm_setr_epi16(d(0), d(1), d(2), d(3), d(4), d(5), d(6), d(7))
+    }
     #[inline(always)]
     unsafe fn load(b: &BlockQ8) -> (__m256i, f32) {
         (_mm256_loadu_si256(b.qs.as_ptr() as *const __m256i), f16_to_f32(b.d.to_bits()))
@@ -275,6 +284,12 @@ impl QuantRow for Q8 {
 /// pair is at most 2 · 15 · 127 in magnitude, far from i16 saturation.
 impl QuantRow for Q4 {
     type Block = BlockQ4;
+    const OFFSET: bool = true;
+    #[inline(always)]
+    unsafe fn scales8(b: *const BlockQ4) -> __m128i {
+        let d = |i: usize| (*b.add(i)).d.to_bits() as i16;
+        _mm_setr_epi16(d(0), d(1), d(2), d(3), d(4), d(5), d(6), d(7))
+    }
     #[inline(always)]
     unsafe fn load(b: &BlockQ4) -> (__m256i, f32) {
         (unpack_q4(b), f16_to_f32(b.d.to_bits()))
@@ -349,6 +364,112 @@ unsafe fn dot_quant2<Q: QuantRow, const M: usize>(
     (out0, out1)
 }
 
+/// Most blocks per row the decode kernel keeps per-activation tables for on the stack (k ≤ 8192);
+/// longer rows take the general row kernel.
+const MATVEC_MAX_BLOCKS: usize = 256;
+
+/// One activation row: `out[r] = w[r] · x` for `rows`, `R` weight rows at a time.
+///
+/// Decode must stream weights at the memory's speed, and a 4-bit block is only 18 bytes, so the
+/// instructions per block decide whether it can. What depends only on the activation (its block
+/// scales and, for Q4, `Σ 8·x`) is computed once per call rather than once per row; the weight
+/// scales are converted eight blocks at a time and their products with the activation scales
+/// picked out by lane; each cache line of weights is prefetched once.
+///
+/// # Safety
+/// AVX2, FMA and F16C must be available; `w` holds `rows.end` rows of `x.len()` blocks,
+/// `x.len() <= MATVEC_MAX_BLOCKS`, and `out` has `rows.end` writable values.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn matvec_quant<Q: QuantRow, const R: usize>(
+    x: &[BlockQ8Act],
+    w: &[Q::Block],
+    out: *mut f32,
+    rows: std::ops::Range<usize>,
+) {
+    let nb = x.len();
+    debug_assert!(nb <= MATVEC_MAX_BLOCKS);
+    // Per activation block: its scale, and the Q4 correction `Σ 8·x` as a float, which every
+    // row then subtracts once per 8 blocks (weighted by its scales) instead of once per block.
+    let mut dx = [0.0f32; MATVEC_MAX_BLOCKS];
+    let mut correction = [0.0f32; MATVEC_MAX_BLOCKS];
+    for (b, xb) in x.iter().enumerate() {
+        dx[b] = xb.d;
+        if Q::OFFSET {
+            let sums = Q::offset(_mm256_loadu_si256(xb.qs.as_ptr() as *const __m256i));
+            correction[b] = hsum(_mm256_cvtepi32_ps(sums));
+        }
+    }
+    let no_offset = _mm256_setzero_si256();
+    let line_bytes = 8 * std::mem::size_of::<Q::Block>();
+    let mut r = rows.start;
+    while r < rows.end {
+        if r + R > rows.end {
+            // The last rows of an odd count, one at a time.
+            matvec_quant::<Q, 1>(x, w, out, r..rows.end);
+            return;
+        }
+        let ws: [*const Q::Block; R] = std::array::from_fn(|i| w.as_ptr().add((r + i) * nb));
+        // Two accumulators per row keep the multiply-add chains shorter than their latency.
+        let (mut acc_even, mut acc_odd) = ([_mm256_setzero_ps(); R], [_mm256_setzero_ps(); R]);
+        let mut corrections = [_mm256_setzero_ps(); R];
+        let mut b = 0;
+        while b + 8 <= nb {
+            for wr in ws {
+                let ahead = (wr.add(b) as *const i8).add(PREFETCH_BYTES);
+                let mut off = 0;
+                while off < line_bytes {
+                    _mm_prefetch::<_MM_HINT_T0>(ahead.add(off));
+                    off += 64;
+                }
+            }
+            let dxs = _mm256_loadu_ps(dx.as_ptr().add(b));
+            let scales: [__m256; R] =
+                std::array::from_fn(|i| _mm256_mul_ps(_mm256_cvtph_ps(Q::scales8(ws[i].add(b))), dxs));
+            if Q::OFFSET {
+                let c = _mm256_loadu_ps(correction.as_ptr().add(b));
+                for i in 0..R {
+                    corrections[i] = _mm256_fmadd_ps(scales[i], c, corrections[i]);
+                }
+            }
+            let block = |j: usize, acc: &mut [__m256; R]| {
+                let xq = _mm256_loadu_si256(x.get_unchecked(b + j).qs.as_ptr() as *const __m256i);
+                let lane = _mm256_set1_epi32(j as i32);
+                for i in 0..R {
+                    let (q, _) = Q::load(&*ws[i].add(b + j));
+                    let d = _mm256_permutevar8x32_ps(scales[i], lane);
+                    acc[i] = _mm256_fmadd_ps(d, Q::dot(q, xq, no_offset), acc[i]);
+                }
+            };
+            for j in (0..8).step_by(2) {
+                block(j, &mut acc_even);
+                block(j + 1, &mut acc_odd);
+            }
+            b += 8;
+        }
+        while b < nb {
+            let xq = _mm256_loadu_si256(x.get_unchecked(b).qs.as_ptr() as *const __m256i);
+            for i in 0..R {
+                let (q, dw) = Q::load(&*ws[i].add(b));
+                let d = dw * dx[b];
+                acc_even[i] = _mm256_fmadd_ps(_mm256_set1_ps(d), Q::dot(q, xq, no_offset), acc_even[i]);
+                // One lane carries the whole correction of the block.
+                corrections[i] = _mm256_fmadd_ps(
+                    _mm256_set1_ps(d),
+                    _mm256_setr_ps(correction[b], 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0),
+                    corrections[i],
+                );
+            }
+            b += 1;
+        }
+        for i in 0..R {
+            let sum = _mm256_add_ps(acc_even[i], acc_odd[i]);
+            // The correction sums 8 lanes per group; the products sum 8 lanes per block.
+            *out.add(r + i) = hsum(sum) - hsum(corrections[i]);
+        }
+        r += R;
+    }
+}
+
 /// Rows `rows` of `out[t, n] = x[t, k] @ w.T` for block-quantized weights, with the
 /// activations already quantized (`x`: `t` rows of `k / 32` blocks).
 ///
@@ -380,6 +501,10 @@ pub unsafe fn matmul_quant<Q: QuantRow>(
             };
             let xr = |i: usize| &x[(ti + i) * nb..(ti + i + 1) * nb];
             let mut r = rb.start;
+            if m == 1 && nb <= MATVEC_MAX_BLOCKS {
+                matvec_quant::<Q, 2>(xr(0), w, out.add(ti * n), rb.clone());
+                r = rb.end;
+            }
             if m == 1 {
                 while r + 2 <= rb.end {
                     let (a, b) = dot_quant2::<Q, 1>(row(r), row(r + 1), [xr(0)]);

@@ -63,6 +63,14 @@ const FLOAT_SHAPES: &[(usize, usize, usize)] = &[
 const QUANT_SHAPES: &[(usize, usize, usize)] = &[
     (1, 32, 1),
     (1, 64, 5),
+    // Decode: whole groups of 8 blocks, a tail of blocks, an odd row.
+    (1, 256, 6),
+    (1, 288, 7),
+    (1, 544, 31),
+    (1, 1024, 37),
+    (2, 352, 9),
+    (3, 1056, 11),
+    (1, 8224, 3),
     (3, 96, 13),
     (4, 320, 9),
     (6, 1024, 37),
