@@ -15,6 +15,7 @@ mod avx2;
 use avx2::gemm as avx2_gemm;
 pub mod attention;
 pub mod convert;
+pub mod pool;
 pub mod quant;
 pub mod scalar;
 
@@ -261,14 +262,16 @@ impl Weights<'_> {
     }
 }
 
-/// Sets the number of threads matrix products use (call once, before the first product).
-/// Returns an error message if the pool was already started.
+/// Sets the number of threads of the parallel kernels (the [`pool`]) and of the bulk work
+/// around them (loading, quantizing, image preprocessing: rayon's pool). Call once, before the
+/// first product; returns an error message if a pool was already started.
 pub fn set_threads(threads: usize) -> Result<(), String> {
+    pool::set_threads(threads)?;
     rayon::ThreadPoolBuilder::new().num_threads(threads).build_global().map_err(|e| e.to_string())
 }
 
 pub fn threads() -> usize {
-    rayon::current_num_threads()
+    pool::threads_in_use()
 }
 
 /// `*mut f32` that may cross threads: each task writes a disjoint set of output columns.
@@ -375,7 +378,7 @@ fn run_rows(
     n: usize,
 ) {
     const MIN_WORK_PER_TASK: usize = 1 << 16;
-    let threads = rayon::current_num_threads();
+    let threads = pool::threads_in_use();
     let work = t * k * n;
     let tasks = if threads > 1 && work >= 2 * MIN_WORK_PER_TASK {
         (work / MIN_WORK_PER_TASK).min(threads * 4).max(2)
@@ -392,12 +395,7 @@ fn run_rows(
         unsafe { rows_kernel(isa, x, act, w, ptr, t, k, n, rows) }
     };
     let task_count = n.div_ceil(rows_per_task);
-    if task_count == 1 {
-        job(0);
-    } else {
-        use rayon::prelude::*;
-        (0..task_count).into_par_iter().for_each(|i| job(i * rows_per_task));
-    }
+    pool::for_each_task(task_count, |i| job(i * rows_per_task));
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -4,7 +4,6 @@
 //! Qwen3's attention (`Qwen3Attention`), which the same code runs.
 
 use qwenrt_kernels as k;
-use rayon::prelude::*;
 
 use super::rope::{MRope, Position3};
 use super::state::KvRows;
@@ -172,7 +171,7 @@ impl GatedAttention {
             s.heads.resize_with(self.kv_heads, Default::default);
         }
         let (keys, values, q) = (&*keys, &*values, &*q);
-        s.heads[..self.kv_heads].par_iter_mut().enumerate().for_each(|(kvh, hs)| {
+        k::pool::for_each_mut(&mut s.heads[..self.kv_heads], |kvh, hs| {
             let layout = HeadLayout { kvh, group, hd, q_width, kv_width, past, t, scale };
             if t >= TILED_MIN_TOKENS {
                 attend_tiled(&layout, q, keys, values, hs);

@@ -12,7 +12,6 @@
 //! [`delta_rule_step`] for decoding one token (`torch_recurrent_gated_delta_rule`).
 
 use qwenrt_kernels as k;
-use rayon::prelude::*;
 
 use super::{grow, LayerWeights};
 use crate::config::ModelConfig;
@@ -193,39 +192,37 @@ impl GatedDeltaNet {
         }
         let conv_out = &*conv_out;
         // Value heads are independent: each runs on its own state and scratch.
-        s.heads[..d.hv].par_iter_mut().zip(ssm_state.par_chunks_mut(state_len)).enumerate().for_each(
-            |(h, (hs, state))| {
-                let kh = h / group; // repeat_interleave: value head h reads key head h // group
-                let q_off = kh * d.dk;
-                let k_off = key_dim + kh * d.dk;
-                let v_off = 2 * key_dim + h * d.dv;
-                let o = grow(&mut hs.out, t * d.dv);
-                if t == 1 {
-                    let row = &conv_out[..conv_dim];
-                    delta_rule_step(
-                        &row[q_off..q_off + d.dk],
-                        &row[k_off..k_off + d.dk],
-                        &row[v_off..v_off + d.dv],
-                        g[h],
-                        beta[h],
-                        state,
-                        o,
-                    );
-                    return;
-                }
-                let (q, kk, v) =
-                    (grow(&mut hs.q, t * d.dk), grow(&mut hs.k, t * d.dk), grow(&mut hs.v, t * d.dv));
-                let (gh, bh) = (grow(&mut hs.g, t), grow(&mut hs.beta, t));
-                for (ti, row) in conv_out.chunks_exact(conv_dim).enumerate() {
-                    q[ti * d.dk..(ti + 1) * d.dk].copy_from_slice(&row[q_off..q_off + d.dk]);
-                    kk[ti * d.dk..(ti + 1) * d.dk].copy_from_slice(&row[k_off..k_off + d.dk]);
-                    v[ti * d.dv..(ti + 1) * d.dv].copy_from_slice(&row[v_off..v_off + d.dv]);
-                    gh[ti] = g[ti * d.hv + h];
-                    bh[ti] = beta[ti * d.hv + h];
-                }
-                delta_rule_chunked(q, kk, v, gh, bh, d.dk, d.dv, state, o, &mut hs.chunk);
-            },
-        );
+        k::pool::for_each_mut_with_chunks(&mut s.heads[..d.hv], ssm_state, state_len, |h, hs, state| {
+            let kh = h / group; // repeat_interleave: value head h reads key head h // group
+            let q_off = kh * d.dk;
+            let k_off = key_dim + kh * d.dk;
+            let v_off = 2 * key_dim + h * d.dv;
+            let o = grow(&mut hs.out, t * d.dv);
+            if t == 1 {
+                let row = &conv_out[..conv_dim];
+                delta_rule_step(
+                    &row[q_off..q_off + d.dk],
+                    &row[k_off..k_off + d.dk],
+                    &row[v_off..v_off + d.dv],
+                    g[h],
+                    beta[h],
+                    state,
+                    o,
+                );
+                return;
+            }
+            let (q, kk, v) =
+                (grow(&mut hs.q, t * d.dk), grow(&mut hs.k, t * d.dk), grow(&mut hs.v, t * d.dv));
+            let (gh, bh) = (grow(&mut hs.g, t), grow(&mut hs.beta, t));
+            for (ti, row) in conv_out.chunks_exact(conv_dim).enumerate() {
+                q[ti * d.dk..(ti + 1) * d.dk].copy_from_slice(&row[q_off..q_off + d.dk]);
+                kk[ti * d.dk..(ti + 1) * d.dk].copy_from_slice(&row[k_off..k_off + d.dk]);
+                v[ti * d.dv..(ti + 1) * d.dv].copy_from_slice(&row[v_off..v_off + d.dv]);
+                gh[ti] = g[ti * d.hv + h];
+                bh[ti] = beta[ti * d.hv + h];
+            }
+            delta_rule_chunked(q, kk, v, gh, bh, d.dk, d.dv, state, o, &mut hs.chunk);
+        });
         let core = &mut s.core[rows.start * value_dim..rows.end * value_dim];
         for (h, hs) in s.heads[..d.hv].iter().enumerate() {
             for ti in 0..t {
