@@ -156,7 +156,12 @@ impl Pool {
         // before every helper reports done with this call.
         unsafe {
             let run: *const (dyn Fn(usize) + Sync + '_) = f;
-            *s.job.get() = Job { run: std::mem::transmute(run), tasks };
+            *s.job.get() = Job {
+                run: std::mem::transmute::<*const (dyn Fn(usize) + Sync + '_), *const (dyn Fn(usize) + Sync)>(
+                    run,
+                ),
+                tasks,
+            };
         }
         s.next_task.store(0, Ordering::Relaxed);
         s.helpers_done.store(0, Ordering::Relaxed);
@@ -223,7 +228,7 @@ fn wait_for_call(s: &Shared, seen: u64) -> u64 {
             return now;
         }
         spins += 1;
-        if spins % 1024 == 0 && start.elapsed() > SPIN {
+        if spins.is_multiple_of(1024) && start.elapsed() > SPIN {
             break;
         }
         std::hint::spin_loop();
