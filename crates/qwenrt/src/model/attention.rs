@@ -157,7 +157,7 @@ impl GatedAttention {
         }
 
         // key_states, value_states = cache.update(key_states, value_states, ...)
-        let past = keys.len() / kv_width;
+        let past = keys.rows();
         keys.extend(kx);
         values.extend(vx);
 
@@ -172,7 +172,7 @@ impl GatedAttention {
         }
         let (keys, values, q) = (&*keys, &*values, &*q);
         k::pool::for_each_mut(&mut s.heads[..self.kv_heads], |kvh, hs| {
-            let layout = HeadLayout { kvh, group, hd, q_width, kv_width, past, t, scale };
+            let layout = HeadLayout { kvh, group, hd, q_width, past, t, scale };
             if t >= TILED_MIN_TOKENS {
                 attend_tiled(&layout, q, keys, values, hs);
             } else {
@@ -207,9 +207,8 @@ struct HeadLayout {
     kvh: usize,
     group: usize,
     hd: usize,
-    /// Row widths of the query and of the key/value buffers.
+    /// Row width of the queries.
     q_width: usize,
-    kv_width: usize,
     /// Cached positions before the new tokens, and new tokens.
     past: usize,
     t: usize,
@@ -221,10 +220,6 @@ impl HeadLayout {
         let h = self.kvh * self.group + g;
         &q[ti * self.q_width + h * self.hd..ti * self.q_width + (h + 1) * self.hd]
     }
-    /// Where cached position `j` of this head starts, in values.
-    fn cached(&self, j: usize) -> usize {
-        j * self.kv_width + self.kvh * self.hd
-    }
 }
 
 /// One query row at a time (decode): the kernel reads each visible cached row once for all the
@@ -234,7 +229,6 @@ fn attend_rows(l: &HeadLayout, q: &[f32], keys: &KvRows, values: &KvRows, hs: &m
     let scores = grow(&mut hs.scores, group * (past + t));
     let out = grow(&mut hs.out, t * group * hd);
     let scaled = grow(&mut hs.q, group * hd);
-    let head_start = keys.format().bytes_for(l.kvh * hd);
     for ti in 0..t {
         let first = ti * l.q_width + l.kvh * group * hd;
         for (d, &v) in scaled.iter_mut().zip(&q[first..first + group * hd]) {
@@ -244,9 +238,9 @@ fn attend_rows(l: &HeadLayout, q: &[f32], keys: &KvRows, values: &KvRows, hs: &m
             keys.format(),
             scaled,
             hd,
-            &keys.bytes()[head_start..],
-            &values.bytes()[head_start..],
-            l.kv_width,
+            keys.head(l.kvh),
+            values.head(l.kvh),
+            hd,
             past + ti + 1,
             scores,
             &mut out[ti * group * hd..(ti + 1) * group * hd],
@@ -288,8 +282,8 @@ fn attend_tiled(l: &HeadLayout, q: &[f32], keys: &KvRows, values: &KvRows, hs: &
             let vt = grow(&mut hs.vt, hd * kn);
             let value_row = grow(&mut hs.pv, hd);
             for j in k0..k1 {
-                keys.read(l.cached(j), &mut kt[(j - k0) * hd..(j - k0 + 1) * hd]);
-                values.read(l.cached(j), value_row);
+                keys.read(l.kvh, j, &mut kt[(j - k0) * hd..(j - k0 + 1) * hd]);
+                values.read(l.kvh, j, value_row);
                 for (d, &v) in value_row.iter().enumerate() {
                     vt[d * kn + (j - k0)] = v;
                 }
@@ -366,12 +360,12 @@ mod tests {
                 CacheFormat::Q8,
             ];
             for (kvh, format) in (0..kv_heads).flat_map(|h| formats.map(|f| (h, f))) {
-                let (mut cached_keys, mut cached_values) = (KvRows::new(format), KvRows::new(format));
+                let (mut cached_keys, mut cached_values) =
+                    (KvRows::new(format, kv_heads, hd), KvRows::new(format, kv_heads, hd));
                 cached_keys.extend(&keys);
                 cached_values.extend(&values);
                 let (keys, values) = (&cached_keys, &cached_values);
-                let layout =
-                    HeadLayout { kvh, group, hd, q_width, kv_width, past, t, scale: (hd as f32).powf(-0.5) };
+                let layout = HeadLayout { kvh, group, hd, q_width, past, t, scale: (hd as f32).powf(-0.5) };
                 let (mut rows, mut tiled) = (HeadScratch::default(), HeadScratch::default());
                 attend_rows(&layout, &q, keys, values, &mut rows);
                 attend_tiled(&layout, &q, keys, values, &mut tiled);

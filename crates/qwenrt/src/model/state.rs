@@ -11,66 +11,85 @@ pub(crate) enum LayerCache {
     /// Gated DeltaNet: the last `K - 1` pre-convolution inputs, `[K-1, conv_dim]` (oldest first),
     /// and the recurrent state `S`, `[Hv, dk, dv]`, kept in f32.
     DeltaNet { conv: Vec<f32>, ssm: Vec<f32> },
-    /// Full attention: keys and values of every past position, `[len, nKV, head_dim]`
-    /// (keys after q/k-norm and RoPE).
+    /// Full attention: keys and values of every past position, `[nKV][len, head_dim]` (keys
+    /// after q/k-norm and RoPE).
     Attention { keys: KvRows, values: KvRows },
 }
 
-/// The keys or the values of one attention layer, `[len, nKV, head_dim]`, stored in `format`:
-/// half precision unless the model runs in f32, whose point is matching the reference. Decode at
-/// long context is bound by reading this cache, and half precision halves those bytes.
+/// The keys or the values of one attention layer, stored in `format`: half precision unless the
+/// model runs in f32, whose point is matching the reference. Decode at long context is bound by
+/// reading this cache, so each KV head keeps its rows (`[len, head_dim]`) in a buffer of its own:
+/// the task attending with a head streams contiguous memory, and the prefetchers do not pull in
+/// the other heads' rows, which another core reads.
 #[derive(Clone, Debug)]
 pub(crate) struct KvRows {
     format: CacheFormat,
-    bytes: Vec<u8>,
+    head_dim: usize,
+    heads: Vec<Vec<u8>>,
 }
 
 impl KvRows {
-    pub(crate) fn new(format: CacheFormat) -> Self {
-        KvRows { format, bytes: Vec::new() }
+    pub(crate) fn new(format: CacheFormat, kv_heads: usize, head_dim: usize) -> Self {
+        KvRows { format, head_dim, heads: vec![Vec::new(); kv_heads] }
     }
 
     pub(crate) fn format(&self) -> CacheFormat {
         self.format
     }
 
-    /// The stored values, in [`format`](Self::format).
-    pub(crate) fn bytes(&self) -> &[u8] {
-        &self.bytes
+    /// The rows of KV head `h`, in [`format`](Self::format).
+    pub(crate) fn head(&self, h: usize) -> &[u8] {
+        &self.heads[h]
     }
 
-    /// Number of values held.
-    pub(crate) fn len(&self) -> usize {
-        match self.format {
-            CacheFormat::Float(f) => self.bytes.len() / f.bytes(),
-            CacheFormat::Q8 => self.bytes.len() / self.format.bytes_for(32) * 32,
-        }
+    /// Positions held.
+    pub(crate) fn rows(&self) -> usize {
+        self.heads.first().map_or(0, |b| b.len() / self.format.bytes_for(self.head_dim))
     }
 
     pub(crate) fn clear(&mut self) {
-        self.bytes.clear();
+        self.heads.iter_mut().for_each(Vec::clear);
     }
 
     /// Frees the memory (the layer-at-a-time embedding pass drops each layer's cache after use).
     pub(crate) fn release(&mut self) {
-        self.bytes = Vec::new();
+        self.heads.iter_mut().for_each(|b| *b = Vec::new());
     }
 
-    /// Appends `values`, rounded to the storage format.
-    pub(crate) fn extend(&mut self, values: &[f32]) {
-        let start = self.bytes.len();
-        self.bytes.resize(start + self.format.bytes_for(values.len()), 0);
-        encode_cache(self.format, values, &mut self.bytes[start..]);
+    /// Appends rows `[t, kv_heads, head_dim]`, rounded to the storage format.
+    pub(crate) fn extend(&mut self, rows: &[f32]) {
+        let row_bytes = self.format.bytes_for(self.head_dim);
+        let kv_heads = self.heads.len();
+        let t = rows.len() / (self.head_dim * kv_heads);
+        for (h, buffer) in self.heads.iter_mut().enumerate() {
+            let start = buffer.len();
+            buffer.resize(start + t * row_bytes, 0);
+            let per_position = rows.chunks_exact(self.head_dim).skip(h).step_by(kv_heads);
+            for (row, out) in per_position.zip(buffer[start..].chunks_exact_mut(row_bytes)) {
+                encode_cache(self.format, row, out);
+            }
+        }
     }
 
-    /// Values `start..start + out.len()` as f32 (for Q8, whole blocks).
-    pub(crate) fn read(&self, start: usize, out: &mut [f32]) {
-        let (from, to) = (self.format.bytes_for(start), self.format.bytes_for(start + out.len()));
-        decode_cache(self.format, &self.bytes[from..to], out);
+    /// Rows `row..` of KV head `h` as f32, as many as `out` holds.
+    pub(crate) fn read(&self, h: usize, row: usize, out: &mut [f32]) {
+        let row_bytes = self.format.bytes_for(self.head_dim);
+        let from = row * row_bytes;
+        decode_cache(self.format, &self.heads[h][from..from + out.len() / self.head_dim * row_bytes], out);
     }
 
     fn byte_len(&self) -> usize {
-        self.bytes.len()
+        self.heads.iter().map(Vec::len).sum()
+    }
+
+    /// Every head's rows as f32, head after head.
+    #[cfg(test)]
+    pub(crate) fn values(&self) -> Vec<f32> {
+        let mut out = vec![0.0; self.rows() * self.head_dim * self.heads.len()];
+        for (h, head) in out.chunks_exact_mut(self.rows() * self.head_dim).enumerate() {
+            self.read(h, 0, head);
+        }
+        out
     }
 }
 
@@ -110,7 +129,8 @@ impl SessionState {
                     ],
                 },
                 LayerType::FullAttention => {
-                    LayerCache::Attention { keys: KvRows::new(kv_format), values: KvRows::new(kv_format) }
+                    let rows = || KvRows::new(kv_format, t.num_key_value_heads, config.head_dim);
+                    LayerCache::Attention { keys: rows(), values: rows() }
                 }
             })
             .collect();
