@@ -6,9 +6,7 @@
 #
 #   bench/compare_llama_cpp.sh [threads] [prompt] [gen] [reps]
 #
-# Needs: llama.cpp built by bench/build_llama_cpp.sh (done here if missing), Python with the
-# converter's requirements (installed here if missing), the generated tokenizer.json
-# (scripts/build_tokenizer.py), and the release qwenrt binary (built here).
+# bench/prepare_synthetic.sh (run here) builds llama.cpp and qwenrt and writes the model files.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 THREADS=${1:-$(nproc)}
@@ -18,30 +16,9 @@ REPS=${4:-3}
 WORK=${WORK:-$PWD/target/compare}
 LLAMA_DIR=${LLAMA_DIR:-$PWD/target/llama.cpp}
 MODEL=$WORK/qwen3.5-0.8b-synthetic
-mkdir -p "$WORK"
-
-bench/build_llama_cpp.sh
-cargo build --release -p qwenrt-cli --quiet
 QWENRT=$PWD/target/release/qwenrt
-
-if [ ! -f fixtures-gen/qwen3_5-tokenizer/tokenizer.json ]; then
-    python3 scripts/build_tokenizer.py --family qwen3_5 --out fixtures-gen/qwen3_5-tokenizer
-fi
-if [ ! -f "$MODEL/model.safetensors" ]; then
-    "$QWENRT" synth --out "$MODEL"
-fi
-cp fixtures-gen/qwen3_5-tokenizer/tokenizer.json "$MODEL/"
-
-python3 -c "import torch, numpy, safetensors, transformers" 2>/dev/null ||
-    python3 -m pip install --quiet torch numpy safetensors transformers
-export PYTHONPATH="$LLAMA_DIR/src/gguf-py${PYTHONPATH:+:$PYTHONPATH}"
 BIN=$LLAMA_DIR/build/bin
-if [ ! -f "$WORK/model-bf16.gguf" ]; then
-    python3 "$LLAMA_DIR/src/convert_hf_to_gguf.py" "$MODEL" --outtype bf16 --outfile "$WORK/model-bf16.gguf"
-fi
-for q in Q8_0 Q4_0; do
-    [ -f "$WORK/model-$q.gguf" ] || "$BIN/llama-quantize" "$WORK/model-bf16.gguf" "$WORK/model-$q.gguf" "$q" > /dev/null
-done
+WORK=$WORK LLAMA_DIR=$LLAMA_DIR bench/prepare_synthetic.sh
 
 declare -A GGUF=([bf16]=bf16 [int8]=Q8_0 [int4]=Q4_0)
 printf '| weights | engine | pp%s t/s | tg%s t/s |\n|---|---|---|---|\n' "$PROMPT" "$GEN"

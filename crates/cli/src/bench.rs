@@ -171,58 +171,66 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         });
     }
 
-    for &depth in &args.ctx {
-        if args.n_gen == 0 || embedding_model {
-            break;
+    if args.n_gen > 0 && !embedding_model {
+        // Every depth is prefilled first; then the reps alternate between depths, so that the
+        // machine's drifting speed hits them alike and their ratio is measured side by side.
+        let mut starts = Vec::with_capacity(args.ctx.len());
+        for &depth in &args.ctx {
+            let mut state = model.new_state();
+            if depth > 0 {
+                model.forward(&mut state, &tokens(depth, vocab, 2), Logits::None)?;
+            }
+            starts.push(state.snapshot());
         }
-        let mut state = model.new_state();
-        if depth > 0 {
-            model.forward(&mut state, &tokens(depth, vocab, 2), Logits::None)?;
-        }
-        let snapshot = state.snapshot();
         let gen = tokens(args.n_gen, vocab, 3);
+        let mut state = model.new_state();
         let mut batch: Vec<_> = (1..args.batch).map(|_| model.new_state()).collect();
-        let mut rates = Vec::new();
+        let mut rates = vec![Vec::new(); starts.len()];
         for _ in 0..args.reps {
-            state.restore(&snapshot)?;
-            for other in &mut batch {
-                other.restore(&snapshot)?;
-            }
-            let t0 = Instant::now();
-            if batch.is_empty() {
-                for &id in &gen {
-                    model.forward(&mut state, &[id], Logits::Last)?;
+            for (snapshot, rates) in starts.iter().zip(&mut rates) {
+                state.restore(snapshot)?;
+                for other in &mut batch {
+                    other.restore(snapshot)?;
                 }
-            } else {
-                for (step, &id) in gen.iter().enumerate() {
-                    let mut states: Vec<_> = std::iter::once(&mut state).chain(batch.iter_mut()).collect();
-                    let ids: Vec<[u32; 1]> = (0..states.len())
-                        .map(|i| [(id as usize + i * 7919 + step) as u32 % vocab as u32])
-                        .collect();
-                    let inputs: Vec<&[u32]> = ids.iter().map(|i| i.as_slice()).collect();
-                    model.forward_batch(&mut states, &inputs)?;
+                let t0 = Instant::now();
+                if batch.is_empty() {
+                    for &id in &gen {
+                        model.forward(&mut state, &[id], Logits::Last)?;
+                    }
+                } else {
+                    for (step, &id) in gen.iter().enumerate() {
+                        let mut states: Vec<_> =
+                            std::iter::once(&mut state).chain(batch.iter_mut()).collect();
+                        let ids: Vec<[u32; 1]> = (0..states.len())
+                            .map(|i| [(id as usize + i * 7919 + step) as u32 % vocab as u32])
+                            .collect();
+                        let inputs: Vec<&[u32]> = ids.iter().map(|i| i.as_slice()).collect();
+                        model.forward_batch(&mut states, &inputs)?;
+                    }
                 }
+                rates.push((args.n_gen * args.batch) as f64 / t0.elapsed().as_secs_f64());
             }
-            rates.push((args.n_gen * args.batch) as f64 / t0.elapsed().as_secs_f64());
         }
-        // Bytes a decode step must read: every weight matrix once (the tied embedding once, as
-        // the LM head) plus each sequence's state (KV cache and DeltaNet states), shared by the
-        // step's tokens.
-        let bytes_per_token =
-            (model.weight_bytes() + state.cache_bytes() * args.batch) as f64 / args.batch as f64;
-        let spread =
-            rates.iter().cloned().fold(0.0, f64::max) - rates.iter().cloned().fold(f64::MAX, f64::min);
-        rows.push(Row {
-            test: match (depth, args.batch) {
-                (0, 1) => format!("tg{}", args.n_gen),
-                (d, 1) => format!("tg{} @ d{d}", args.n_gen),
-                (0, b) => format!("tg{} ×{b} sequences", args.n_gen),
-                (d, b) => format!("tg{} ×{b} sequences @ d{d}", args.n_gen),
-            },
-            tokens_per_second: median(&mut rates),
-            spread,
-            extra: serde_json::json!({ "bytes_per_token": bytes_per_token }),
-        });
+        for ((&depth, snapshot), mut rates) in args.ctx.iter().zip(&starts).zip(rates) {
+            // Bytes a decode step must read: every weight matrix once (the tied embedding once,
+            // as the LM head) plus each sequence's state (KV cache and DeltaNet states), shared
+            // by the step's tokens.
+            let bytes_per_token =
+                (model.weight_bytes() + snapshot.bytes() * args.batch) as f64 / args.batch as f64;
+            let spread =
+                rates.iter().cloned().fold(0.0, f64::max) - rates.iter().cloned().fold(f64::MAX, f64::min);
+            rows.push(Row {
+                test: match (depth, args.batch) {
+                    (0, 1) => format!("tg{}", args.n_gen),
+                    (d, 1) => format!("tg{} @ d{d}", args.n_gen),
+                    (0, b) => format!("tg{} ×{b} sequences", args.n_gen),
+                    (d, b) => format!("tg{} ×{b} sequences @ d{d}", args.n_gen),
+                },
+                tokens_per_second: median(&mut rates),
+                spread,
+                extra: serde_json::json!({ "bytes_per_token": bytes_per_token }),
+            });
+        }
     }
     if !args.image_size.is_empty() {
         rows.extend(vision_rows(&dir, &args)?);

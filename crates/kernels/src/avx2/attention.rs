@@ -22,6 +22,10 @@ pub trait Rows {
     unsafe fn row(base: *const u8, j: usize, stride: usize) -> *const u8;
     /// Values `d..d + 8` of a row (`d` a multiple of 8).
     unsafe fn load8(row: *const u8, d: usize) -> __m256;
+    /// Bytes of a row of `hd` values.
+    fn row_bytes(hd: usize) -> usize;
+    /// Where in a row the bytes of value `d` lie (about: for prefetching).
+    fn strip_offset(d: usize) -> usize;
     unsafe fn scalar(row: *const u8, d: usize) -> f32;
 
     /// The scores of `G` query heads against every row (see [`scores_for`]).
@@ -68,6 +72,14 @@ impl<L: Lanes> Rows for Float<L> {
         L::load8(row.add(d * L::BYTES))
     }
     #[inline(always)]
+    fn row_bytes(hd: usize) -> usize {
+        hd * L::BYTES
+    }
+    #[inline(always)]
+    fn strip_offset(d: usize) -> usize {
+        d * L::BYTES
+    }
+    #[inline(always)]
     unsafe fn scalar(row: *const u8, d: usize) -> f32 {
         L::scalar(row.add(d * L::BYTES))
     }
@@ -90,6 +102,14 @@ impl Rows for Q8Rows {
         base.add(j * stride / QK * Q8_BLOCK_BYTES)
     }
     #[inline(always)]
+    fn row_bytes(hd: usize) -> usize {
+        hd / QK * Q8_BLOCK_BYTES
+    }
+    #[inline(always)]
+    fn strip_offset(d: usize) -> usize {
+        d / QK * Q8_BLOCK_BYTES + d % QK
+    }
+    #[inline(always)]
     unsafe fn load8(row: *const u8, d: usize) -> __m256 {
         let (levels, scale) = Self::block(row, d);
         let q = _mm256_cvtepi8_epi32(_mm_loadl_epi64(levels as *const __m128i));
@@ -101,8 +121,8 @@ impl Rows for Q8Rows {
         (*levels as i8) as f32 * scale
     }
 
-    /// Dots with the integer levels of a block first, then one scale per block and head (rows
-    /// here are whole blocks, so `hd` is a multiple of 32).
+    /// Widens each block's levels once, scales them once, and feeds them to every head: the
+    /// same register budget as f16 rows (2 rows × `G` sums), with one scale per block and row.
     #[inline(always)]
     #[allow(clippy::needless_range_loop)] // `g` indexes both rows' sums and the query
     unsafe fn scores<const G: usize>(
@@ -118,27 +138,21 @@ impl Rows for Q8Rows {
         while j < span {
             let pair = (span - j).min(2);
             let rows = [Self::row(keys, j, stride), Self::row(keys, j + pair - 1, stride)];
+            prefetch_rows::<Self>(keys, j + ROWS_AHEAD, 2, span, stride, hd);
             let mut acc = [[_mm256_setzero_ps(); G]; 2];
             for b in (0..hd).step_by(QK) {
                 let blocks = [Self::block(rows[0], b), Self::block(rows[1], b)];
-                let mut part = [[_mm256_setzero_ps(); G]; 2];
+                let scales = [_mm256_set1_ps(blocks[0].1), _mm256_set1_ps(blocks[1].1)];
                 for c in (0..QK).step_by(8) {
-                    let widen = |levels: *const u8| {
-                        _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(
-                            levels.add(c) as *const __m128i
-                        )))
+                    let widen = |levels: *const u8, scale: __m256| {
+                        let q = _mm256_cvtepi8_epi32(_mm_loadl_epi64(levels.add(c) as *const __m128i));
+                        _mm256_mul_ps(_mm256_cvtepi32_ps(q), scale)
                     };
-                    let k = [widen(blocks[0].0), widen(blocks[1].0)];
+                    let k = [widen(blocks[0].0, scales[0]), widen(blocks[1].0, scales[1])];
                     for g in 0..G {
                         let x = _mm256_loadu_ps(q.add(g * hd + b + c));
-                        part[0][g] = _mm256_fmadd_ps(x, k[0], part[0][g]);
-                        part[1][g] = _mm256_fmadd_ps(x, k[1], part[1][g]);
-                    }
-                }
-                for r in 0..2 {
-                    let scale = _mm256_set1_ps(blocks[r].1);
-                    for g in 0..G {
-                        acc[r][g] = _mm256_fmadd_ps(part[r][g], scale, acc[r][g]);
+                        acc[0][g] = _mm256_fmadd_ps(x, k[0], acc[0][g]);
+                        acc[1][g] = _mm256_fmadd_ps(x, k[1], acc[1][g]);
                     }
                 }
             }
@@ -191,6 +205,7 @@ impl Rows for Q8Rows {
                 let mut levels = Self::row(values, j0, stride).add(b * Q8_BLOCK_BYTES + 2 + d % QK);
                 let row_bytes = stride / QK * Q8_BLOCK_BYTES;
                 for jj in 0..j1 - j0 {
+                    prefetch_next_block::<Self>(values, j0 + jj, span, stride, d);
                     let q = _mm_loadu_si128(levels as *const __m128i);
                     let v0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q));
                     let v1 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128::<8>(q)));
@@ -217,6 +232,41 @@ const MAX_BLOCKS: usize = 16;
 const HEADS: usize = 4;
 /// Cached rows per block of the weighted sum (128 rows of 256 f32 values: 128 KiB).
 const ROW_BLOCK: usize = 128;
+
+/// How many rows ahead the scores pass asks for keys. A long cache is read from memory, where
+/// waiting for each row as it comes costs more than the arithmetic on it.
+const ROWS_AHEAD: usize = 16;
+
+/// Asks for the cache lines of rows `first..first + count` (those below `span`).
+#[inline(always)]
+unsafe fn prefetch_rows<R: Rows>(
+    base: *const u8,
+    first: usize,
+    count: usize,
+    span: usize,
+    stride: usize,
+    hd: usize,
+) {
+    for j in first..(first + count).min(span) {
+        let (start, end) = (R::row(base, j, stride), R::row(base, j, stride).add(R::row_bytes(hd)));
+        let mut line = start;
+        while line < end {
+            _mm_prefetch::<_MM_HINT_T0>(line as *const i8);
+            line = line.add(64);
+        }
+    }
+}
+
+/// The weighted sum walks a block of rows once per 16-value strip: while it reads strip `d` of
+/// row `j`, it asks for the same strip of the row one block further on, so the next block is in
+/// cache by the time it starts.
+#[inline(always)]
+unsafe fn prefetch_next_block<R: Rows>(values: *const u8, j: usize, span: usize, stride: usize, d: usize) {
+    let ahead = j + ROW_BLOCK;
+    if ahead < span {
+        _mm_prefetch::<_MM_HINT_T0>(R::row(values, ahead, stride).add(R::strip_offset(d)) as *const i8);
+    }
+}
 
 #[target_feature(enable = "avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
@@ -285,6 +335,7 @@ unsafe fn scores_for<R: Rows, const G: usize>(
     let mut j = 0;
     while j + 2 <= span {
         let rows = [R::row(keys, j, stride), R::row(keys, j + 1, stride)];
+        prefetch_rows::<R>(keys, j + ROWS_AHEAD, 2, span, stride, hd);
         let mut acc = [[_mm256_setzero_ps(); G]; 2];
         for d in (0..whole).step_by(8) {
             let k = [R::load8(rows[0], d), R::load8(rows[1], d)];
@@ -354,6 +405,7 @@ unsafe fn weighted_sum<R: Rows, const G: usize>(
             }
             for j in j0..j1 {
                 let row = R::row(values, j, stride);
+                prefetch_next_block::<R>(values, j, span, stride, d);
                 let (v0, v1) = (R::load8(row, d), R::load8(row, d + 8));
                 for (g, a) in acc.iter_mut().enumerate() {
                     let p = _mm256_broadcast_ss(&*scores.add(g * span + j));
