@@ -99,14 +99,20 @@ impl MappedBytes {
     /// converted), so that loading a checkpoint at another precision does not keep both copies
     /// resident. A later read simply faults the pages back in from the file.
     pub fn release_pages(&self) {
+        self.release_pages_of(0..self.range.len());
+    }
+
+    /// [`release_pages`](Self::release_pages) for bytes `part` of this range only.
+    pub fn release_pages_of(&self, part: std::ops::Range<usize>) {
+        debug_assert!(part.end <= self.range.len());
         #[cfg(unix)]
         // SAFETY: the mapping is a private, read-only map of a file: dropping its pages cannot
         // change what any reference observes, only make the next access read the file again.
         unsafe {
             let _ = self.map.unchecked_advise_range(
                 memmap2::UncheckedAdvice::DontNeed,
-                self.range.start,
-                self.range.len(),
+                self.range.start + part.start,
+                part.len(),
             );
         }
     }
