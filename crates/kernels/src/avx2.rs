@@ -245,8 +245,14 @@ pub trait QuantRow {
     const OFFSET: bool;
     /// The block's levels as the kernel multiplies them, and its scale.
     unsafe fn load(b: &Self::Block) -> (__m256i, f32);
+    /// The f16 bits of a block's scale.
+    fn scale_bits(b: &Self::Block) -> u16;
     /// The f16 bits of the scales of the 8 blocks from `b` on.
-    unsafe fn scales8(b: *const Self::Block) -> __m128i;
+    #[inline(always)]
+    unsafe fn scales8(b: *const Self::Block) -> __m128i {
+        let d = |i: usize| Self::scale_bits(&*b.add(i)) as i16;
+        _mm_setr_epi16(d(0), d(1), d(2), d(3), d(4), d(5), d(6), d(7))
+    }
     /// What [`dot`](Self::dot) needs of an activation block besides its levels, computed once
     /// for all the weight rows that meet it.
     unsafe fn offset(x: __m256i) -> __m256i;
@@ -261,9 +267,8 @@ impl QuantRow for Q8 {
     type Block = BlockQ8;
     const OFFSET: bool = false;
     #[inline(always)]
-    unsafe fn scales8(b: *const BlockQ8) -> __m128i {
-        let d = |i: usize| (*b.add(i)).d.to_bits() as i16;
-        _mm_setr_epi16(d(0), d(1), d(2), d(3), d(4), d(5), d(6), d(7))
+    fn scale_bits(b: &BlockQ8) -> u16 {
+        b.d.to_bits()
     }
     #[inline(always)]
     unsafe fn load(b: &BlockQ8) -> (__m256i, f32) {
@@ -286,9 +291,8 @@ impl QuantRow for Q4 {
     type Block = BlockQ4;
     const OFFSET: bool = true;
     #[inline(always)]
-    unsafe fn scales8(b: *const BlockQ4) -> __m128i {
-        let d = |i: usize| (*b.add(i)).d.to_bits() as i16;
-        _mm_setr_epi16(d(0), d(1), d(2), d(3), d(4), d(5), d(6), d(7))
+    fn scale_bits(b: &BlockQ4) -> u16 {
+        b.d.to_bits()
     }
     #[inline(always)]
     unsafe fn load(b: &BlockQ4) -> (__m256i, f32) {
