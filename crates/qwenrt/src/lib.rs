@@ -27,6 +27,7 @@
 
 pub mod chat;
 pub mod config;
+pub mod constraint;
 pub mod embed;
 mod error;
 pub mod generate;
@@ -44,6 +45,7 @@ pub mod vision;
 pub mod weights;
 
 pub use config::ModelConfig;
+pub use constraint::{Constraint, ToolCallFormat};
 pub use embed::{EmbedKind, EmbedOptions, Embedder, Embedding};
 pub use error::{Error, Result};
 pub use generate::{

@@ -3,9 +3,11 @@
 //! a multimodal checkpoint (see [`crate::vision`]).
 
 use std::path::Path;
+use std::sync::OnceLock;
 
 use crate::chat::{ChatTemplate, Message, RenderRequest};
-use crate::config::ModelConfig;
+use crate::config::{Family, ModelConfig};
+use crate::constraint::{Constraint, Guide, GuidedText, ToolCallFormat};
 use crate::error::{Error, Result};
 use crate::generate::GenerationConfig;
 use crate::linear::{LoadOptions, WeightDtype};
@@ -23,6 +25,8 @@ pub struct LanguageModel {
     stop_ids: Vec<u32>,
     /// The vision tower and processors, or why there are none.
     vision: std::result::Result<Vision, String>,
+    /// The token trie constrained turns share, built by the first one.
+    guide: OnceLock<std::result::Result<Guide, String>>,
 }
 
 impl LanguageModel {
@@ -71,7 +75,15 @@ impl LanguageModel {
             stop_ids.extend(tokenizer.token_id("<|im_end|>"));
         }
         stop_ids.dedup();
-        Ok(LanguageModel { model, tokenizer, chat_template, generation_config, stop_ids, vision })
+        Ok(LanguageModel {
+            model,
+            tokenizer,
+            chat_template,
+            generation_config,
+            stop_ids,
+            vision,
+            guide: OnceLock::new(),
+        })
     }
 
     /// Generation parameters from `generation_config.json` (sampling; thinking as the template
@@ -81,6 +93,32 @@ impl LanguageModel {
             sampling: self.generation_config.default_sampling(),
             ..Default::default()
         }
+    }
+
+    /// How this model writes tool calls: Qwen3.5's XML, or Qwen3's JSON.
+    pub fn tool_call_format(&self) -> ToolCallFormat {
+        match self.model.config().family {
+            Family::Qwen3_5 => ToolCallFormat::Xml,
+            Family::Qwen3 => ToolCallFormat::Json,
+        }
+    }
+
+    /// Checks a constraint as a turn would before generating: a bad schema, regex, grammar or
+    /// tool list is an error naming the problem.
+    pub fn check_constraint(&self, constraint: &Constraint) -> Result<()> {
+        self.compile_constraint(constraint).map(drop)
+    }
+
+    pub(crate) fn compile_constraint(&self, constraint: &Constraint) -> Result<GuidedText> {
+        let guide = self
+            .guide
+            .get_or_init(|| {
+                Guide::new(&self.tokenizer, self.model.vocab_size(), &self.stop_ids)
+                    .map_err(|e| e.to_string())
+            })
+            .as_ref()
+            .map_err(|e| Error::InvalidInput(e.clone()))?;
+        guide.compile(constraint, self.tool_call_format())
     }
 
     /// Token ids that end generation.

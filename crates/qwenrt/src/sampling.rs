@@ -192,9 +192,49 @@ impl Sampler {
         let p = &self.params;
         let modifies =
             !p.logit_bias.is_empty() || !self.context_ids.is_empty() || !self.generated_ids.is_empty();
-        if p.temperature == 0.0 && !modifies {
+        let greedy = p.temperature == 0.0;
+        if greedy && !modifies {
             return argmax(logits);
         }
+        self.modify_into_work(logits);
+        if greedy {
+            return argmax(&self.work);
+        }
+        self.draw()
+    }
+
+    /// [`sample`](Self::sample) among the ids whose bit is set in `allowed` (bit `i % 32` of word
+    /// `i / 32`): the others count as `-inf` after bias and penalties, before temperature and the
+    /// filters, so greedy takes the best allowed id. `None` when no allowed id has a finite
+    /// score (every one banned by `-inf` biases, or no id allowed).
+    pub fn sample_masked(&mut self, logits: &[f32], allowed: &[u32]) -> Option<u32> {
+        self.modify_into_work(logits);
+        let mut any = false;
+        for (chunk, &bits) in self.work.chunks_mut(32).zip(allowed.iter().chain(std::iter::repeat(&0))) {
+            if bits == u32::MAX {
+                any |= chunk.iter().any(|l| *l > f32::NEG_INFINITY);
+                continue;
+            }
+            for (j, l) in chunk.iter_mut().enumerate() {
+                if bits >> j & 1 == 0 {
+                    *l = f32::NEG_INFINITY;
+                } else {
+                    any |= *l > f32::NEG_INFINITY;
+                }
+            }
+        }
+        if !any {
+            return None;
+        }
+        if self.params.temperature == 0.0 {
+            return Some(argmax(&self.work));
+        }
+        Some(self.draw())
+    }
+
+    /// The logits with bias and penalties applied, in `self.work`.
+    fn modify_into_work(&mut self, logits: &[f32]) {
+        let p = &self.params;
         let w = &mut self.work;
         w.clear();
         w.extend_from_slice(logits);
@@ -212,10 +252,6 @@ impl Sampler {
             let count = self.counts[id as usize] as f32;
             w[id as usize] -= count * p.frequency_penalty + p.presence_penalty;
         }
-        if p.temperature == 0.0 {
-            return argmax(w);
-        }
-        self.draw()
     }
 
     /// Temperature, top-k, top-p and min-p over `self.work` (biased and penalised logits), then

@@ -50,6 +50,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::chat::Message;
+use crate::constraint::{Constraint, GuidedText};
 use crate::error::{Error, Result};
 use crate::generate::FinishReason;
 use crate::lm::LanguageModel;
@@ -151,6 +152,9 @@ pub struct ChatParams {
     /// Report each sampled token's log-probability and this many most likely alternatives
     /// ([`Event::Token`], [`Reply::logprobs`]); `None` skips the work.
     pub logprobs: Option<usize>,
+    /// What the answer must be (see [`crate::constraint`]); the reasoning stays free. Checked
+    /// when the turn begins: a bad schema, regex or grammar is an error before any token.
+    pub constraint: Option<Constraint>,
 }
 
 impl Default for ChatParams {
@@ -165,6 +169,7 @@ impl Default for ChatParams {
             max_thinking_tokens: None,
             repetition_guard: None,
             logprobs: None,
+            constraint: None,
         }
     }
 }
@@ -212,6 +217,8 @@ pub struct Usage {
     pub reasoning_tokens: usize,
     /// From the call to the first sampled token: state restore, prefill, first sample.
     pub time_to_first_token: Duration,
+    /// Time spent computing the token masks of a constrained answer (part of the decode time).
+    pub constraint_time: Duration,
     /// From the first sampled token to the end.
     pub decode_time: Duration,
 }
@@ -278,6 +285,8 @@ struct Markers {
     /// and the same when the reasoning already ends with a newline.
     close: Vec<u32>,
     close_after_newline: Vec<u32>,
+    /// `\n\n`: what the template puts between `</think>` and the answer.
+    answer_start: Vec<u32>,
 }
 
 impl Markers {
@@ -288,6 +297,7 @@ impl Markers {
             think_end: lm.tokenizer.token_id("</think>"),
             close: lm.encode("\n</think>\n\n")?,
             close_after_newline: lm.encode("</think>\n\n")?,
+            answer_start: lm.encode("\n\n")?,
         })
     }
 }
@@ -343,6 +353,7 @@ impl ChatSession {
             think_end: None,
             close: Vec::new(),
             close_after_newline: Vec::new(),
+            answer_start: Vec::new(),
         }));
         ChatSession {
             lm,
@@ -645,6 +656,7 @@ impl ChatSession {
     fn start_turn(&mut self, full: &Prompt, params: &ChatParams, deferred: bool) -> Result<Turn> {
         let start = Instant::now();
         params.validate()?;
+        let guided = params.constraint.as_ref().map(|c| self.lm.compile_constraint(c)).transpose()?;
         let prompt = full.ids();
         if prompt.is_empty() {
             return Err(Error::InvalidInput("the prompt is empty".into()));
@@ -728,6 +740,7 @@ impl ChatSession {
             first_token_at: None,
             stop_string: None,
             finish: None,
+            guided: guided.map(|text| Guided { text, active: !thinking }),
         };
         if thinking && params.max_thinking_tokens == Some(0) {
             turn.close_thought_now(&mut |_| {})?;
@@ -892,6 +905,14 @@ pub struct Turn {
     first_token_at: Option<Instant>,
     stop_string: Option<String>,
     finish: Option<FinishReason>,
+    /// The constraint on the answer, if any; it applies once the thought (if any) is over.
+    guided: Option<Guided>,
+}
+
+/// A constraint's progress, and whether the answer it applies to has begun.
+struct Guided {
+    text: GuidedText,
+    active: bool,
 }
 
 impl std::fmt::Debug for Turn {
@@ -969,7 +990,28 @@ impl Turn {
     /// Samples from the logits that followed the pending tokens and streams the result.
     fn accept(&mut self, logits: &[f32], emit: &mut dyn FnMut(Event<'_>)) -> Result<()> {
         let lm = self.lm.clone();
-        let next = self.sampler.sample(logits);
+        let next = match self.guided.as_mut().filter(|g| g.active) {
+            Some(guided) => {
+                let allowed = guided.text.mask().and_then(|mask| {
+                    self.sampler.sample_masked(logits, mask.as_slice()).ok_or_else(|| {
+                        Error::InvalidInput(
+                            "the constraint allows no token that the sampling parameters leave possible \
+                             (is every allowed token banned by a logit bias?)"
+                                .into(),
+                        )
+                    })
+                });
+                match allowed {
+                    Ok(next) => next,
+                    Err(e) => {
+                        // The pending token was fed: the turn cannot take this step again.
+                        self.finish = Some(FinishReason::Cancelled);
+                        return Err(e);
+                    }
+                }
+            }
+            None => self.sampler.sample(logits),
+        };
         self.first_token_at.get_or_insert_with(Instant::now);
         self.sampled += 1;
         self.tokens.push(next);
@@ -982,12 +1024,26 @@ impl Turn {
             self.finish = Some(FinishReason::Stop);
             return Ok(());
         }
+        if let Some(guided) = self.guided.as_mut().filter(|g| g.active) {
+            if let Err(e) = guided.text.consume(next) {
+                self.finish = Some(FinishReason::Cancelled);
+                return Err(e);
+            }
+        }
         self.sampler.accept(next);
         self.pending.clear();
         self.pending.push(next);
         let tokenizer = &lm.tokenizer;
         if self.out.in_thought() && Some(next) == self.markers.think_end {
             self.out.close_thought(emit)?;
+            if let Some(guided) = &mut self.guided {
+                // The answer starts where the template starts it, after a blank line.
+                let start = &self.markers.answer_start;
+                self.pending.extend_from_slice(start);
+                self.tokens.extend_from_slice(start);
+                self.sampler.observe_prompt(start);
+                guided.active = true;
+            }
         } else {
             if self.out.in_thought() {
                 self.reasoning_tokens += 1;
@@ -1005,6 +1061,9 @@ impl Turn {
         }
         if self.params.repetition_guard.is_some_and(|g| g.is_looping(&self.tokens)) {
             self.finish = Some(FinishReason::Repetition);
+        } else if self.guided.as_ref().is_some_and(|g| g.active && g.text.is_complete()) {
+            // Nothing can follow but a stop token: no need to run the model for it.
+            self.finish = Some(FinishReason::Stop);
         }
         Ok(())
     }
@@ -1019,6 +1078,9 @@ impl Turn {
         self.pending.extend_from_slice(close);
         self.tokens.extend_from_slice(close);
         self.sampler.observe_prompt(close);
+        if let Some(guided) = &mut self.guided {
+            guided.active = true;
+        }
         self.out.close_thought(emit)
     }
 
@@ -1046,6 +1108,7 @@ impl Turn {
                 completion_tokens: self.sampled,
                 reasoning_tokens: self.reasoning_tokens,
                 time_to_first_token: first - self.start,
+                constraint_time: self.guided.as_ref().map_or(Duration::ZERO, |g| g.text.mask_time().0),
                 decode_time: now - first,
             },
         };

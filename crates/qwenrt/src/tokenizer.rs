@@ -168,6 +168,26 @@ impl Tokenizer {
         StreamDecoder::new(self)
     }
 
+    /// Every id's bytes as a constraint's token trie reads them, for ids below `vocab` (the
+    /// model's logit count): special tokens (`<|im_end|>`, …) behind the trie's 0xFF marker, so
+    /// that no text a grammar admits can spell them; ids without a token empty.
+    pub(crate) fn trie_words(&self, vocab: usize) -> Vec<Vec<u8>> {
+        let special: std::collections::HashSet<u32> = self
+            .inner
+            .get_added_tokens_decoder()
+            .into_iter()
+            .filter(|(_, token)| token.special)
+            .map(|(id, _)| id)
+            .collect();
+        (0..vocab as u32)
+            .map(|id| match self.bytes_of(id) {
+                Ok(bytes) if special.contains(&id) => [&[0xFF][..], bytes].concat(),
+                Ok(bytes) => bytes.to_vec(),
+                Err(_) => Vec::new(),
+            })
+            .collect()
+    }
+
     fn bytes_of(&self, id: u32) -> Result<&[u8], TokenizerError> {
         match self.spans.get(id as usize) {
             Some(&Some((start, len))) => Ok(&self.token_bytes[start as usize..start as usize + len as usize]),

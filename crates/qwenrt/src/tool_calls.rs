@@ -173,6 +173,9 @@ fn held_back_len(text: &str) -> usize {
 /// Parses one `<tool_call>…</tool_call>` block; `None` if it is not a well-formed call.
 fn parse_block(block: &str, types: &ParameterTypes) -> Option<FunctionCall> {
     let inner = block.strip_prefix(CALL_OPEN)?.strip_suffix(CALL_CLOSE)?.trim();
+    if inner.starts_with('{') {
+        return parse_json_call(inner);
+    }
     let rest = inner.strip_prefix("<function=")?;
     let (name, rest) = rest.split_once('>')?;
     let name = name.trim();
@@ -197,6 +200,22 @@ fn parse_block(block: &str, types: &ParameterTypes) -> Option<FunctionCall> {
         rest = after_value.trim_start();
     }
     Some(FunctionCall { name: name.to_owned(), arguments: Value::Object(arguments) })
+}
+
+/// The body of a call in the JSON format of Qwen3 (and Hermes-style templates):
+/// `{"name": "get_weather", "arguments": {"city": "Paris"}}`.
+fn parse_json_call(body: &str) -> Option<FunctionCall> {
+    let Value::Object(mut call) = serde_json::from_str::<Value>(body).ok()? else { return None };
+    let name = match call.remove("name")? {
+        Value::String(name) if !name.trim().is_empty() => name,
+        _ => return None,
+    };
+    let arguments = match call.remove("arguments").unwrap_or_else(|| Value::Object(Map::new())) {
+        Value::String(text) => serde_json::from_str::<Value>(&text).ok().filter(Value::is_object)?,
+        arguments @ Value::Object(_) => arguments,
+        _ => return None,
+    };
+    call.is_empty().then_some(FunctionCall { name, arguments })
 }
 
 /// The JSON-schema types the request's tools declare, by function and parameter.
@@ -237,7 +256,7 @@ impl ParameterTypes {
 }
 
 /// `"type": "integer"`, `"type": ["string", "null"]`, or the types of `anyOf`/`oneOf` branches.
-fn schema_types(schema: &Value) -> Vec<String> {
+pub(crate) fn schema_types(schema: &Value) -> Vec<String> {
     let mut types = Vec::new();
     match schema.get("type") {
         Some(Value::String(t)) => types.push(t.clone()),
