@@ -1,11 +1,13 @@
 //! `qwenrt bench` (a llama-bench-like table) and `qwenrt synth` (write a random full-size model).
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use qwenrt::{Logits, Model};
+use qwenrt::chat::Message;
+use qwenrt::{ChatParams, ChatSession, Constraint, LanguageModel, Logits, Model, SamplingParams, SessionOptions};
 
 use crate::{load_options, Dtype};
 
@@ -47,6 +49,11 @@ pub struct BenchArgs {
     /// prompt positions (loads the f32 model too).
     #[arg(long, value_name = "TOKENS")]
     quality: Option<usize>,
+    /// Also decode `-n` tokens of a chat answer constrained by this JSON Schema (a file, or the
+    /// JSON itself) and the same answer unconstrained, alternating, and report the time spent on
+    /// token masks next to the step time. Needs the folder's tokenizer.json.
+    #[arg(long, value_name = "FILE|JSON")]
+    json_schema: Option<String>,
 }
 
 #[derive(Args)]
@@ -104,6 +111,64 @@ fn read_bandwidth() -> f64 {
     best
 }
 
+/// A chat answer decoded with and without a JSON Schema, the two alternating rep by rep. Stop
+/// tokens are banned so that the free answer runs the full `-n` tokens; the constrained one ends
+/// earlier only if its schema is complete.
+fn constraint_rows(lm: &Arc<LanguageModel>, schema: &str, args: &BenchArgs) -> Result<Vec<Row>> {
+    let constraint = Constraint::JsonSchema(crate::gen_args::read_json_schema(schema)?);
+    lm.check_constraint(&constraint)?;
+    let question = Message::user("Describe today's weather in three cities as JSON.");
+    let prompt = lm.encode(&lm.render_chat(&[question], true, Some(false))?)?;
+    let mut plain = ChatParams {
+        sampling: SamplingParams::greedy(),
+        max_tokens: args.n_gen.max(2),
+        enable_thinking: Some(false),
+        ..Default::default()
+    };
+    plain.sampling.logit_bias = lm.stop_ids().iter().map(|&id| (id, f32::NEG_INFINITY)).collect();
+    let constrained = ChatParams { constraint: Some(constraint), ..plain.clone() };
+    let runs = [("chat decode, unconstrained", plain), ("chat decode, json schema", constrained)];
+    // Per run: tokens/s after the first token, step ms, mask ms per token, tokens.
+    let mut measured: Vec<Vec<(f64, f64, f64, usize)>> = vec![Vec::new(); runs.len()];
+    for _ in 0..args.reps {
+        for ((_, params), measured) in runs.iter().zip(&mut measured) {
+            let mut session =
+                ChatSession::with_options(lm.clone(), SessionOptions { prompt_cache_bytes: 0, ..Default::default() });
+            let mut turn = session.begin(&prompt, params)?;
+            while session.advance(&mut turn, &mut |_| {})? {}
+            let reply = turn.finish(&mut |_| {});
+            let n = reply.usage.completion_tokens;
+            if n < 2 {
+                bail!("the {} answer ended after {n} token(s): give a schema that admits longer answers", params.constraint.as_ref().map_or("free", |_| "constrained"));
+            }
+            let decode = reply.usage.decode_time.as_secs_f64();
+            let steps = (n - 1) as f64;
+            let mask = reply.usage.constraint_time.as_secs_f64() * 1e3 / n as f64;
+            measured.push((steps / decode, decode * 1e3 / steps, mask, n));
+        }
+    }
+    Ok(runs
+        .iter()
+        .zip(measured)
+        .map(|((test, _), runs)| {
+            let mut rates: Vec<f64> = runs.iter().map(|r| r.0).collect();
+            let mut steps: Vec<f64> = runs.iter().map(|r| r.1).collect();
+            let mut masks: Vec<f64> = runs.iter().map(|r| r.2).collect();
+            let spread = rates.iter().cloned().fold(0.0, f64::max) - rates.iter().cloned().fold(f64::MAX, f64::min);
+            Row {
+                test: (*test).to_owned(),
+                tokens_per_second: median(&mut rates),
+                spread,
+                extra: serde_json::json!({
+                    "tokens": runs.iter().map(|r| r.3).min().unwrap_or(0),
+                    "step_ms": median(&mut steps),
+                    "mask_ms_per_token": median(&mut masks),
+                }),
+            }
+        })
+        .collect())
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -142,8 +207,23 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         .clone()
         .unwrap_or_else(|| dir.file_name().unwrap_or_default().to_string_lossy().into());
     let start = Instant::now();
-    let model = Model::load_with(&dir, &load_options(args.dtype))
-        .with_context(|| format!("loading {}", dir.display()))?;
+    // A constrained answer needs the tokenizer and template too.
+    let lm = match &args.json_schema {
+        Some(_) => Some(Arc::new(
+            LanguageModel::load_with(&dir, &load_options(args.dtype))
+                .with_context(|| format!("loading {} (with its tokenizer, for --json-schema)", dir.display()))?,
+        )),
+        None => None,
+    };
+    let owned;
+    let model = match &lm {
+        Some(lm) => &lm.model,
+        None => {
+            owned = Model::load_with(&dir, &load_options(args.dtype))
+                .with_context(|| format!("loading {}", dir.display()))?;
+            &owned
+        }
+    };
     let load_secs = start.elapsed().as_secs_f64();
     let vocab = model.vocab_size();
     let mut rows = Vec::new();
@@ -232,6 +312,9 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             });
         }
     }
+    if let (Some(lm), Some(schema)) = (&lm, &args.json_schema) {
+        rows.extend(constraint_rows(lm, schema, &args)?);
+    }
     if !args.image_size.is_empty() {
         rows.extend(vision_rows(&dir, &args)?);
     }
@@ -310,6 +393,18 @@ pub fn bench(args: BenchArgs) -> Result<()> {
                 c.as_f64().unwrap_or(0.0),
                 row.extra["min_cosine"].as_f64().unwrap_or(0.0),
                 row.extra["top1_agreement"].as_f64().unwrap_or(0.0) * 100.0
+            );
+            continue;
+        }
+        if let Some(mask) = row.extra.get("mask_ms_per_token") {
+            println!(
+                "| {name} | {dtype} | {threads} | {} | {:.2} ± {:.2} | {} tokens; step {:.2} ms, of which masks {:.3} ms |",
+                row.test,
+                row.tokens_per_second,
+                row.spread / 2.0,
+                row.extra["tokens"],
+                row.extra["step_ms"].as_f64().unwrap_or(0.0),
+                mask.as_f64().unwrap_or(0.0),
             );
             continue;
         }

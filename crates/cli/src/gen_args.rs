@@ -1,8 +1,10 @@
-//! Generation flags shared by `run` and `chat`: sampling, stops, thinking.
+//! Generation flags shared by `run` and `chat`: sampling, stops, thinking, constraints.
+
+use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use qwenrt::{ChatParams, LanguageModel, RepetitionGuard};
+use qwenrt::{ChatParams, Constraint, LanguageModel, RepetitionGuard};
 
 #[derive(Args, Debug, Clone)]
 pub struct GenArgs {
@@ -51,6 +53,18 @@ pub struct GenArgs {
     /// End generation when the output loops on a repeated n-gram of up to N tokens.
     #[arg(long, value_name = "N")]
     pub repetition_guard: Option<usize>,
+    /// Constrain the answer to this JSON Schema: a file, or the schema itself as JSON.
+    #[arg(long, value_name = "FILE|JSON", group = "constraint")]
+    pub json_schema: Option<String>,
+    /// Constrain the answer to any JSON object.
+    #[arg(long, group = "constraint")]
+    pub json_object: bool,
+    /// Constrain the answer to text this regular expression matches as a whole.
+    #[arg(long, value_name = "REGEX", group = "constraint")]
+    pub regex: Option<String>,
+    /// Constrain the answer to this Lark grammar (llguidance's syntax; `start` is the start rule).
+    #[arg(long, value_name = "FILE", group = "constraint")]
+    pub grammar: Option<PathBuf>,
 }
 
 impl GenArgs {
@@ -83,9 +97,44 @@ impl GenArgs {
         p.max_thinking_tokens = self.max_thinking_tokens;
         p.repetition_guard =
             self.repetition_guard.map(|n| RepetitionGuard { max_ngram: n, ..RepetitionGuard::default() });
+        p.constraint = self.constraint()?;
+        if let Some(constraint) = &p.constraint {
+            lm.check_constraint(constraint)?;
+        }
         p.validate()?;
         Ok(p)
     }
+
+    /// The constraint the flags ask for (at most one of them can be given).
+    fn constraint(&self) -> Result<Option<Constraint>> {
+        if let Some(schema) = &self.json_schema {
+            return Ok(Some(Constraint::JsonSchema(read_json_schema(schema)?)));
+        }
+        if self.json_object {
+            return Ok(Some(Constraint::Json));
+        }
+        if let Some(regex) = &self.regex {
+            return Ok(Some(Constraint::Regex(regex.clone())));
+        }
+        if let Some(path) = &self.grammar {
+            let grammar =
+                std::fs::read_to_string(path).with_context(|| format!("--grammar {}", path.display()))?;
+            return Ok(Some(Constraint::Grammar(grammar)));
+        }
+        Ok(None)
+    }
+}
+
+/// `--json-schema`'s value: the schema as JSON, or a file holding it.
+pub fn read_json_schema(arg: &str) -> Result<serde_json::Value> {
+    let inline = arg.trim_start().starts_with(['{', '[']) || ["true", "false"].contains(&arg.trim());
+    let text = if inline {
+        arg.to_owned()
+    } else {
+        std::fs::read_to_string(arg)
+            .with_context(|| format!("--json-schema {arg:?}: not JSON, and not a readable file"))?
+    };
+    serde_json::from_str(&text).with_context(|| format!("--json-schema {arg:?}: invalid JSON"))
 }
 
 fn parse_bias(entry: &str) -> Result<(u32, f32)> {

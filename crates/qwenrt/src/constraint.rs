@@ -86,10 +86,15 @@ impl Guide {
     /// `vocab_size` is the model's logit count (it may exceed the tokenizer's: those ids are never
     /// allowed); `stop_ids` end a complete answer.
     pub(crate) fn new(tokenizer: &Tokenizer, vocab_size: usize, stop_ids: &[u32]) -> Result<Self> {
+        Self::from_words(&tokenizer.trie_words(vocab_size), stop_ids)
+    }
+
+    /// From every id's bytes (special tokens behind the 0xFF marker).
+    fn from_words(words: &[Vec<u8>], stop_ids: &[u32]) -> Result<Self> {
+        let vocab_size = words.len();
         let &eos = stop_ids
             .first()
             .ok_or_else(|| Error::InvalidInput("constrained decoding needs a stop token".into()))?;
-        let words = tokenizer.trie_words(vocab_size);
         let trie = TokTrie::from(&TokRxInfo::new(vocab_size as u32, eos), &words).with_eos_tokens(stop_ids);
         let env: TokEnv = Arc::new(TrieEnv { trie });
         let mut factory = ParserFactory::new_simple(&env)
@@ -270,12 +275,17 @@ fn tool_call_grammar(tools: &[Value], only: Option<&str>, format: ToolCallFormat
                 alternatives.join(" | ")
             ));
             for (i, (name, parameters)) in functions.iter().enumerate() {
-                let schema = with_whitespace(json!({
+                let mut schema = json!({
                     "type": "object",
                     "properties": {"name": {"const": name}, "arguments": parameters},
                     "required": ["name", "arguments"],
                     "additionalProperties": false,
-                }));
+                });
+                // The arguments' `$ref`s point at the root of `parameters`, which is now nested.
+                if let Value::Object(root) = &mut schema {
+                    root.extend(definitions(parameters));
+                }
+                let schema = with_whitespace(schema);
                 lark.push_str(&format!("fn_{i}: %json {schema}\n"));
             }
         }
@@ -322,7 +332,7 @@ fn xml_function(
         }
         let rule = format!("p_{i}_{k}");
         let open = literal(&format!("<parameter={key}>\n"));
-        let value = xml_value(lark, &rule, schema, &defs).map_err(|e| format!("parameter {key:?}: {e}"))?;
+        let value = xml_value(lark, &rule, schema, parameters, &defs).map_err(|e| format!("parameter {key:?}: {e}"))?;
         lark.push_str(&format!("{rule}: {open} {value}\n"));
         body.push(if required.contains(&key.as_str()) { rule } else { format!("{rule}?") });
     }
@@ -361,10 +371,11 @@ fn xml_value(
     lark: &mut String,
     rule: &str,
     schema: &Value,
+    parameters: &Value,
     defs: &Map<String, Value>,
 ) -> std::result::Result<String, String> {
-    let resolved = resolve_local_ref(schema, defs);
-    let types = crate::tool_calls::schema_types(resolved);
+    let resolved = crate::tool_calls::resolve_ref(schema, parameters);
+    let types = crate::tool_calls::schema_types(resolved, parameters);
     let token = rule.to_uppercase();
     if types.iter().any(|t| t == "string") {
         let strings_only = types.iter().all(|t| t == "string");
@@ -410,19 +421,6 @@ fn xml_value(
     Ok(format!("%json {} {}", with_whitespace(own), literal(PARAM_CLOSE)))
 }
 
-/// A `$ref` to `#/$defs/NAME` or `#/definitions/NAME`, looked up; anything else as it is.
-fn resolve_local_ref<'a>(schema: &'a Value, defs: &'a Map<String, Value>) -> &'a Value {
-    let Some(reference) = schema.get("$ref").and_then(Value::as_str) else { return schema };
-    for key in ["$defs", "definitions"] {
-        if let Some(name) = reference.strip_prefix(&format!("#/{key}/")) {
-            if let Some(target) = defs.get(key).and_then(|d| d.get(name)) {
-                return target;
-            }
-        }
-    }
-    schema
-}
-
 /// A JSON Schema `pattern` (a search, not a full match) as a lark regex body matching whole text:
 /// anchors at the ends are honoured, otherwise anything may surround the match.
 fn unanchored(pattern: &str) -> String {
@@ -452,4 +450,126 @@ fn escape_slashes(regex: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::{RngExt, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    use super::*;
+
+    /// A byte-level vocabulary: ids 0–255 are the bytes, 256 a special end token.
+    fn byte_guide() -> Guide {
+        let mut words: Vec<Vec<u8>> = (0..=255u8).map(|b| vec![b]).collect();
+        words.push(b"\xFF<|end|>".to_vec());
+        Guide::from_words(&words, &[256]).unwrap()
+    }
+
+    /// A random walk through the grammar: any allowed byte, the end token now and then once it is
+    /// allowed. Returns the text and whether the grammar completed.
+    fn walk(guided: &mut GuidedText, rng: &mut ChaCha8Rng, max: usize) -> (String, bool) {
+        let mut bytes = Vec::new();
+        for _ in 0..max {
+            if guided.is_complete() {
+                return (String::from_utf8(bytes).unwrap(), true);
+            }
+            let allowed: Vec<u32> = guided.mask().unwrap().iter().collect();
+            assert!(!allowed.is_empty());
+            if allowed.contains(&256) && (allowed.len() == 1 || rng.random::<f64>() < 0.3) {
+                return (String::from_utf8(bytes).unwrap(), true);
+            }
+            let choices: Vec<u32> = allowed.into_iter().filter(|&t| t != 256).collect();
+            let token = choices[rng.random_range(0..choices.len())];
+            bytes.push(token as u8);
+            guided.consume(token).unwrap();
+        }
+        (String::from_utf8_lossy(&bytes).into_owned(), false)
+    }
+
+    fn tools() -> Vec<Value> {
+        vec![
+            json!({"type": "function", "function": {"name": "lookup", "parameters": {
+                "type": "object",
+                "properties": {
+                    "query": {"type": "string", "maxLength": 6},
+                    "limit": {"type": "integer", "minimum": 1, "maximum": 20},
+                    "mode": {"enum": ["fast", "exact \"quoted\""]},
+                    "filters": {"type": "object", "properties": {"lang": {"const": "fr"}}, "required": ["lang"], "additionalProperties": false}
+                },
+                "required": ["query", "mode"],
+                "additionalProperties": false
+            }}}),
+            json!({"type": "function", "function": {"name": "ping", "parameters": {"type": "object", "properties": {}, "additionalProperties": false}}}),
+            json!({"function": {"name": "code", "parameters": {"type": "object", "properties": {
+                "id": {"type": "string", "pattern": "^[a-f0-9]{3}$"},
+                "ref": {"$ref": "#/$defs/point"}
+            }, "required": ["id", "ref"], "additionalProperties": false, "$defs": {"point": {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 9}, "maxItems": 2}}}}}),
+        ]
+    }
+
+    fn check_walks(format: ToolCallFormat, only: Option<&str>) {
+        let guide = byte_guide();
+        let tools = tools();
+        let constraint = Constraint::ToolCalls { tools: tools.clone(), function: only.map(str::to_owned) };
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        let mut seen = std::collections::HashSet::new();
+        for round in 0..60 {
+            let mut guided = guide.compile(&constraint, format).unwrap();
+            let (text, complete) = walk(&mut guided, &mut rng, 4000);
+            assert!(complete, "round {round}: no end after {text:?}");
+            let parsed = crate::tool_calls::parse(&text, Some(&tools));
+            assert!(!parsed.calls.is_empty() && parsed.content.trim().is_empty(), "{format:?}: {text:?} parsed as {parsed:?}");
+            for call in parsed.calls {
+                if let Some(name) = only {
+                    assert_eq!(call.name, name);
+                }
+                let tool = tools.iter().find(|t| t["function"]["name"] == call.name.as_str()).unwrap();
+                let validator = jsonschema::validator_for(&tool["function"]["parameters"]).unwrap();
+                assert!(validator.is_valid(&call.arguments), "{format:?}: {} {} from {text:?}", call.name, call.arguments);
+                seen.insert(call.name);
+            }
+        }
+        assert_eq!(seen.len(), if only.is_some() { 1 } else { 3 }, "every function is reachable: {seen:?}");
+    }
+
+    #[test]
+    fn random_walks_through_xml_tool_calls_parse_and_validate() {
+        check_walks(ToolCallFormat::Xml, None);
+        check_walks(ToolCallFormat::Xml, Some("code"));
+    }
+
+    #[test]
+    fn random_walks_through_json_tool_calls_parse_and_validate() {
+        check_walks(ToolCallFormat::Json, None);
+        check_walks(ToolCallFormat::Json, Some("lookup"));
+    }
+
+    #[test]
+    fn xml_string_values_never_hold_a_closing_tag() {
+        // The parser ends a value at the first `</parameter>`: the grammar may not put one inside.
+        let guide = byte_guide();
+        let tools = vec![json!({"function": {"name": "say", "parameters": {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}}})];
+        let constraint = Constraint::ToolCalls { tools, function: None };
+        let after = |text: &[u8]| {
+            let mut guided = guide.compile(&constraint, ToolCallFormat::Xml).unwrap();
+            for &b in b"<tool_call>\n<function=say>\n<parameter=text>\n".iter().chain(text) {
+                guided.consume(b as u32).unwrap();
+            }
+            guided.mask().unwrap().is_allowed(b'>' as u32)
+        };
+        assert!(after(b"a\n</parameter"), "the closing tag after a newline");
+        assert!(!after(b"a</parameter"), "a closing tag inside the value");
+        assert!(!after(b"a</tool_call"), "a call's closing tag inside the value");
+        assert!(after(b"a</b"), "other tags are text");
+    }
+
+    #[test]
+    fn patterns_are_searched_unless_anchored() {
+        assert_eq!(unanchored("^ab$"), "(?:ab)");
+        assert_eq!(unanchored("ab"), "(?s:.*)(?:ab)(?s:.*)");
+        assert_eq!(unanchored("^a/b"), r"(?:a\/b)(?s:.*)");
+        assert_eq!(unanchored(r"a\$"), r"(?s:.*)(?:a\$)(?s:.*)");
+        assert_eq!(escape_slashes(r"\/x/"), r"\/x\/");
+    }
 }

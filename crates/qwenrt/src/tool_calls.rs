@@ -1,4 +1,6 @@
-//! Tool calls in Qwen3.5's XML format, parsed out of the model's answer.
+//! Tool calls parsed out of the model's answer: Qwen3.5's XML format, and the JSON format of
+//! Qwen3 (`<tool_call>\n{"name": …, "arguments": {…}}\n</tool_call>`), told apart by the block's
+//! first character.
 //!
 //! The Qwen3.5 chat template asks the model to call functions like this, and renders the calls of
 //! earlier assistant turns the same way:
@@ -231,11 +233,12 @@ impl ParameterTypes {
             let Some(name) = function.get("name").and_then(Value::as_str) else {
                 continue;
             };
-            let properties = function.pointer("/parameters/properties").and_then(Value::as_object);
+            let root = function.get("parameters").unwrap_or(&Value::Null);
+            let properties = root.get("properties").and_then(Value::as_object);
             let params = properties
                 .into_iter()
                 .flatten()
-                .map(|(key, schema)| (key.clone(), schema_types(schema)))
+                .map(|(key, schema)| (key.clone(), schema_types(schema, root)))
                 .filter(|(_, types)| !types.is_empty())
                 .collect();
             functions.insert(name.to_owned(), params);
@@ -255,8 +258,27 @@ impl ParameterTypes {
     }
 }
 
-/// `"type": "integer"`, `"type": ["string", "null"]`, or the types of `anyOf`/`oneOf` branches.
-pub(crate) fn schema_types(schema: &Value) -> Vec<String> {
+/// A `$ref` to `#/$defs/NAME` or `#/definitions/NAME` of `root` (a tool's `parameters`), looked
+/// up; any other schema as it is.
+pub(crate) fn resolve_ref<'a>(schema: &'a Value, root: &'a Value) -> &'a Value {
+    let Some(reference) = schema.get("$ref").and_then(Value::as_str) else { return schema };
+    for key in ["$defs", "definitions"] {
+        let target = reference
+            .strip_prefix("#/")
+            .and_then(|r| r.strip_prefix(key))
+            .and_then(|r| r.strip_prefix('/'))
+            .and_then(|name| root.get(key)?.get(name));
+        if let Some(target) = target {
+            return target;
+        }
+    }
+    schema
+}
+
+/// `"type": "integer"`, `"type": ["string", "null"]`, or the types of `anyOf`/`oneOf` branches,
+/// `$ref`s into `root` followed.
+pub(crate) fn schema_types(schema: &Value, root: &Value) -> Vec<String> {
+    let schema = resolve_ref(schema, root);
     let mut types = Vec::new();
     match schema.get("type") {
         Some(Value::String(t)) => types.push(t.clone()),
@@ -265,7 +287,7 @@ pub(crate) fn schema_types(schema: &Value) -> Vec<String> {
     }
     for key in ["anyOf", "oneOf"] {
         for branch in schema.get(key).and_then(Value::as_array).into_iter().flatten() {
-            types.extend(schema_types(branch));
+            types.extend(schema_types(branch, root));
         }
     }
     if types.is_empty() && schema.get("enum").is_some() {
@@ -510,10 +532,35 @@ mod tests {
         }
     }
 
+    /// Qwen3's (Hermes-style) JSON calls.
+    const JSON_CALL: &str = "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\", \"days\": 3}}\n</tool_call>";
+
+    #[test]
+    fn json_calls_parse_like_xml_ones() {
+        let parsed = parse(&format!("Let me check.\n\n{JSON_CALL}\n{JSON_CALL}"), None);
+        assert_eq!(parsed.content, "Let me check.");
+        assert_eq!(parsed.calls, vec![call("get_weather", json!({"city": "Paris", "days": 3})); 2]);
+        // Arguments as a JSON-encoded string, as OpenAI sends them back.
+        let encoded = "<tool_call>\n{\"name\": \"f\", \"arguments\": \"{\\\"a\\\": 1}\"}\n</tool_call>";
+        assert_eq!(parse(encoded, None).calls, vec![call("f", json!({"a": 1}))]);
+        for bad in [
+            "<tool_call>\n{\"name\": \"\", \"arguments\": {}}\n</tool_call>",
+            "<tool_call>\n{\"arguments\": {}}\n</tool_call>",
+            "<tool_call>\n{\"name\": \"f\", \"arguments\": [1]}\n</tool_call>",
+            "<tool_call>\n{\"name\": \"f\", \"extra\": 1}\n</tool_call>",
+            "<tool_call>\n{\"name\": \"f\"\n</tool_call>",
+        ] {
+            let parsed = parse(bad, None);
+            assert!(parsed.calls.is_empty(), "{bad:?}");
+            assert_eq!(parsed.content, bad);
+        }
+    }
+
     #[test]
     fn streaming_gives_the_same_result_however_the_text_is_split() {
         let texts = [
             format!("Checking the weather… \n\n{WEATHER}"),
+            format!("{JSON_CALL}\n{WEATHER} and {JSON_CALL}"),
             format!("{WEATHER}\n{WEATHER}"),
             format!("Before <tool_call>\n<function=f>\nbroken</tool_call> after {WEATHER} tail"),
             "No calls here, just < and <tool and <tool_cal".to_owned(),

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use base64::Engine as _;
 use qwenrt::chat::{ContentPart, FunctionCall, Message, MessageContent};
 use qwenrt::vision::{ImageInput, VideoInput, DEFAULT_MAX_INPUT_PIXELS};
-use qwenrt::{ChatParams, FinishReason, LanguageModel, TokenLogprob, Usage};
+use qwenrt::{ChatParams, Constraint, FinishReason, LanguageModel, TokenLogprob, Usage};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -71,7 +71,70 @@ pub struct ChatFields {
     /// Most reasoning tokens before the thought is closed (Qwen's `thinking_budget`).
     #[serde(alias = "max_thinking_tokens")]
     pub thinking_budget: Option<i64>,
+}
+
+/// What the answer must be: OpenAI's `response_format`, and llama.cpp's top-level `json_schema`
+/// and `grammar` (Lark, as llguidance reads it). Read by both generation endpoints.
+#[derive(Debug, Default, Deserialize)]
+pub struct ConstraintFields {
     pub response_format: Option<Value>,
+    pub json_schema: Option<Value>,
+    pub grammar: Option<String>,
+}
+
+impl ConstraintFields {
+    /// The constraint these fields ask for, checked against the model (a schema, regex or
+    /// grammar that does not compile is a 400 naming the field).
+    pub fn constraint(&self) -> Result<Option<(Constraint, &'static str)>, ApiError> {
+        let mut asked = Vec::new();
+        if let Some(format) = &self.response_format {
+            let bad = |message: String| ApiError::invalid_request(message).with_param("response_format");
+            match format.get("type").and_then(Value::as_str) {
+                Some("text") => {}
+                // llama.cpp also accepts a schema beside json_object.
+                Some("json_object") => asked.push((
+                    match format.get("schema") {
+                        Some(schema) => Constraint::JsonSchema(schema.clone()),
+                        None => Constraint::Json,
+                    },
+                    "response_format",
+                )),
+                Some("json_schema") => {
+                    let schema = format
+                        .pointer("/json_schema/schema")
+                        .or_else(|| format.get("schema"))
+                        .ok_or_else(|| bad("response_format json_schema needs json_schema.schema".into()))?;
+                    asked.push((Constraint::JsonSchema(schema.clone()), "response_format"));
+                }
+                other => {
+                    return Err(bad(format!(
+                        "unknown response_format type {}: use text, json_object or json_schema",
+                        other.map_or_else(|| "(none)".to_owned(), |t| format!("{t:?}"))
+                    )))
+                }
+            }
+        }
+        if let Some(schema) = &self.json_schema {
+            asked.push((Constraint::JsonSchema(schema.clone()), "json_schema"));
+        }
+        if let Some(grammar) = &self.grammar {
+            asked.push((Constraint::Grammar(grammar.clone()), "grammar"));
+        }
+        if asked.len() > 1 {
+            let fields: Vec<&str> = asked.iter().map(|(_, field)| *field).collect();
+            return Err(ApiError::invalid_request(format!(
+                "give one of response_format, json_schema and grammar, not {}",
+                fields.join(" and ")
+            ))
+            .with_param(fields[1]));
+        }
+        Ok(asked.pop())
+    }
+}
+
+/// Compiles a constraint before the request is queued; its errors name the request field.
+pub fn check_constraint(lm: &LanguageModel, constraint: &Constraint, field: &str) -> Result<(), ApiError> {
+    lm.check_constraint(constraint).map_err(|e| ApiError::invalid_request(e.to_string()).with_param(field))
 }
 
 /// The fields of `/v1/completions` besides [`GenerationFields`].
@@ -162,15 +225,16 @@ impl GenerationFields {
     }
 }
 
-/// How `tool_choice` shapes the prompt.
+/// How `tool_choice` shapes the prompt and the answer.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ToolChoice {
-    /// Tools are offered; the model decides (`auto`, and `required`, which cannot be enforced
-    /// without constrained decoding).
+    /// Tools are offered; the model decides.
     Auto,
+    /// Tools are offered and the answer is one or more calls (constrained).
+    Required,
     /// Tools are left out of the prompt.
     None,
-    /// Only this function is offered.
+    /// Only this function is offered, and the answer calls it (constrained).
     Function(String),
 }
 
@@ -180,7 +244,8 @@ impl ChatFields {
         let choice = match &self.tool_choice {
             None => ToolChoice::Auto,
             Some(Value::String(s)) => match s.as_str() {
-                "auto" | "required" => ToolChoice::Auto,
+                "auto" => ToolChoice::Auto,
+                "required" => ToolChoice::Required,
                 "none" => ToolChoice::None,
                 other => {
                     return Err(bad(format!(
@@ -226,7 +291,7 @@ impl ChatFields {
         Ok(match self.tool_choice()? {
             _ if tools.is_empty() => None,
             ToolChoice::None => None,
-            ToolChoice::Auto => Some(tools.to_vec()),
+            ToolChoice::Auto | ToolChoice::Required => Some(tools.to_vec()),
             ToolChoice::Function(name) => Some(
                 tools
                     .iter()
@@ -237,6 +302,21 @@ impl ChatFields {
                     .collect(),
             ),
         })
+    }
+
+    /// The constraint `tool_choice` puts on the answer: calls for `required` or a named function
+    /// (of the offered `tools`); a forced call with no tools is a 400.
+    pub fn tool_constraint(&self, tools: Option<&[Value]>) -> Result<Option<Constraint>, ApiError> {
+        let function = match self.tool_choice()? {
+            ToolChoice::Auto | ToolChoice::None => return Ok(None),
+            ToolChoice::Required => None,
+            ToolChoice::Function(name) => Some(name),
+        };
+        match tools {
+            Some(tools) if !tools.is_empty() => Ok(Some(Constraint::ToolCalls { tools: tools.to_vec(), function })),
+            _ => Err(ApiError::invalid_request("tool_choice requires a tool call but no tools are given")
+                .with_param("tool_choice")),
+        }
     }
 
     /// `chat_template_kwargs` split into `enable_thinking` and the other variables.
@@ -283,14 +363,6 @@ impl ChatFields {
     /// Checks what the template cannot render or this server cannot honour, and maps
     /// OpenAI's `developer` role to `system`.
     pub fn checked_messages(&self) -> Result<Vec<Message>, ApiError> {
-        if let Some(format) = &self.response_format {
-            if format.get("type").and_then(Value::as_str) != Some("text") {
-                return Err(ApiError::invalid_request(
-                    "response_format other than {\"type\": \"text\"} is not supported (no constrained decoding)",
-                )
-                .with_param("response_format"));
-            }
-        }
         if self.messages.is_empty() {
             return Err(ApiError::invalid_request("messages must not be empty").with_param("messages"));
         }

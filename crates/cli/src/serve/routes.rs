@@ -21,8 +21,9 @@ use super::engine::{Completion, Engine, Job, JobError, JobEvent, JobHandle, Subm
 use super::errors::{parse_fields, ApiError, JsonBody};
 use super::middleware::{log_requests, require_api_key, RequestLog};
 use super::openai::{
-    check_context, finish_reason, resolve_media, ChatFields, ChatLogprobs, CompletionFields,
-    CompletionLogprobs, GenerationFields, MediaPolicy, PromptInput, UsageBody,
+    check_constraint, check_context, finish_reason, resolve_media, ChatFields, ChatLogprobs,
+    CompletionFields, CompletionLogprobs, ConstraintFields, GenerationFields, MediaPolicy, PromptInput,
+    UsageBody,
 };
 use super::output::{new_id, unix_time, ChatAnswer, ChatTranslator, CompletionText};
 use super::sse::{chat_stream, completion_stream, AnswerMeta};
@@ -157,21 +158,31 @@ async fn chat_completions(
 ) -> Result<Response, ApiError> {
     let fields: GenerationFields = parse_fields(&body)?;
     let chat: ChatFields = parse_fields(&body)?;
+    let constraint_fields: ConstraintFields = parse_fields(&body)?;
     fields.check_supported()?;
     let mut messages = chat.checked_messages()?;
     let media_policy = media_policy.map(|Extension(p)| p).unwrap_or_default();
     let tools = chat.offered_tools()?;
+    // A forced tool call is the answer; response_format shapes an answer without calls.
+    let constraint = match chat.tool_constraint(tools.as_deref())? {
+        Some(calls) => Some((calls, "tool_choice")),
+        None => constraint_fields.constraint()?,
+    };
     let (enable_thinking, extra) = chat.template_kwargs()?;
     let max_thinking_tokens = chat.thinking_budget()?;
     let logprobs = chat.logprobs()?;
 
-    let prompt = {
+    let (prompt, constraint) = {
         let lm = state.lm.clone();
         let tools = tools.clone();
         blocking(move || {
-            // Decoding pictures is CPU work too.
+            // Compiling a schema and decoding pictures are CPU work too.
+            if let Some((constraint, field)) = &constraint {
+                check_constraint(&lm, constraint, field)?;
+            }
             resolve_media(&mut messages, &lm, media_policy)?;
-            render_chat(&lm, &messages, tools.as_deref(), enable_thinking, extra)
+            let prompt = render_chat(&lm, &messages, tools.as_deref(), enable_thinking, extra)?;
+            Ok((prompt, constraint.map(|(constraint, _)| constraint)))
         })
         .await?
     };
@@ -180,6 +191,7 @@ async fn chat_completions(
     params.enable_thinking = enable_thinking;
     params.max_thinking_tokens = max_thinking_tokens;
     params.logprobs = logprobs;
+    params.constraint = constraint;
     log.prompt(prompt.len(), 0);
     let media = prompt.has_media().then(|| prompt.clone());
     let mut handle = submit(&state.engine, Job { prompt: prompt.into_ids(), params, media })?;
@@ -246,9 +258,17 @@ async fn completions(
 ) -> Result<Response, ApiError> {
     let fields: GenerationFields = parse_fields(&body)?;
     let completion_fields: CompletionFields = parse_fields(&body)?;
+    let constraint_fields: ConstraintFields = parse_fields(&body)?;
     fields.check_supported()?;
     completion_fields.check_supported()?;
     let logprobs = completion_fields.logprobs()?;
+    let constraint = match constraint_fields.constraint()? {
+        Some((constraint, field)) => {
+            let lm = state.lm.clone();
+            blocking(move || check_constraint(&lm, &constraint, field).map(|()| constraint)).await.map(Some)?
+        }
+        None => None,
+    };
     let prompt = match completion_fields.prompt()? {
         PromptInput::Tokens(ids) => {
             let vocab = state.lm.model.vocab_size();
@@ -274,6 +294,7 @@ async fn completions(
     check_context(prompt.len(), state.max_context, "prompt")?;
     let mut params = fields.params(&state.lm, prompt.len(), state.max_context)?;
     params.logprobs = logprobs;
+    params.constraint = constraint;
     log.prompt(prompt.len(), 0);
     let mut handle = submit(&state.engine, Job { prompt, params, media: None })?;
 
