@@ -211,8 +211,13 @@ impl Sampler {
         self.modify_into_work(logits);
         let mut any = false;
         for (chunk, &bits) in self.work.chunks_mut(32).zip(allowed.iter().chain(std::iter::repeat(&0))) {
+            // Most words are all-allowed (inside a string) or all-banned (between JSON tokens).
             if bits == u32::MAX {
                 any |= chunk.iter().any(|l| *l > f32::NEG_INFINITY);
+                continue;
+            }
+            if bits == 0 {
+                chunk.fill(f32::NEG_INFINITY);
                 continue;
             }
             for (j, l) in chunk.iter_mut().enumerate() {

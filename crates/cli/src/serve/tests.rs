@@ -421,6 +421,150 @@ async fn malformed_tool_calls_come_back_as_text() {
     assert!(calls.is_empty());
 }
 
+/// A schema a random model can complete within a few dozen tokens.
+fn forecast_schema() -> Value {
+    json!({
+        "type": "object",
+        "properties": {
+            "city": {"type": "string", "maxLength": 8},
+            "days": {"type": "integer", "minimum": 1, "maximum": 7},
+            "sky": {"enum": ["clear", "cloudy", "rain"]}
+        },
+        "required": ["city", "days", "sky"],
+        "additionalProperties": false
+    })
+}
+
+fn assert_forecast(text: &str) {
+    let value: Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text:?}"));
+    let object = value.as_object().unwrap_or_else(|| panic!("{text:?}"));
+    let mut keys: Vec<&str> = object.keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    assert_eq!(keys, ["city", "days", "sky"], "{text:?}");
+    assert!(value["city"].as_str().is_some_and(|c| c.chars().count() <= 8), "{text:?}");
+    assert!(value["days"].as_i64().is_some_and(|d| (1..=7).contains(&d)), "{text:?}");
+    assert!(["clear", "cloudy", "rain"].contains(&value["sky"].as_str().unwrap_or("")), "{text:?}");
+}
+
+#[tokio::test]
+async fn response_formats_are_enforced_whole_and_streamed() {
+    let (app, _) = Setup::default().app();
+    for seed in 0..3 {
+        let mut body = chat_body("The forecast, please.", 120);
+        body["temperature"] = json!(1.0);
+        body["seed"] = json!(seed);
+        body["response_format"] =
+            json!({"type": "json_schema", "json_schema": {"name": "forecast", "schema": forecast_schema(), "strict": true}});
+        let (status, whole) = call(&app, post("/v1/chat/completions", &body)).await;
+        assert_eq!(status, StatusCode::OK, "{whole}");
+        assert_eq!(whole["choices"][0]["finish_reason"], "stop", "{whole}");
+        let content = whole["choices"][0]["message"]["content"].as_str().unwrap().to_owned();
+        assert_forecast(&content);
+
+        body["stream"] = json!(true);
+        let (streamed, _, _, finish) = join_deltas(&chunks(&stream(&app, post("/v1/chat/completions", &body)).await));
+        assert_eq!((streamed, finish.as_str()), (content, "stop"));
+    }
+    // llama.cpp's spellings: a top-level json_schema, a schema beside json_object, a grammar.
+    let mut body = chat_body("The forecast, please.", 120);
+    body["json_schema"] = forecast_schema();
+    let (_, answer) = call(&app, post("/v1/chat/completions", &body)).await;
+    assert_forecast(answer["choices"][0]["message"]["content"].as_str().unwrap());
+    let mut body = chat_body("The forecast, please.", 120);
+    body["response_format"] = json!({"type": "json_object", "schema": forecast_schema()});
+    let (_, answer) = call(&app, post("/v1/chat/completions", &body)).await;
+    assert_forecast(answer["choices"][0]["message"]["content"].as_str().unwrap());
+    let mut body = chat_body("Yes or no?", 20);
+    body["grammar"] = json!("start: (\"yes\" | \"no\") \"!\"{1,3}");
+    let (_, answer) = call(&app, post("/v1/chat/completions", &body)).await;
+    let text = answer["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(["yes", "no"].iter().any(|w| text.starts_with(w) && text[w.len()..].chars().all(|c| c == '!')), "{text:?}");
+
+    let mut body = chat_body("Anything.", 60);
+    body["response_format"] = json!({"type": "json_object"});
+    body["logit_bias"] = json!({"90": 5});
+    let (_, answer) = call(&app, post("/v1/chat/completions", &body)).await;
+    let choice = &answer["choices"][0];
+    let text = choice["message"]["content"].as_str().unwrap();
+    if choice["finish_reason"] == "stop" {
+        assert!(serde_json::from_str::<Value>(text).unwrap().is_object(), "{text:?}");
+    } else {
+        assert!(text.trim_start().starts_with('{'), "{text:?}");
+    }
+
+    // Raw completions take the same fields.
+    let body = json!({"prompt": "Forecast:", "max_tokens": 120, "temperature": 0, "json_schema": forecast_schema()});
+    let (status, answer) = call(&app, post("/v1/completions", &body)).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_forecast(answer["choices"][0]["text"].as_str().unwrap());
+}
+
+#[tokio::test]
+async fn the_schema_applies_after_the_thought() {
+    let (app, _) = Setup::default().app();
+    let mut body = chat_body("Think, then the forecast.", 120);
+    body["chat_template_kwargs"] = json!({"enable_thinking": true});
+    body["thinking_budget"] = json!(10);
+    body["response_format"] = json!({"type": "json_schema", "json_schema": {"name": "f", "schema": forecast_schema()}});
+    let (status, answer) = call(&app, post("/v1/chat/completions", &body)).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let message = &answer["choices"][0]["message"];
+    let reasoning = message["reasoning_content"].as_str().unwrap();
+    assert!(!reasoning.is_empty() && serde_json::from_str::<Value>(reasoning).is_err(), "{reasoning:?}");
+    assert_forecast(message["content"].as_str().unwrap());
+}
+
+fn forced_tools() -> Value {
+    json!([
+        {"type": "function", "function": {"name": "get_weather", "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "maxLength": 10}, "days": {"type": "integer", "minimum": 1, "maximum": 5}},
+            "required": ["city", "days"]
+        }}},
+        {"type": "function", "function": {"name": "get_time", "parameters": {
+            "type": "object", "properties": {"zone": {"enum": ["UTC", "CET"]}}, "required": ["zone"]
+        }}}
+    ])
+}
+
+#[tokio::test]
+async fn required_and_named_tool_choices_force_calls() {
+    let (app, _) = Setup::default().app();
+    for (choice, only) in [(json!("required"), None), (json!({"type": "function", "function": {"name": "get_time"}}), Some("get_time"))] {
+        for seed in 0..3 {
+            let body = json!({
+                "messages": [{"role": "user", "content": "Hello"}], "tools": forced_tools(), "tool_choice": choice,
+                "max_tokens": 200, "temperature": 1.0, "seed": seed,
+            });
+            let (status, answer) = call(&app, post("/v1/chat/completions", &body)).await;
+            assert_eq!(status, StatusCode::OK, "{answer}");
+            let choice0 = &answer["choices"][0];
+            assert_eq!(choice0["finish_reason"], "tool_calls", "{answer}");
+            assert!(choice0["message"]["content"].is_null(), "{answer}");
+            let calls = choice0["message"]["tool_calls"].as_array().unwrap();
+            assert!(!calls.is_empty());
+            for call in calls {
+                let name = call["function"]["name"].as_str().unwrap();
+                let args: Value = serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+                match name {
+                    "get_weather" => {
+                        assert!(only.is_none());
+                        assert!(args["city"].as_str().is_some_and(|c| c.chars().count() <= 10), "{args}");
+                        assert!(args["days"].as_i64().is_some_and(|d| (1..=5).contains(&d)), "{args}");
+                    }
+                    "get_time" => assert!(["UTC", "CET"].contains(&args["zone"].as_str().unwrap_or("")), "{args}"),
+                    other => panic!("unknown function {other}"),
+                }
+            }
+            let mut streamed = body.clone();
+            streamed["stream"] = json!(true);
+            let (_, _, calls, finish) = join_deltas(&chunks(&stream(&app, post("/v1/chat/completions", &streamed)).await));
+            assert_eq!(finish, "tool_calls");
+            assert_eq!(calls.len(), choice0["message"]["tool_calls"].as_array().unwrap().len());
+        }
+    }
+}
+
 #[tokio::test]
 async fn raw_completions() {
     let (app, _) = Setup::default().app();
@@ -501,10 +645,27 @@ async fn bad_requests_get_openai_errors() {
         (chat(json!({"messages": user, "stop": ""})), StatusCode::BAD_REQUEST, None),
         (chat(json!({"messages": user, "top_logprobs": 3})), StatusCode::BAD_REQUEST, Some("top_logprobs")),
         (
-            chat(json!({"messages": user, "response_format": {"type": "json_object"}})),
+            chat(json!({"messages": user, "response_format": {"type": "xml"}})),
             StatusCode::BAD_REQUEST,
             Some("response_format"),
         ),
+        (
+            chat(json!({"messages": user, "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "strng"}}}})),
+            StatusCode::BAD_REQUEST,
+            Some("response_format"),
+        ),
+        (
+            chat(json!({"messages": user, "response_format": {"type": "json_schema", "json_schema": {"name": "x"}}})),
+            StatusCode::BAD_REQUEST,
+            Some("response_format"),
+        ),
+        (chat(json!({"messages": user, "grammar": "start: (("})), StatusCode::BAD_REQUEST, Some("grammar")),
+        (
+            chat(json!({"messages": user, "json_schema": {"type": "object"}, "grammar": "start: \"a\""})),
+            StatusCode::BAD_REQUEST,
+            Some("grammar"),
+        ),
+        (chat(json!({"messages": user, "tool_choice": "required"})), StatusCode::BAD_REQUEST, Some("tool_choice")),
         (
             chat(json!({"messages": user, "chat_template_kwargs": {"enable_thinking": "yes"}})),
             StatusCode::BAD_REQUEST,
