@@ -3,16 +3,20 @@
 
 Run by crates/cli/tests/serve.rs against the tiny random-weight fixture models: the answers are
 gibberish, so the checks are about the protocol. Chat whole and streamed (the same greedy
-answer), reasoning, log-probs, a tool-call round trip, raw completions, embeddings, errors, and
+answer), reasoning, log-probs, a tool-call round trip, raw completions, structured output
+(`parse()` into a Pydantic model, forced tool calls), embeddings, errors, and
 parallel clients whose greedy answers equal the sequential ones. Exits non-zero on the first
 failed check.
 """
 
 import argparse
 import concurrent.futures
+import json
 import sys
+from typing import Literal
 
 import openai
+import pydantic
 
 # <|endoftext|> and <|im_end|>: banned so that answers run to max_tokens.
 NO_END = {"248044": -100, "248046": -100}
@@ -168,6 +172,81 @@ def embeddings(client, embedding_model):
     check(result.usage.prompt_tokens > 0, "embedding usage")
 
 
+class Forecast(pydantic.BaseModel):
+    """What `parse()` fills in. Bounded, so that a random model finishes it."""
+
+    city: str = pydantic.Field(max_length=8)
+    days: int = pydantic.Field(ge=1, le=7)
+    sky: Literal["clear", "cloudy", "rain"]
+    hourly_mm: list[int] = pydantic.Field(max_length=3)
+
+
+class GetTime(pydantic.BaseModel):
+    zone: Literal["UTC", "CET", "JST"]
+
+
+def structured_output(client, model):
+    # The official parse(): the schema goes out as response_format json_schema (strict), the
+    # answer comes back as a Forecast, whatever the random weights would rather write.
+    for seed in range(3):
+        result = client.chat.completions.parse(
+            model=model,
+            messages=[{"role": "user", "content": "The forecast for Paris, please."}],
+            response_format=Forecast,
+            max_tokens=200,
+            temperature=1.0,
+            seed=seed,
+        )
+        parsed = result.choices[0].message.parsed
+        check(isinstance(parsed, Forecast), f"parsed {parsed!r}")
+        check(1 <= parsed.days <= 7 and len(parsed.city) <= 8, f"parsed {parsed!r}")
+
+    # A forced call of a strict function tool, parsed into its model too.
+    result = client.chat.completions.parse(
+        model=model,
+        messages=[{"role": "user", "content": "What time is it?"}],
+        tools=[openai.pydantic_function_tool(GetTime)],
+        tool_choice="required",
+        max_tokens=200,
+        temperature=0,
+    )
+    choice = result.choices[0]
+    check(choice.finish_reason == "tool_calls", f"finish_reason {choice.finish_reason}")
+    call = choice.message.tool_calls[0].function
+    check(call.name == "GetTime" and isinstance(call.parsed_arguments, GetTime), f"call {call}")
+
+    # Any JSON object, streamed.
+    stream = client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": "Anything as JSON."}],
+        response_format={"type": "json_object"},
+        max_tokens=150,
+        temperature=0,
+        stream=True,
+    )
+    content, finish = "", None
+    for chunk in stream:
+        if chunk.choices:
+            content += chunk.choices[0].delta.content or ""
+            finish = chunk.choices[0].finish_reason or finish
+    if finish == "stop":
+        check(isinstance(json.loads(content), dict), f"streamed {content!r}")
+    else:
+        check(finish == "length" and content.lstrip().startswith("{"), f"streamed {content!r}")
+
+    # A schema that does not compile is refused before generation, naming the field.
+    try:
+        client.chat.completions.create(
+            model=model,
+            messages=[{"role": "user", "content": "Hi"}],
+            response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "strng"}}},
+        )
+    except openai.BadRequestError as e:
+        check(e.body.get("param") == "response_format", f"error body {e.body}")
+    else:
+        raise AssertionError("an invalid schema should be refused")
+
+
 def errors(client, model, base_url, api_key):
     try:
         client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Hi"}], n=2)
@@ -225,6 +304,7 @@ def main():
         ("reasoning and log-probs", lambda: reasoning_and_logprobs(client, model)),
         ("tool-call round trip", lambda: tool_round_trip(client, model)),
         ("raw completion", lambda: raw_completion(client, model)),
+        ("structured output", lambda: structured_output(client, model)),
         ("embeddings", lambda: embeddings(client, args.embedding_model)),
         ("errors", lambda: errors(client, model, args.base_url, args.api_key)),
         (f"{args.parallel} parallel clients", lambda: parallel_clients(client, model, args.parallel)),

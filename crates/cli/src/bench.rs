@@ -7,7 +7,9 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use qwenrt::chat::Message;
-use qwenrt::{ChatParams, ChatSession, Constraint, LanguageModel, Logits, Model, SamplingParams, SessionOptions};
+use qwenrt::{
+    ChatParams, ChatSession, Constraint, LanguageModel, Logits, Model, SamplingParams, SessionOptions,
+};
 
 use crate::{load_options, Dtype};
 
@@ -132,14 +134,19 @@ fn constraint_rows(lm: &Arc<LanguageModel>, schema: &str, args: &BenchArgs) -> R
     let mut measured: Vec<Vec<(f64, f64, f64, usize)>> = vec![Vec::new(); runs.len()];
     for _ in 0..args.reps {
         for ((_, params), measured) in runs.iter().zip(&mut measured) {
-            let mut session =
-                ChatSession::with_options(lm.clone(), SessionOptions { prompt_cache_bytes: 0, ..Default::default() });
+            let mut session = ChatSession::with_options(
+                lm.clone(),
+                SessionOptions { prompt_cache_bytes: 0, ..Default::default() },
+            );
             let mut turn = session.begin(&prompt, params)?;
             while session.advance(&mut turn, &mut |_| {})? {}
             let reply = turn.finish(&mut |_| {});
             let n = reply.usage.completion_tokens;
             if n < 2 {
-                bail!("the {} answer ended after {n} token(s): give a schema that admits longer answers", params.constraint.as_ref().map_or("free", |_| "constrained"));
+                bail!(
+                    "the {} answer ended after {n} token(s): give a schema that admits longer answers",
+                    params.constraint.as_ref().map_or("free", |_| "constrained")
+                );
             }
             let decode = reply.usage.decode_time.as_secs_f64();
             let steps = (n - 1) as f64;
@@ -154,7 +161,8 @@ fn constraint_rows(lm: &Arc<LanguageModel>, schema: &str, args: &BenchArgs) -> R
             let mut rates: Vec<f64> = runs.iter().map(|r| r.0).collect();
             let mut steps: Vec<f64> = runs.iter().map(|r| r.1).collect();
             let mut masks: Vec<f64> = runs.iter().map(|r| r.2).collect();
-            let spread = rates.iter().cloned().fold(0.0, f64::max) - rates.iter().cloned().fold(f64::MAX, f64::min);
+            let spread =
+                rates.iter().cloned().fold(0.0, f64::max) - rates.iter().cloned().fold(f64::MAX, f64::min);
             Row {
                 test: (*test).to_owned(),
                 tokens_per_second: median(&mut rates),
@@ -209,10 +217,11 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     let start = Instant::now();
     // A constrained answer needs the tokenizer and template too.
     let lm = match &args.json_schema {
-        Some(_) => Some(Arc::new(
-            LanguageModel::load_with(&dir, &load_options(args.dtype))
-                .with_context(|| format!("loading {} (with its tokenizer, for --json-schema)", dir.display()))?,
-        )),
+        Some(_) => {
+            Some(Arc::new(LanguageModel::load_with(&dir, &load_options(args.dtype)).with_context(|| {
+                format!("loading {} (with its tokenizer, for --json-schema)", dir.display())
+            })?))
+        }
         None => None,
     };
     let owned;

@@ -178,3 +178,31 @@ fn ctrl_c_cancels_the_answer_and_the_conversation_goes_on() {
     assert!(t[0].2.contains("finish: cancelled"), "{}", t[0].2);
     assert!(stderr.contains("[thinking off]"), "the REPL went on after the cancel: {stderr}");
 }
+
+#[test]
+fn every_turn_of_a_chat_follows_the_constraint() {
+    let dir = model_folder();
+    let out = qwenrt(
+        &[
+            "chat",
+            "--model",
+            dir.to_str().unwrap(),
+            "--dtype",
+            "f32",
+            "--temperature",
+            "1",
+            "--seed",
+            "3",
+            "--regex",
+            "(ok|fine|sure)!{1,2}",
+        ],
+        "Hi\nAgain\nOnce more\n",
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let answers: Vec<&str> = stdout.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(answers.len(), 3, "{stdout:?}");
+    for answer in answers {
+        let word = answer.trim_end_matches('!');
+        assert!(["ok", "fine", "sure"].contains(&word) && answer.len() - word.len() <= 2, "{answer:?}");
+    }
+}

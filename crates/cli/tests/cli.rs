@@ -210,3 +210,99 @@ fn bad_input_gives_a_clear_error_and_exit_code() {
         assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
     }
 }
+
+#[test]
+fn run_constrains_the_answer_with_each_flag() {
+    let dir = model_folder();
+    let model = dir.to_str().unwrap();
+    let schema = r#"{"type": "object", "properties": {"n": {"type": "integer", "minimum": 0, "maximum": 99}, "ok": {"type": "boolean"}}, "required": ["n", "ok"], "additionalProperties": false}"#;
+    let schema_file = common::temp_dir("cli-schema").join("schema.json");
+    std::fs::write(&schema_file, schema).unwrap();
+    for source in [schema, schema_file.to_str().unwrap()] {
+        let out = ok_json(&qwenrt(
+            &["run", "--model", model, "--dtype", "f32", "--json", "--json-schema", source, "Answer."],
+            None,
+        ));
+        assert_eq!(out["finish_reason"], "stop", "{out}");
+        let value: serde_json::Value = serde_json::from_str(out["text"].as_str().unwrap()).unwrap();
+        assert!(
+            value["n"].as_i64().is_some_and(|n| (0..=99).contains(&n)) && value["ok"].is_boolean(),
+            "{value}"
+        );
+    }
+    let out = ok_json(&qwenrt(
+        &["run", "--model", model, "--dtype", "f32", "--json", "--regex", "[a-c]{2}-[0-9]", "Answer."],
+        None,
+    ));
+    let text = out["text"].as_str().unwrap();
+    assert!(text.len() == 4 && text.as_bytes()[2] == b'-', "{text:?}");
+    let grammar = common::temp_dir("cli-grammar").join("g.lark");
+    std::fs::write(&grammar, "start: \"<\" WORD (\",\" WORD)* \">\"\nWORD: /[xyz]{1,3}/\n").unwrap();
+    let out = ok_json(&qwenrt(
+        &[
+            "run",
+            "--model",
+            model,
+            "--dtype",
+            "f32",
+            "--json",
+            "--max-tokens",
+            "60",
+            "--grammar",
+            grammar.to_str().unwrap(),
+            "Answer.",
+        ],
+        None,
+    ));
+    let text = out["text"].as_str().unwrap();
+    if out["finish_reason"] == "stop" {
+        assert!(text.starts_with('<') && text.ends_with('>'), "{text:?}");
+    }
+    assert!(
+        text.trim_matches(['<', '>'])
+            .split(',')
+            .all(|w| (1..=3).contains(&w.len()) && w.chars().all(|c| "xyz".contains(c))
+                || out["finish_reason"] == "length"),
+        "{text:?}"
+    );
+    let out = ok_json(&qwenrt(
+        &[
+            "run",
+            "--model",
+            model,
+            "--dtype",
+            "f32",
+            "--json",
+            "--json-object",
+            "--max-tokens",
+            "100",
+            "Answer.",
+        ],
+        None,
+    ));
+    assert!(out["text"].as_str().unwrap().trim_start().starts_with('{'), "{out}");
+}
+
+#[test]
+fn bad_constraints_are_errors_before_any_output() {
+    let dir = model_folder();
+    let model = dir.to_str().unwrap();
+    for (flags, message) in [
+        (vec!["--json-schema", r#"{"type": "strng"}"#], "invalid JSON Schema"),
+        (vec!["--json-schema", "{not json"], "invalid JSON"),
+        (vec!["--json-schema", "/no/such/schema.json"], "not a readable file"),
+        (vec!["--regex", "(unclosed"], "invalid regular expression"),
+        (vec!["--regex", "a", "--json-object"], "cannot be used with"),
+    ] {
+        let args: Vec<&str> = ["run", "--model", model, "--dtype", "f32"]
+            .into_iter()
+            .chain(flags.clone())
+            .chain(["Hi"])
+            .collect();
+        let out = qwenrt(&args, None);
+        assert!(!out.status.success(), "{flags:?} succeeded");
+        assert!(out.stdout.is_empty(), "{flags:?} printed {:?}", String::from_utf8_lossy(&out.stdout));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(message), "{flags:?}: {stderr}");
+    }
+}

@@ -332,7 +332,8 @@ fn xml_function(
         }
         let rule = format!("p_{i}_{k}");
         let open = literal(&format!("<parameter={key}>\n"));
-        let value = xml_value(lark, &rule, schema, parameters, &defs).map_err(|e| format!("parameter {key:?}: {e}"))?;
+        let value = xml_value(lark, &rule, schema, parameters, &defs)
+            .map_err(|e| format!("parameter {key:?}: {e}"))?;
         lark.push_str(&format!("{rule}: {open} {value}\n"));
         body.push(if required.contains(&key.as_str()) { rule } else { format!("{rule}?") });
     }
@@ -519,14 +520,22 @@ mod tests {
             let (text, complete) = walk(&mut guided, &mut rng, 4000);
             assert!(complete, "round {round}: no end after {text:?}");
             let parsed = crate::tool_calls::parse(&text, Some(&tools));
-            assert!(!parsed.calls.is_empty() && parsed.content.trim().is_empty(), "{format:?}: {text:?} parsed as {parsed:?}");
+            assert!(
+                !parsed.calls.is_empty() && parsed.content.trim().is_empty(),
+                "{format:?}: {text:?} parsed as {parsed:?}"
+            );
             for call in parsed.calls {
                 if let Some(name) = only {
                     assert_eq!(call.name, name);
                 }
                 let tool = tools.iter().find(|t| t["function"]["name"] == call.name.as_str()).unwrap();
                 let validator = jsonschema::validator_for(&tool["function"]["parameters"]).unwrap();
-                assert!(validator.is_valid(&call.arguments), "{format:?}: {} {} from {text:?}", call.name, call.arguments);
+                assert!(
+                    validator.is_valid(&call.arguments),
+                    "{format:?}: {} {} from {text:?}",
+                    call.name,
+                    call.arguments
+                );
                 seen.insert(call.name);
             }
         }
@@ -549,7 +558,9 @@ mod tests {
     fn xml_string_values_never_hold_a_closing_tag() {
         // The parser ends a value at the first `</parameter>`: the grammar may not put one inside.
         let guide = byte_guide();
-        let tools = vec![json!({"function": {"name": "say", "parameters": {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}}})];
+        let tools = vec![
+            json!({"function": {"name": "say", "parameters": {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}}}),
+        ];
         let constraint = Constraint::ToolCalls { tools, function: None };
         let after = |text: &[u8]| {
             let mut guided = guide.compile(&constraint, ToolCallFormat::Xml).unwrap();

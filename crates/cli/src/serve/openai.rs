@@ -313,7 +313,9 @@ impl ChatFields {
             ToolChoice::Function(name) => Some(name),
         };
         match tools {
-            Some(tools) if !tools.is_empty() => Ok(Some(Constraint::ToolCalls { tools: tools.to_vec(), function })),
+            Some(tools) if !tools.is_empty() => {
+                Ok(Some(Constraint::ToolCalls { tools: tools.to_vec(), function }))
+            }
             _ => Err(ApiError::invalid_request("tool_choice requires a tool call but no tools are given")
                 .with_param("tool_choice")),
         }

@@ -265,7 +265,9 @@ async fn completions(
     let constraint = match constraint_fields.constraint()? {
         Some((constraint, field)) => {
             let lm = state.lm.clone();
-            blocking(move || check_constraint(&lm, &constraint, field).map(|()| constraint)).await.map(Some)?
+            blocking(move || check_constraint(&lm, &constraint, field).map(|()| constraint))
+                .await
+                .map(Some)?
         }
         None => None,
     };

@@ -453,8 +453,7 @@ async fn response_formats_are_enforced_whole_and_streamed() {
         let mut body = chat_body("The forecast, please.", 120);
         body["temperature"] = json!(1.0);
         body["seed"] = json!(seed);
-        body["response_format"] =
-            json!({"type": "json_schema", "json_schema": {"name": "forecast", "schema": forecast_schema(), "strict": true}});
+        body["response_format"] = json!({"type": "json_schema", "json_schema": {"name": "forecast", "schema": forecast_schema(), "strict": true}});
         let (status, whole) = call(&app, post("/v1/chat/completions", &body)).await;
         assert_eq!(status, StatusCode::OK, "{whole}");
         assert_eq!(whole["choices"][0]["finish_reason"], "stop", "{whole}");
@@ -462,7 +461,8 @@ async fn response_formats_are_enforced_whole_and_streamed() {
         assert_forecast(&content);
 
         body["stream"] = json!(true);
-        let (streamed, _, _, finish) = join_deltas(&chunks(&stream(&app, post("/v1/chat/completions", &body)).await));
+        let (streamed, _, _, finish) =
+            join_deltas(&chunks(&stream(&app, post("/v1/chat/completions", &body)).await));
         assert_eq!((streamed, finish.as_str()), (content, "stop"));
     }
     // llama.cpp's spellings: a top-level json_schema, a schema beside json_object, a grammar.
@@ -478,7 +478,10 @@ async fn response_formats_are_enforced_whole_and_streamed() {
     body["grammar"] = json!("start: (\"yes\" | \"no\") \"!\"{1,3}");
     let (_, answer) = call(&app, post("/v1/chat/completions", &body)).await;
     let text = answer["choices"][0]["message"]["content"].as_str().unwrap();
-    assert!(["yes", "no"].iter().any(|w| text.starts_with(w) && text[w.len()..].chars().all(|c| c == '!')), "{text:?}");
+    assert!(
+        ["yes", "no"].iter().any(|w| text.starts_with(w) && text[w.len()..].chars().all(|c| c == '!')),
+        "{text:?}"
+    );
 
     let mut body = chat_body("Anything.", 60);
     body["response_format"] = json!({"type": "json_object"});
@@ -493,7 +496,8 @@ async fn response_formats_are_enforced_whole_and_streamed() {
     }
 
     // Raw completions take the same fields.
-    let body = json!({"prompt": "Forecast:", "max_tokens": 120, "temperature": 0, "json_schema": forecast_schema()});
+    let body =
+        json!({"prompt": "Forecast:", "max_tokens": 120, "temperature": 0, "json_schema": forecast_schema()});
     let (status, answer) = call(&app, post("/v1/completions", &body)).await;
     assert_eq!(status, StatusCode::OK, "{answer}");
     assert_forecast(answer["choices"][0]["text"].as_str().unwrap());
@@ -505,7 +509,8 @@ async fn the_schema_applies_after_the_thought() {
     let mut body = chat_body("Think, then the forecast.", 120);
     body["chat_template_kwargs"] = json!({"enable_thinking": true});
     body["thinking_budget"] = json!(10);
-    body["response_format"] = json!({"type": "json_schema", "json_schema": {"name": "f", "schema": forecast_schema()}});
+    body["response_format"] =
+        json!({"type": "json_schema", "json_schema": {"name": "f", "schema": forecast_schema()}});
     let (status, answer) = call(&app, post("/v1/chat/completions", &body)).await;
     assert_eq!(status, StatusCode::OK, "{answer}");
     let message = &answer["choices"][0]["message"];
@@ -530,7 +535,10 @@ fn forced_tools() -> Value {
 #[tokio::test]
 async fn required_and_named_tool_choices_force_calls() {
     let (app, _) = Setup::default().app();
-    for (choice, only) in [(json!("required"), None), (json!({"type": "function", "function": {"name": "get_time"}}), Some("get_time"))] {
+    for (choice, only) in [
+        (json!("required"), None),
+        (json!({"type": "function", "function": {"name": "get_time"}}), Some("get_time")),
+    ] {
         for seed in 0..3 {
             let body = json!({
                 "messages": [{"role": "user", "content": "Hello"}], "tools": forced_tools(), "tool_choice": choice,
@@ -545,20 +553,24 @@ async fn required_and_named_tool_choices_force_calls() {
             assert!(!calls.is_empty());
             for call in calls {
                 let name = call["function"]["name"].as_str().unwrap();
-                let args: Value = serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+                let args: Value =
+                    serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
                 match name {
                     "get_weather" => {
                         assert!(only.is_none());
                         assert!(args["city"].as_str().is_some_and(|c| c.chars().count() <= 10), "{args}");
                         assert!(args["days"].as_i64().is_some_and(|d| (1..=5).contains(&d)), "{args}");
                     }
-                    "get_time" => assert!(["UTC", "CET"].contains(&args["zone"].as_str().unwrap_or("")), "{args}"),
+                    "get_time" => {
+                        assert!(["UTC", "CET"].contains(&args["zone"].as_str().unwrap_or("")), "{args}")
+                    }
                     other => panic!("unknown function {other}"),
                 }
             }
             let mut streamed = body.clone();
             streamed["stream"] = json!(true);
-            let (_, _, calls, finish) = join_deltas(&chunks(&stream(&app, post("/v1/chat/completions", &streamed)).await));
+            let (_, _, calls, finish) =
+                join_deltas(&chunks(&stream(&app, post("/v1/chat/completions", &streamed)).await));
             assert_eq!(finish, "tool_calls");
             assert_eq!(calls.len(), choice0["message"]["tool_calls"].as_array().unwrap().len());
         }
@@ -650,12 +662,16 @@ async fn bad_requests_get_openai_errors() {
             Some("response_format"),
         ),
         (
-            chat(json!({"messages": user, "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "strng"}}}})),
+            chat(
+                json!({"messages": user, "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "strng"}}}}),
+            ),
             StatusCode::BAD_REQUEST,
             Some("response_format"),
         ),
         (
-            chat(json!({"messages": user, "response_format": {"type": "json_schema", "json_schema": {"name": "x"}}})),
+            chat(
+                json!({"messages": user, "response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}),
+            ),
             StatusCode::BAD_REQUEST,
             Some("response_format"),
         ),
@@ -665,7 +681,11 @@ async fn bad_requests_get_openai_errors() {
             StatusCode::BAD_REQUEST,
             Some("grammar"),
         ),
-        (chat(json!({"messages": user, "tool_choice": "required"})), StatusCode::BAD_REQUEST, Some("tool_choice")),
+        (
+            chat(json!({"messages": user, "tool_choice": "required"})),
+            StatusCode::BAD_REQUEST,
+            Some("tool_choice"),
+        ),
         (
             chat(json!({"messages": user, "chat_template_kwargs": {"enable_thinking": "yes"}})),
             StatusCode::BAD_REQUEST,
