@@ -119,6 +119,8 @@ pub fn run(args: RunArgs) -> Result<()> {
                 "decode_tokens_per_second": usage.decode_tokens_per_second(),
                 "prefill_ms": usage.time_to_first_token.as_secs_f64() * 1e3,
                 "decode_ms": usage.decode_time.as_secs_f64() * 1e3,
+                // Part of decode_ms: computing a constrained answer's token masks.
+                "constraint_ms": usage.constraint_time.as_secs_f64() * 1e3,
             },
         });
         writeln!(out, "{json}")?;
