@@ -18,8 +18,9 @@ fi
 [ -f "$MODEL/model.safetensors" ] || "$QWENRT" synth --out "$MODEL"
 cp fixtures-gen/qwen3_5-tokenizer/tokenizer.json "$MODEL/"
 lscpu | grep -E '^(Model name|Flags)' | sed 's/^/# /'
-# Strings the random model never closes keep the answer going for all TOKENS; the second schema
-# is all numbers and booleans, so nearly every token is a structural one.
+# In the first schema, strings the random model never closes keep the answer going for all TOKENS
+# (cheap masks); the second is 40 or more records of numbers and booleans, so nearly every token
+# is a structural one (the costliest masks).
 for schema in bench/schemas/weather.json bench/schemas/numbers.json; do
     echo "# $schema"
     "$QWENRT" bench --model "$MODEL" --dtype "$DTYPE" -p 0 -n "$TOKENS" --reps "$REPS" --json-schema "$schema"

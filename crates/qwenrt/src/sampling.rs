@@ -209,30 +209,26 @@ impl Sampler {
     /// score (every one banned by `-inf` biases, or no id allowed).
     pub fn sample_masked(&mut self, logits: &[f32], allowed: &[u32]) -> Option<u32> {
         self.modify_into_work(logits);
-        let mut any = false;
         for (chunk, &bits) in self.work.chunks_mut(32).zip(allowed.iter().chain(std::iter::repeat(&0))) {
             // Most words are all-allowed (inside a string) or all-banned (between JSON tokens).
-            if bits == u32::MAX {
-                any |= chunk.iter().any(|l| *l > f32::NEG_INFINITY);
-                continue;
-            }
-            if bits == 0 {
-                chunk.fill(f32::NEG_INFINITY);
-                continue;
-            }
-            for (j, l) in chunk.iter_mut().enumerate() {
-                if bits >> j & 1 == 0 {
-                    *l = f32::NEG_INFINITY;
-                } else {
-                    any |= *l > f32::NEG_INFINITY;
+            match bits {
+                u32::MAX => {}
+                0 => chunk.fill(f32::NEG_INFINITY),
+                _ => {
+                    for (j, l) in chunk.iter_mut().enumerate() {
+                        if bits >> j & 1 == 0 {
+                            *l = f32::NEG_INFINITY;
+                        }
+                    }
                 }
             }
         }
-        if !any {
+        let best = argmax(&self.work) as usize;
+        if self.work.get(best).is_none_or(|&l| l == f32::NEG_INFINITY || l.is_nan()) {
             return None;
         }
         if self.params.temperature == 0.0 {
-            return Some(argmax(&self.work));
+            return Some(best as u32);
         }
         Some(self.draw())
     }
@@ -572,6 +568,46 @@ mod tests {
         let f = frequencies(&mut s, &logits, 20000);
         // Mass before token 1 is 0.4/0.9 = 0.44 < 0.7; before token 2 it is 0.78 >= 0.7.
         assert_close(&f, &[0.4 / 0.7, 0.3 / 0.7, 0.0, 0.0], 0.015);
+    }
+
+    #[test]
+    fn masked_sampling_stays_inside_the_mask() {
+        let logits: Vec<f32> = (0..100).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();
+        // Allowed: ids 3, 40..=71 (a whole word), 97.
+        let mut allowed = vec![0u32; 4];
+        for id in [3usize, 97].into_iter().chain(40..72) {
+            allowed[id / 32] |= 1 << (id % 32);
+        }
+        let is_allowed = |id: u32| allowed[id as usize / 32] >> (id % 32) & 1 == 1;
+        let best = (0..100u32)
+            .filter(|&i| is_allowed(i))
+            .max_by(|&a, &b| logits[a as usize].total_cmp(&logits[b as usize]))
+            .unwrap();
+        assert_eq!(sampler(SamplingParams::greedy(), 0).sample_masked(&logits, &allowed), Some(best));
+        for params in
+            [at(1.0), SamplingParams { top_k: 5, ..at(0.7) }, SamplingParams { top_p: 0.5, ..at(1.3) }]
+        {
+            let mut s = sampler(params, 9);
+            for _ in 0..500 {
+                assert!(is_allowed(s.sample_masked(&logits, &allowed).unwrap()));
+            }
+        }
+        // Masked draws follow the softmax renormalised over the allowed ids.
+        let mut s = sampler(at(1.0), 5);
+        let mut counts = vec![0usize; 100];
+        let draws = 20_000;
+        for _ in 0..draws {
+            counts[s.sample_masked(&logits, &allowed).unwrap() as usize] += 1;
+        }
+        let masked: Vec<f32> =
+            (0..100u32).map(|i| if is_allowed(i) { logits[i as usize] } else { f32::NEG_INFINITY }).collect();
+        let want = softmax(&masked);
+        let got: Vec<f64> = counts.iter().map(|&c| c as f64 / draws as f64).collect();
+        assert_close(&got, &want, 0.015);
+        // Nothing possible: no id allowed, or every allowed id banned by a bias.
+        assert_eq!(sampler(at(1.0), 1).sample_masked(&logits, &[0; 4]), None);
+        let banned = SamplingParams { logit_bias: vec![(5, f32::NEG_INFINITY)], ..SamplingParams::greedy() };
+        assert_eq!(sampler(banned, 1).sample_masked(&logits, &[1 << 5, 0, 0, 0]), None);
     }
 
     #[test]
