@@ -240,7 +240,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     let embedding_model = dir.join("modules.json").exists();
 
     if embedding_model && args.n_prompt > 0 {
-        rows.push(embed_row(&model, args.n_prompt, args.reps, vocab)?);
+        rows.push(embed_row(model, args.n_prompt, args.reps, vocab)?);
     } else if args.n_prompt > 0 {
         let prompt = tokens(args.n_prompt, vocab, 1);
         let mut rates = Vec::new();
@@ -342,7 +342,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     if let (Some(n), true) = (args.quality, embedding_model) {
         let reference = Model::load(&dir)?;
         let docs: Vec<Vec<u32>> = (0..8).map(|i| tokens(n, vocab, 10 + i)).collect();
-        let (want, got) = (last_hidden(&reference, &docs)?, last_hidden(&model, &docs)?);
+        let (want, got) = (last_hidden(&reference, &docs)?, last_hidden(model, &docs)?);
         let hidden = model.config().hidden_size();
         let cosines: Vec<f64> =
             want.chunks_exact(hidden).zip(got.chunks_exact(hidden)).map(|(a, b)| cosine(a, b)).collect();
@@ -357,7 +357,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         });
     } else if let Some(n) = args.quality {
         let reference = Model::load(&dir)?;
-        let a = qwenrt::quality::compare_logits(&reference, &model, &tokens(n, vocab, 4))?;
+        let a = qwenrt::quality::compare_logits(&reference, model, &tokens(n, vocab, 4))?;
         rows.push(Row {
             test: format!("quality vs f32 ({n} positions)"),
             tokens_per_second: f64::NAN,

@@ -95,7 +95,7 @@ impl Guide {
         let &eos = stop_ids
             .first()
             .ok_or_else(|| Error::InvalidInput("constrained decoding needs a stop token".into()))?;
-        let trie = TokTrie::from(&TokRxInfo::new(vocab_size as u32, eos), &words).with_eos_tokens(stop_ids);
+        let trie = TokTrie::from(&TokRxInfo::new(vocab_size as u32, eos), words).with_eos_tokens(stop_ids);
         let env: TokEnv = Arc::new(TrieEnv { trie });
         let mut factory = ParserFactory::new_simple(&env)
             .map_err(|e| Error::InvalidInput(format!("cannot set up constrained decoding: {e}")))?;
