@@ -741,6 +741,7 @@ impl ChatSession {
             stop_string: None,
             finish: None,
             guided: guided.map(|text| Guided { text, active: !thinking }),
+            error: None,
         };
         if thinking && params.max_thinking_tokens == Some(0) {
             turn.close_thought_now(&mut |_| {})?;
@@ -801,9 +802,11 @@ impl ChatSession {
     /// tokens (a piece of a prompt, or the last sampled token) go through the model together.
     /// Turns that are over are skipped; `on_event(i, event)` reports turn `i`'s output. Returns
     /// how many turns took a step (a step through a prompt may sample nothing). A model error
-    /// in the batch leaves every state in it unchanged. The rest of a prompt with images or
-    /// videos (positions and rows of its own) is fed alone, before the batch, as
-    /// [`advance`](Self::advance) does.
+    /// in the batch leaves every state in it unchanged and is returned. An error of one turn's
+    /// own (its constraint allows no token its sampling parameters leave possible, …) ends that
+    /// turn alone, which keeps it for [`Turn::take_error`]; the others go on. The rest of a
+    /// prompt with images or videos (positions and rows of its own) is fed alone, before the
+    /// batch, as [`advance`](Self::advance) does.
     pub fn advance_many(
         sessions: &mut [&mut ChatSession],
         turns: &mut [&mut Turn],
@@ -818,7 +821,15 @@ impl ChatSession {
         for (i, (session, turn)) in sessions.iter_mut().zip(turns.iter_mut()).enumerate() {
             assert!(Arc::ptr_eq(&session.lm, &lm), "sessions of one batch share a model");
             if turn.media.is_some() {
-                alone += usize::from(session.advance(turn, &mut |e| on_event(i, e))?);
+                match session.advance(turn, &mut |e| on_event(i, e)) {
+                    Ok(stepped) => alone += usize::from(stepped),
+                    // Fed, then failed while sampling: that turn is over, the batch goes on.
+                    Err(e) if turn.is_finished() => {
+                        turn.error = Some(e);
+                        alone += 1;
+                    }
+                    Err(e) => return Err(e),
+                }
             } else if turn.next_input(session).is_some() {
                 active.push((i, turn.piece_len(session.state_tokens.len())));
             }
@@ -854,10 +865,8 @@ impl ChatSession {
             }
         };
         // A turn samples after the last piece of its prompt only; the logits after the other
-        // pieces are not needed. Every turn's step is recorded before an error is reported, so
-        // that each stays consistent with its state.
+        // pieces are not needed.
         let vocab = lm.model.vocab_size();
-        let mut outcome = Ok(());
         for (row, &(i, n)) in active.iter().enumerate() {
             let turn = &mut *turns[i];
             if n < turn.pending.len() {
@@ -865,14 +874,14 @@ impl ChatSession {
             } else if let Err(e) =
                 turn.accept(&logits[row * vocab..(row + 1) * vocab], &mut |e| on_event(i, e))
             {
-                outcome = outcome.and(Err(e));
+                turn.error = Some(e);
             }
         }
         drop(states);
         for &(i, _) in &active {
             sessions[i].save_if_reached(turns[i]);
         }
-        outcome.map(|()| alone + active.len())
+        Ok(alone + active.len())
     }
 }
 
@@ -907,6 +916,8 @@ pub struct Turn {
     finish: Option<FinishReason>,
     /// The constraint on the answer, if any; it applies once the thought (if any) is over.
     guided: Option<Guided>,
+    /// What ended the turn inside a batch step, for the caller to collect.
+    error: Option<Error>,
 }
 
 /// A constraint's progress, and whether the answer it applies to has begun.
@@ -958,6 +969,12 @@ impl Turn {
         self.sampled
     }
 
+    /// The error that ended this turn during [`ChatSession::advance_many`], once: the batch's
+    /// other turns went on. ([`ChatSession::advance`] returns such an error directly.)
+    pub fn take_error(&mut self) -> Option<Error> {
+        self.error.take()
+    }
+
     /// The tokens to feed next, or `None` once the turn is over (cancelled, out of budget or
     /// context, or stopped).
     fn next_input(&mut self, session: &ChatSession) -> Option<&[u32]> {
@@ -987,8 +1004,17 @@ impl Turn {
         }
     }
 
-    /// Samples from the logits that followed the pending tokens and streams the result.
+    /// Samples from the logits that followed the pending tokens and streams the result. The
+    /// pending tokens were fed, so a turn that fails here is over: it cannot take the step again.
     fn accept(&mut self, logits: &[f32], emit: &mut dyn FnMut(Event<'_>)) -> Result<()> {
+        let result = self.sample_and_stream(logits, emit);
+        if result.is_err() {
+            self.finish.get_or_insert(FinishReason::Cancelled);
+        }
+        result
+    }
+
+    fn sample_and_stream(&mut self, logits: &[f32], emit: &mut dyn FnMut(Event<'_>)) -> Result<()> {
         let lm = self.lm.clone();
         let next = match self.guided.as_mut().filter(|g| g.active) {
             Some(guided) => {
@@ -1001,14 +1027,7 @@ impl Turn {
                         )
                     })
                 });
-                match allowed {
-                    Ok(next) => next,
-                    Err(e) => {
-                        // The pending token was fed: the turn cannot take this step again.
-                        self.finish = Some(FinishReason::Cancelled);
-                        return Err(e);
-                    }
-                }
+                allowed?
             }
             None => self.sampler.sample(logits),
         };
@@ -1025,10 +1044,7 @@ impl Turn {
             return Ok(());
         }
         if let Some(guided) = self.guided.as_mut().filter(|g| g.active) {
-            if let Err(e) = guided.text.consume(next) {
-                self.finish = Some(FinishReason::Cancelled);
-                return Err(e);
-            }
+            guided.text.consume(next)?;
         }
         self.sampler.accept(next);
         self.pending.clear();

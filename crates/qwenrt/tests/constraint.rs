@@ -517,3 +517,45 @@ fn a_bias_banning_every_allowed_token_is_an_error_not_a_wrong_token() {
     let err = session.send(Message::user("Seven?"), &p, |_| {}).expect_err("no token is possible");
     assert!(err.to_string().contains("allows no token"), "{err}");
 }
+
+#[test]
+fn a_turn_that_fails_in_a_batch_fails_alone() {
+    let lm = lm();
+    let seven = lm.encode("7").unwrap()[0];
+    let mut impossible = params(Constraint::Regex("7".into()), 0, 8);
+    impossible.sampling.logit_bias = vec![(seven, f32::NEG_INFINITY)];
+    let fine = params(Constraint::Regex("[0-9]{2,6}".into()), 1, 20);
+    let free = ChatParams { constraint: None, ..params(Constraint::Json, 2, 12) };
+    let solo_fine = ask(&lm, "Count.", &fine);
+    let solo_free = ask(&lm, "Chat.", &free);
+
+    let all = [("Seven?", &impossible), ("Count.", &fine), ("Chat.", &free)];
+    let mut sessions: Vec<ChatSession> = all.iter().map(|_| ChatSession::new(lm.clone())).collect();
+    let mut turns: Vec<qwenrt::Turn> = sessions
+        .iter_mut()
+        .zip(&all)
+        .map(|(session, (q, p))| {
+            let prompt =
+                lm.encode(&lm.render_chat(&[Message::user(*q)], true, p.enable_thinking).unwrap()).unwrap();
+            session.begin_deferred(&prompt, p).unwrap()
+        })
+        .collect();
+    loop {
+        let mut s: Vec<&mut ChatSession> = sessions.iter_mut().collect();
+        let mut t: Vec<&mut qwenrt::Turn> = turns.iter_mut().collect();
+        if ChatSession::advance_many(&mut s, &mut t, |_, _| {}).expect("the batch goes on") == 0 {
+            break;
+        }
+    }
+    let mut turns = turns.into_iter();
+    let mut failed = turns.next().unwrap();
+    let err = failed.take_error().expect("the impossible turn failed");
+    assert!(err.to_string().contains("allows no token"), "{err}");
+    assert!(failed.take_error().is_none(), "reported once");
+    for (turn, solo) in turns.zip([solo_fine, solo_free]) {
+        let mut turn = turn;
+        assert!(turn.take_error().is_none());
+        let reply = turn.finish(&mut |_: Event<'_>| {});
+        assert_eq!((reply.tokens, reply.content), (solo.tokens, solo.content));
+    }
+}

@@ -610,7 +610,10 @@ impl Backend for SessionPool {
         while i < self.active.len() {
             if self.active[i].turn.is_finished() {
                 let id = self.active[i].id;
-                ended.push((id, Ok(self.finish(i, emit))));
+                // A turn that failed on its own (its state is consistent) fails its job alone.
+                let failure = self.active[i].turn.take_error();
+                let completion = self.finish(i, emit);
+                ended.push((id, failure.map_or(Ok(completion), |e| Err(invalid(e)))));
             } else {
                 i += 1;
             }

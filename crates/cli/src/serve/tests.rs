@@ -578,6 +578,26 @@ async fn required_and_named_tool_choices_force_calls() {
 }
 
 #[tokio::test]
+async fn an_impossible_constraint_fails_its_request_alone() {
+    let (app, _) = Setup::default().app();
+    let seven = lm().encode("7").unwrap()[0];
+    let mut impossible = chat_body("Seven?", 8);
+    impossible["grammar"] = json!("start: \"7\"");
+    impossible["logit_bias"] = json!({ seven.to_string(): -100 });
+    let healthy = chat_body("Hello there", 12);
+    let (_, alone) = call(&app, post("/v1/chat/completions", &healthy)).await;
+    // Both run in the same batch steps.
+    let (failed, fine) = tokio::join!(
+        call(&app, post("/v1/chat/completions", &impossible)),
+        call(&app, post("/v1/chat/completions", &healthy)),
+    );
+    assert_error(failed.0, &failed.1, StatusCode::BAD_REQUEST, None);
+    assert!(failed.1["error"]["message"].as_str().unwrap().contains("allows no token"), "{}", failed.1);
+    assert_eq!(fine.0, StatusCode::OK, "{}", fine.1);
+    assert_eq!(fine.1["choices"][0]["message"], alone["choices"][0]["message"]);
+}
+
+#[tokio::test]
 async fn raw_completions() {
     let (app, _) = Setup::default().app();
     let body = json!({"prompt": "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n", "max_tokens": 5, "temperature": 0,
