@@ -37,6 +37,7 @@ pub mod model;
 pub mod prompt_cache;
 pub mod quality;
 pub mod sampling;
+pub mod scheduler;
 pub mod session;
 pub mod synthetic;
 pub mod tokenizer;

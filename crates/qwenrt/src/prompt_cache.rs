@@ -162,6 +162,18 @@ impl PromptCache {
         Some(&entry.snapshot)
     }
 
+    /// The length of the snapshot [`longest_prefix_with`](Self::longest_prefix_with) would
+    /// return (0 for none), without marking it used.
+    pub fn longest_prefix_len(&self, tokens: &[u32], media: &[MediaMark], max_len: usize) -> usize {
+        self.entries
+            .iter()
+            .filter(|e| e.tokens.len() <= max_len.min(tokens.len()))
+            .filter(|e| is_prefix(&e.tokens, &e.media, tokens, media))
+            .map(|e| e.tokens.len())
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Whether a snapshot of exactly text `tokens` is held.
     pub fn contains(&self, tokens: &[u32]) -> bool {
         self.contains_with(tokens, &[])

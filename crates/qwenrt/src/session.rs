@@ -540,6 +540,22 @@ impl ChatSession {
     /// Brings the live state to the longest prefix of `prompt` (at most `max_len` long) that the
     /// session holds: the live state itself, a saved state, or nothing. A prefix must have seen
     /// the same images and videos, not just the same tokens. Returns its length.
+    /// How many tokens of `prompt` a turn beginning now would not feed: the live state or a
+    /// saved one, whichever is the longer prefix of it (never all of it: a turn feeds at least
+    /// one token). Changes nothing, not even the prompt cache's order of use; a scheduler asks
+    /// it to choose the session that holds most of a request.
+    pub fn reusable_prefix(&self, prompt: &Prompt) -> usize {
+        let (tokens, media) = (prompt.ids(), prompt.media_marks());
+        let max_len = tokens.len().saturating_sub(1);
+        let live = self.state_tokens.len();
+        let live = if live <= max_len && is_prefix(&self.state_tokens, &self.state_media, tokens, media) {
+            live
+        } else {
+            0
+        };
+        live.max(self.cache.longest_prefix_len(tokens, media, max_len))
+    }
+
     fn reuse_longest(&mut self, prompt: &Prompt, max_len: usize) -> usize {
         let (tokens, media) = (prompt.ids(), prompt.media_marks());
         let live = (self.state_tokens.len() <= max_len

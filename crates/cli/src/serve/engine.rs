@@ -1,15 +1,12 @@
-//! The engine behind the routes: a bounded queue of generation jobs and a continuous-batching
-//! scheduler on a dedicated worker thread, never on the async runtime.
+//! The engine behind the routes: a bounded queue of generation jobs, served on a dedicated
+//! worker thread (never on the async runtime) by the library's continuous-batching
+//! [`Scheduler`].
 //!
 //! Routes see only [`Engine::submit`], the [`JobHandle`] it returns (events through a channel;
-//! dropping it cancels the job) and [`Engine::status`]. Behind them, up to `slots` jobs run at
-//! once, each on its own chat session (with its prompt cache): every step feeds all running
-//! jobs' next tokens through the model together — one pass over the weights serves every
-//! sequence — then each job samples and streams. Jobs join as soon as a slot is free and leave
-//! as soon as they end, between steps. A new job's prompt is prefilled in pieces over the next
-//! steps, within a budget of prompt tokens per step shared in order of arrival, in the same passes
-//! as the others' decode steps: running streams keep flowing while a long prompt comes in, and
-//! prompts that arrive together are prefilled together.
+//! dropping it cancels the job) and [`Engine::status`]. Behind them, the worker admits waiting
+//! jobs into the scheduler's free slots, calls its `step` (one pass over the weights for every
+//! running job) and forwards what each job streams; slot choice, the shared prefill budget and
+//! batching are the scheduler's (see `qwenrt::scheduler`).
 
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -17,10 +14,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
-use qwenrt::{
-    ChatParams, ChatSession, Event, FinishReason, LanguageModel, SessionOptions, TokenLogprob, Turn, Usage,
-};
+use qwenrt::scheduler::{RequestId, Scheduler, SchedulerOptions};
+use qwenrt::{ChatParams, Event, FinishReason, LanguageModel, Prompt, Reply, TokenLogprob, Usage};
 use tokio::sync::mpsc;
+
+pub use qwenrt::scheduler::{Failure as JobError, DEFAULT_PREFILL_CHUNK};
 
 /// How the engine is set up.
 #[derive(Debug, Clone, Copy)]
@@ -39,18 +37,12 @@ pub struct EngineOptions {
     pub prefill_chunk: usize,
 }
 
-/// Big enough that prefill runs near its full rate (each step also pays a pass over the weights)
-/// and that several chat prompts arriving together start in one step; a long prompt then holds
-/// up the running streams for one such step per token instead of for its whole prefill.
-pub const DEFAULT_PREFILL_CHUNK: usize = 256;
-
-/// One generation: continue `prompt` (rendered and tokenized) under `params`.
+/// One generation: continue `prompt` (rendered and tokenized, with its images and videos)
+/// under `params`.
 #[derive(Debug, Clone)]
 pub struct Job {
-    pub prompt: Vec<u32>,
+    pub prompt: Prompt,
     pub params: ChatParams,
-    /// For a prompt with images or videos: the whole prompt (`prompt` is its ids).
-    pub media: Option<qwenrt::Prompt>,
 }
 
 /// What a job streams back, in order; `Done` or `Failed` comes last.
@@ -69,16 +61,6 @@ pub enum JobEvent {
 pub struct Completion {
     pub finish_reason: FinishReason,
     pub usage: Usage,
-}
-
-/// Why a job produced no completion.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum JobError {
-    /// The request cannot be served as given (e.g. a token id outside the vocabulary).
-    #[error("{0}")]
-    Invalid(String),
-    #[error("{0}")]
-    Internal(String),
 }
 
 /// Why a job was not accepted.
@@ -139,7 +121,7 @@ impl JobControl {
 }
 
 /// Identifies a job between the worker and the backend.
-pub(crate) type JobId = u64;
+pub(crate) type JobId = RequestId;
 
 /// Runs jobs, all running ones advancing together; called on the worker thread only.
 pub(crate) trait Backend: Send + 'static {
@@ -192,7 +174,7 @@ struct Queued {
 impl Engine {
     /// Starts the worker thread with `options.slots` chat sessions on `lm`.
     pub fn start(lm: Arc<LanguageModel>, options: EngineOptions) -> std::io::Result<Self> {
-        let pool = SessionPool::new(lm, &options);
+        let pool = Batching::new(lm, &options);
         Self::with_backend(pool, options.slots, options.queue_capacity)
     }
 
@@ -392,138 +374,25 @@ fn fail_all(shared: &Shared, backend: &mut impl Backend, running: &mut Vec<Runni
     }
 }
 
-/// How many token sequences a slot remembers for choosing it again.
-const REMEMBERED_SEQUENCES: usize = 8;
-
-/// The chat sessions jobs run on, one job per session at a time.
-struct SessionPool {
-    lm: Arc<LanguageModel>,
-    session_options: SessionOptions,
-    slots: Vec<Slot>,
-    /// Counts jobs, to find the least recently used slot.
-    clock: u64,
-    active: Vec<Active>,
-    /// `<|im_start|>assistant\n`: where a session saves the state it can reuse next turn.
-    assistant_header: Vec<u32>,
-    /// Most prompt tokens one step prefills.
-    prefill_chunk: usize,
+/// The real backend: the library's scheduler, its events made owned for the channels.
+struct Batching {
+    scheduler: Scheduler,
+    stop_ids: Vec<u32>,
 }
 
-/// A running job: its slot and its turn in progress.
-struct Active {
-    id: JobId,
-    slot: usize,
-    turn: Turn,
-    prompt: Vec<u32>,
-}
-
-struct Slot {
-    session: ChatSession,
-    /// Token sequences the session holds a state for (as far as we know: its prompt cache may
-    /// have evicted some), newest last.
-    held: VecDeque<Vec<u32>>,
-    last_used: u64,
-}
-
-impl Slot {
-    fn new(lm: &Arc<LanguageModel>, options: SessionOptions) -> Self {
-        Slot { session: ChatSession::with_options(lm.clone(), options), held: VecDeque::new(), last_used: 0 }
-    }
-
-    /// Length of the longest held sequence that `prompt` starts with: what the session can reuse.
-    fn reusable(&self, prompt: &[u32]) -> usize {
-        self.held.iter().filter(|seq| prompt.starts_with(seq)).map(Vec::len).max().unwrap_or(0)
-    }
-
-    fn remember(&mut self, sequence: Vec<u32>) {
-        if sequence.is_empty() || self.held.contains(&sequence) {
-            return;
-        }
-        if self.held.len() == REMEMBERED_SEQUENCES {
-            self.held.pop_front();
-        }
-        self.held.push_back(sequence);
-    }
-}
-
-impl SessionPool {
+impl Batching {
     fn new(lm: Arc<LanguageModel>, options: &EngineOptions) -> Self {
-        let session_options = SessionOptions {
-            prompt_cache_bytes: options.prompt_cache_bytes,
-            max_context: Some(options.max_context),
-        };
-        let slots = (0..options.slots.max(1)).map(|_| Slot::new(&lm, session_options)).collect();
-        let assistant_header = lm.encode("<|im_start|>assistant\n").unwrap_or_default();
-        SessionPool {
+        let stop_ids = lm.stop_ids().to_vec();
+        let scheduler = Scheduler::new(
             lm,
-            session_options,
-            slots,
-            clock: 0,
-            active: Vec::new(),
-            assistant_header,
-            prefill_chunk: options.prefill_chunk.max(1),
-        }
-    }
-
-    /// The free slot that can reuse the most of `prompt`; among equals the least recently used,
-    /// so new conversations spread over the slots and each keeps its state for its next turn.
-    fn pick(&self, prompt: &[u32]) -> Option<usize> {
-        (0..self.slots.len())
-            .filter(|&i| self.active.iter().all(|a| a.slot != i))
-            .max_by_key(|&i| (self.slots[i].reusable(prompt), std::cmp::Reverse(self.slots[i].last_used)))
-    }
-
-    /// What the session will hold after this job: the state saved after the prompt's last
-    /// assistant header, and the live state (prompt and answer but the last sampled token), as
-    /// far as the job got: one cancelled during its prefill has fed only part of its prompt.
-    fn remember(&mut self, slot: usize, prompt: &[u32], answer: &[u32]) {
-        let held = self.slots[slot].session.context_tokens();
-        let header = &self.assistant_header;
-        if !header.is_empty() {
-            if let Some(at) = prompt.windows(header.len()).rposition(|w| w == header.as_slice()) {
-                let end = at + header.len();
-                if end <= held {
-                    self.slots[slot].remember(prompt[..end].to_vec());
-                }
-            }
-        }
-        let mut live = prompt.to_vec();
-        live.extend_from_slice(&answer[..answer.len().saturating_sub(1)]);
-        live.truncate(held);
-        self.slots[slot].remember(live);
-    }
-
-    /// Shares this step's prompt tokens among the jobs still prefilling, oldest first, so that
-    /// the earliest request gets its first token first; returns the jobs that wait for the next
-    /// step. Decoding jobs always take their step.
-    fn share_prefill_budget(&mut self) -> Vec<JobId> {
-        self.active.sort_by_key(|a| a.id);
-        let mut budget = self.prefill_chunk;
-        let mut waiting = Vec::new();
-        for active in &mut self.active {
-            let remaining = active.turn.prefill_remaining();
-            if remaining == 0 {
-                continue;
-            }
-            if budget == 0 {
-                waiting.push(active.id);
-                continue;
-            }
-            let share = remaining.min(budget);
-            active.turn.set_prefill_chunk(share);
-            budget -= share;
-        }
-        waiting
-    }
-
-    /// Ends the active job at `index` and returns how it went.
-    fn finish(&mut self, index: usize, emit: &mut dyn FnMut(JobId, JobEvent)) -> Completion {
-        let active = self.active.swap_remove(index);
-        let stop_ids = self.lm.stop_ids().to_vec();
-        let id = active.id;
-        let reply = active.turn.finish(&mut |event| forward_event(&stop_ids, event, &mut |e| emit(id, e)));
-        self.remember(active.slot, &active.prompt, &reply.tokens);
-        Completion { finish_reason: reply.finish_reason, usage: reply.usage }
+            SchedulerOptions {
+                slots: options.slots,
+                max_context: options.max_context,
+                prompt_cache_bytes: options.prompt_cache_bytes,
+                prefill_chunk: options.prefill_chunk,
+            },
+        );
+        Batching { scheduler, stop_ids }
     }
 }
 
@@ -540,98 +409,35 @@ fn forward_event(stop_ids: &[u32], event: Event<'_>, emit: &mut dyn FnMut(JobEve
     }
 }
 
-fn invalid(e: qwenrt::Error) -> JobError {
-    match e {
-        qwenrt::Error::InvalidInput(message) => JobError::Invalid(message),
-        other => JobError::Internal(other.to_string()),
-    }
+fn completion(reply: Reply) -> Completion {
+    Completion { finish_reason: reply.finish_reason, usage: reply.usage }
 }
 
-impl Backend for SessionPool {
+impl Backend for Batching {
     fn capacity(&self) -> usize {
-        self.slots.len()
+        self.scheduler.capacity()
     }
 
     fn start(&mut self, id: JobId, job: &Job) -> Result<(), JobError> {
-        let slot = self.pick(&job.prompt).ok_or_else(|| JobError::Internal("no free slot".into()))?;
-        self.clock += 1;
-        self.slots[slot].last_used = self.clock;
-        let session = &mut self.slots[slot].session;
-        // The prompt is prefilled by the following steps, next to the running jobs' decoding.
-        let turn = match &job.media {
-            Some(prompt) => session.begin_prompt_deferred(prompt, &job.params),
-            None => session.begin_deferred(&job.prompt, &job.params),
-        }
-        .map_err(invalid)?;
-        self.active.push(Active { id, slot, turn, prompt: job.prompt.clone() });
-        Ok(())
+        self.scheduler.start(id, &job.prompt, &job.params).map_err(JobError::from)
     }
 
     fn step(&mut self, emit: &mut dyn FnMut(JobId, JobEvent)) -> Vec<(JobId, Result<Completion, JobError>)> {
-        let stop_ids = self.lm.stop_ids().to_vec();
-        let waiting = self.share_prefill_budget();
-        // Pair each active turn with its slot's session, in slot order (disjoint borrows).
-        self.active.sort_by_key(|a| a.slot);
-        let mut sessions = Vec::with_capacity(self.active.len());
-        let mut turns = Vec::with_capacity(self.active.len());
-        let mut ids = Vec::with_capacity(self.active.len());
-        let mut pending = self.active.iter_mut().peekable();
-        for (i, slot) in self.slots.iter_mut().enumerate() {
-            if pending.peek().is_some_and(|a| a.slot == i) {
-                let active = pending.next().expect("peeked");
-                if waiting.contains(&active.id) {
-                    continue;
-                }
-                sessions.push(&mut slot.session);
-                turns.push(&mut active.turn);
-                ids.push(active.id);
-            }
-        }
-        let stepped = ChatSession::advance_many(&mut sessions, &mut turns, |i, event| {
-            forward_event(&stop_ids, event, &mut |e| emit(ids[i], e))
-        });
-        drop((sessions, turns));
-        if let Err(e) = stepped {
-            // The batch was rejected as a whole (states unchanged): every job in it fails.
-            let error = invalid(e);
-            let (failed, kept): (Vec<Active>, Vec<Active>) =
-                std::mem::take(&mut self.active).into_iter().partition(|a| !waiting.contains(&a.id));
-            self.active = kept;
-            return failed
-                .into_iter()
-                .map(|active| {
-                    self.slots[active.slot].session.reset();
-                    (active.id, Err(error.clone()))
-                })
-                .collect();
-        }
-        let mut ended = Vec::new();
-        let mut i = 0;
-        while i < self.active.len() {
-            if self.active[i].turn.is_finished() {
-                let id = self.active[i].id;
-                // A turn that failed on its own (its state is consistent) fails its job alone.
-                let failure = self.active[i].turn.take_error();
-                let completion = self.finish(i, emit);
-                ended.push((id, failure.map_or(Ok(completion), |e| Err(invalid(e)))));
-            } else {
-                i += 1;
-            }
-        }
-        ended
+        let stop_ids = &self.stop_ids;
+        let ended =
+            self.scheduler.step(&mut |id, event| forward_event(stop_ids, event, &mut |e| emit(id, e)));
+        ended.into_iter().map(|(id, outcome)| (id, outcome.map(completion))).collect()
     }
 
     fn cancel(&mut self, id: JobId) -> Result<Completion, JobError> {
-        match self.active.iter().position(|a| a.id == id) {
-            Some(index) => Ok(self.finish(index, &mut |_, _| {})),
-            None => Err(JobError::Internal(format!("job {id} is not running"))),
-        }
+        self.scheduler
+            .cancel(id)
+            .map(completion)
+            .ok_or_else(|| JobError::Internal(format!("job {id} is not running")))
     }
 
     fn recover(&mut self) {
-        for active in std::mem::take(&mut self.active) {
-            self.slots[active.slot] = Slot::new(&self.lm, self.session_options);
-        }
+        self.scheduler.recover();
     }
 }
 
@@ -714,7 +520,7 @@ mod tests {
     use super::*;
 
     fn job() -> Job {
-        Job { prompt: vec![1, 2, 3], params: ChatParams::default(), media: None }
+        Job { prompt: Prompt::text(vec![1, 2, 3]), params: ChatParams::default() }
     }
 
     fn scripted(pieces: &[&str], gate: Option<std::sync::mpsc::Receiver<()>>) -> Scripted {
@@ -759,208 +565,6 @@ mod tests {
         assert!(matches!(running.next().await, Some(JobEvent::Content(_))));
         engine.shutdown();
         assert_eq!(engine.submit(job()).unwrap_err(), SubmitError::ShuttingDown);
-    }
-
-    /// Running jobs share each model pass: one step advances every one of them, and each
-    /// still gets the tokens it gets alone.
-    #[test]
-    fn running_jobs_advance_together_and_match_jobs_alone() {
-        let lm = crate::serve::tests::lm();
-        let options = EngineOptions {
-            slots: 3,
-            queue_capacity: 4,
-            max_context: 4096,
-            prompt_cache_bytes: 0,
-            prefill_chunk: DEFAULT_PREFILL_CHUNK,
-        };
-        let jobs: Vec<Job> = ["one", "two two", "three three three"]
-            .iter()
-            .map(|q| {
-                let text = lm.render_chat(&[qwenrt::chat::Message::user(*q)], true, None).unwrap();
-                let params = ChatParams {
-                    sampling: qwenrt::SamplingParams::greedy(),
-                    max_tokens: 5,
-                    ..Default::default()
-                };
-                Job { prompt: lm.encode(&text).unwrap(), params, media: None }
-            })
-            .collect();
-        let run_alone = |job: &Job| {
-            let mut pool = SessionPool::new(lm.clone(), &options);
-            pool.start(1, job).unwrap();
-            let mut text = String::new();
-            while pool
-                .step(&mut |_, e| {
-                    if let JobEvent::Content(t) = e {
-                        text.push_str(&t)
-                    }
-                })
-                .is_empty()
-            {}
-            text
-        };
-        let alone: Vec<String> = jobs.iter().map(run_alone).collect();
-
-        let mut pool = SessionPool::new(lm.clone(), &options);
-        for (id, job) in jobs.iter().enumerate() {
-            pool.start(id as JobId, job).unwrap();
-        }
-        let mut texts = vec![String::new(); jobs.len()];
-        let mut first_step = Vec::new();
-        let mut ended = 0;
-        while ended < jobs.len() {
-            let mut stepped = std::collections::HashSet::new();
-            ended += pool
-                .step(&mut |id, e| {
-                    stepped.insert(id);
-                    if let JobEvent::Content(t) = e {
-                        texts[id as usize].push_str(&t)
-                    }
-                })
-                .len();
-            if first_step.is_empty() {
-                first_step = stepped.into_iter().collect();
-            }
-        }
-        first_step.sort();
-        assert_eq!(first_step, [0, 1, 2], "one step streams for every running job");
-        assert_eq!(texts, alone);
-    }
-
-    /// Runs `job` on a pool of its own; returns what it streams.
-    fn run_alone(lm: &Arc<LanguageModel>, options: &EngineOptions, job: &Job) -> Vec<JobEvent> {
-        let mut pool = SessionPool::new(lm.clone(), options);
-        pool.start(1, job).unwrap();
-        let mut events = Vec::new();
-        while pool.step(&mut |_, e| events.push(e)).is_empty() {}
-        events
-    }
-
-    /// The ids of the sampled tokens and the text of a job's events.
-    fn tokens_and_text(events: &[JobEvent]) -> (Vec<u32>, String) {
-        let mut ids = Vec::new();
-        let mut text = String::new();
-        for event in events {
-            match event {
-                JobEvent::Token(t) => ids.push(t.id),
-                JobEvent::Content(t) | JobEvent::Reasoning(t) => text.push_str(t),
-                _ => {}
-            }
-        }
-        (ids, text)
-    }
-
-    /// A long prompt admitted while another job decodes is prefilled a budget of tokens per
-    /// step alongside that job's decoding: the running job keeps receiving a token every step
-    /// until the new one's first token, and both stream what they stream alone.
-    #[test]
-    fn a_long_prompt_prefills_in_pieces_while_a_running_job_keeps_streaming() {
-        let lm = crate::serve::tests::lm();
-        const CHUNK: usize = 8;
-        let options = EngineOptions {
-            slots: 2,
-            queue_capacity: 4,
-            max_context: 4096,
-            prompt_cache_bytes: 64 << 20,
-            prefill_chunk: CHUNK,
-        };
-        let job = |question: &str, max_tokens: usize| {
-            let text = lm.render_chat(&[qwenrt::chat::Message::user(question)], true, None).unwrap();
-            let mut sampling = qwenrt::SamplingParams::greedy();
-            // Answers run to `max_tokens`, so the first job is still decoding at the end.
-            sampling.logit_bias = lm.stop_ids().iter().map(|&id| (id, -1000.0)).collect();
-            let params = ChatParams { sampling, max_tokens, logprobs: Some(1), ..Default::default() };
-            Job { prompt: lm.encode(&text).unwrap(), params, media: None }
-        };
-        let long_question = "Tell me everything about the delta rule, gated attention, ".repeat(6);
-        let (running, long) = (job("Hi", 40), job(&long_question, 6));
-        let header = lm.encode("<|im_start|>assistant\n").unwrap();
-        let point =
-            long.prompt.windows(header.len()).rposition(|w| w == header.as_slice()).unwrap() + header.len();
-        let pieces = point.div_ceil(CHUNK) + (long.prompt.len() - point).div_ceil(CHUNK);
-        assert!(pieces > 10, "a prompt of {} tokens", long.prompt.len());
-
-        let mut pool = SessionPool::new(lm.clone(), &options);
-        let mut log: Vec<(JobId, JobEvent)> = Vec::new();
-        pool.start(1, &running).unwrap();
-        for _ in 0..2 {
-            assert!(pool.step(&mut |id, e| log.push((id, e))).is_empty());
-        }
-        pool.start(2, &long).unwrap();
-        let long_slot = pool.active.iter().find(|a| a.id == 2).unwrap().slot;
-        assert_eq!(pool.slots[long_slot].session.context_tokens(), 0, "starting a job prefills nothing");
-        let admitted = log.len();
-        let mut ended = 0;
-        while ended < 2 {
-            ended += pool.step(&mut |id, e| log.push((id, e))).len();
-        }
-
-        let first_of_long =
-            log.iter().position(|(id, e)| *id == 2 && matches!(e, JobEvent::Token(_))).unwrap();
-        let streamed_meanwhile = log[admitted..first_of_long]
-            .iter()
-            .filter(|(id, e)| *id == 1 && matches!(e, JobEvent::Token(_)))
-            .count();
-        assert!(
-            streamed_meanwhile >= pieces - 1,
-            "the running job got {streamed_meanwhile} tokens during the {pieces} steps of the other's prefill"
-        );
-        for (id, job) in [(1, &running), (2, &long)] {
-            let events: Vec<JobEvent> =
-                log.iter().filter(|(i, _)| *i == id).map(|(_, e)| e.clone()).collect();
-            let (ids, text) = tokens_and_text(&events);
-            let (want_ids, want_text) = tokens_and_text(&run_alone(&lm, &options, job));
-            assert_eq!(ids.len(), job.params.max_tokens, "job {id}");
-            assert_eq!((ids, text), (want_ids, want_text), "job {id}");
-        }
-    }
-
-    /// Prompts that arrive together are prefilled in the same passes, sharing each step's budget
-    /// oldest first: with room for all of them (and no prompt cache, so no piece has to end at
-    /// the assistant header), each gets its first token in the first step.
-    #[test]
-    fn prompts_arriving_together_prefill_in_the_same_steps() {
-        let lm = crate::serve::tests::lm();
-        let prompts: Vec<Vec<u32>> = ["one", "two two", "three three three"]
-            .iter()
-            .map(|q| {
-                lm.encode(&lm.render_chat(&[qwenrt::chat::Message::user(*q)], true, None).unwrap()).unwrap()
-            })
-            .collect();
-        let mut sampling = qwenrt::SamplingParams::greedy();
-        sampling.logit_bias = lm.stop_ids().iter().map(|&id| (id, -1000.0)).collect();
-        let params = ChatParams { sampling, max_tokens: 3, logprobs: Some(0), ..Default::default() };
-        // The step in which each job gets its first token.
-        let first_token_steps = |prefill_chunk: usize| {
-            let options = EngineOptions {
-                slots: 3,
-                queue_capacity: 4,
-                max_context: 4096,
-                prompt_cache_bytes: 0,
-                prefill_chunk,
-            };
-            let mut pool = SessionPool::new(lm.clone(), &options);
-            for (id, prompt) in prompts.iter().enumerate() {
-                pool.start(id as JobId, &Job { prompt: prompt.clone(), params: params.clone(), media: None })
-                    .unwrap();
-            }
-            let mut first = vec![0; prompts.len()];
-            let (mut step, mut ended) = (0, 0);
-            while ended < prompts.len() {
-                step += 1;
-                let mut sampled = |id: JobId, e: JobEvent| {
-                    if matches!(e, JobEvent::Token(_)) && first[id as usize] == 0 {
-                        first[id as usize] = step;
-                    }
-                };
-                ended += pool.step(&mut sampled).len();
-            }
-            first
-        };
-        let total: usize = prompts.iter().map(Vec::len).sum();
-        assert_eq!(first_token_steps(total), [1, 1, 1]);
-        let staggered = first_token_steps(prompts[0].len() + prompts[1].len() / 2);
-        assert!(staggered[0] == 1 && staggered[1] <= staggered[2] && staggered[2] > 1, "{staggered:?}");
     }
 
     #[tokio::test]

@@ -30,7 +30,7 @@
 //! sse.rs         streamed answers (Server-Sent Events)
 //! errors.rs      OpenAI-shaped errors and the JSON body extractor
 //! middleware.rs  API key check, one log line per request
-//! engine.rs      the job queue and the worker thread that runs the model
+//! engine.rs      the job queue and the worker thread that drives the library's scheduler
 //! embeddings.rs  /v1/embeddings on its own worker thread
 //! ```
 //!

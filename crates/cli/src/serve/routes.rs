@@ -193,8 +193,7 @@ async fn chat_completions(
     params.logprobs = logprobs;
     params.constraint = constraint;
     log.prompt(prompt.len(), 0);
-    let media = prompt.has_media().then(|| prompt.clone());
-    let mut handle = submit(&state.engine, Job { prompt: prompt.into_ids(), params, media })?;
+    let mut handle = submit(&state.engine, Job { prompt, params })?;
 
     let meta = AnswerMeta {
         id: new_id("chatcmpl"),
@@ -298,7 +297,7 @@ async fn completions(
     params.logprobs = logprobs;
     params.constraint = constraint;
     log.prompt(prompt.len(), 0);
-    let mut handle = submit(&state.engine, Job { prompt, params, media: None })?;
+    let mut handle = submit(&state.engine, Job { prompt: Prompt::text(prompt), params })?;
 
     let meta = AnswerMeta {
         id: new_id("cmpl"),
