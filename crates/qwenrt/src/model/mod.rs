@@ -178,6 +178,8 @@ pub struct Model {
     rope: MRope,
     /// How attention caches store keys and values (see [`state::KvRows`]).
     kv_format: CacheFormat,
+    /// What its states look like ([`state::layout_fingerprint`]).
+    state_layout: u64,
 }
 
 impl Model {
@@ -268,7 +270,8 @@ impl Model {
             WeightDtype::F32 => CacheFormat::Float(k::FloatFormat::F32),
             _ => CacheFormat::Float(k::FloatFormat::F16),
         };
-        Ok(Model { config, embed_tokens, layers, norm, lm_head, has_lm_head, rope, kv_format })
+        let state_layout = state::layout_fingerprint(&config, kv_format);
+        Ok(Model { config, embed_tokens, layers, norm, lm_head, has_lm_head, rope, kv_format, state_layout })
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -579,6 +582,13 @@ impl Model {
     }
 
     fn check_input(&self, state: &SessionState, tokens: &[u32]) -> Result<()> {
+        if state.layout != self.state_layout {
+            return Err(Error::InvalidInput(
+                "the session state was made for another model (or another cache precision): \
+                 make one with this model's new_state()"
+                    .into(),
+            ));
+        }
         let vocab = self.vocab_size();
         if let Some((i, &id)) = tokens.iter().enumerate().find(|(_, &id)| id as usize >= vocab) {
             return Err(Error::InvalidInput(format!(

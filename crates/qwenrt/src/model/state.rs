@@ -104,6 +104,8 @@ pub struct SessionState {
     pub(crate) rope_delta: i64,
     pub(crate) max_len: usize,
     pub(crate) scratch: super::Scratch,
+    /// [`layout_fingerprint`] of the model the state was made for.
+    pub(crate) layout: u64,
 }
 
 /// A copy of a [`SessionState`]'s caches (no scratch), to restore later.
@@ -112,6 +114,24 @@ pub struct Snapshot {
     layers: Vec<LayerCache>,
     len: usize,
     rope_delta: i64,
+    layout: u64,
+}
+
+/// What a state's caches look like for a model: layer kinds and cache sizes, KV heads, head size
+/// and cache format, hidden and vocabulary sizes, hashed. A state (or snapshot) is only ever
+/// handed to a model whose fingerprint it carries: another model's would index past its buffers.
+pub(crate) fn layout_fingerprint(config: &ModelConfig, kv_format: CacheFormat) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let t = &config.text;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for kind in &config.layer_types {
+        matches!(kind, LayerType::LinearAttention).hash(&mut h);
+    }
+    (t.linear_conv_kernel_dim, config.linear_conv_dim(), t.linear_num_value_heads).hash(&mut h);
+    (t.linear_key_head_dim, t.linear_value_head_dim, t.num_key_value_heads, config.head_dim).hash(&mut h);
+    (t.hidden_size, t.vocab_size).hash(&mut h);
+    format!("{kv_format:?}").hash(&mut h);
+    h.finish()
 }
 
 impl SessionState {
@@ -134,7 +154,8 @@ impl SessionState {
                 }
             })
             .collect();
-        SessionState { layers, len: 0, rope_delta: 0, max_len, scratch: Default::default() }
+        let layout = layout_fingerprint(config, kv_format);
+        SessionState { layers, len: 0, rope_delta: 0, max_len, scratch: Default::default(), layout }
     }
 
     /// Number of tokens the state has consumed.
@@ -176,23 +197,18 @@ impl SessionState {
     }
 
     pub fn snapshot(&self) -> Snapshot {
-        Snapshot { layers: self.layers.clone(), len: self.len, rope_delta: self.rope_delta }
+        Snapshot {
+            layers: self.layers.clone(),
+            len: self.len,
+            rope_delta: self.rope_delta,
+            layout: self.layout,
+        }
     }
 
     /// Returns to a snapshot taken from a state of the same model; a snapshot of another model
     /// is an error and leaves the state untouched.
     pub fn restore(&mut self, snapshot: &Snapshot) -> crate::Result<()> {
-        let compatible = self.layers.len() == snapshot.layers.len()
-            && self.layers.iter().zip(&snapshot.layers).all(|(a, b)| match (a, b) {
-                (LayerCache::DeltaNet { conv: c1, ssm: s1 }, LayerCache::DeltaNet { conv: c2, ssm: s2 }) => {
-                    c1.len() == c2.len() && s1.len() == s2.len()
-                }
-                (LayerCache::Attention { keys: k1, .. }, LayerCache::Attention { keys: k2, .. }) => {
-                    k1.format() == k2.format()
-                }
-                _ => false,
-            });
-        if !compatible || snapshot.len > self.max_len {
+        if snapshot.layout != self.layout || snapshot.len > self.max_len {
             return Err(crate::Error::InvalidInput(
                 "the snapshot was taken from another model (or exceeds this state's context)".into(),
             ));
