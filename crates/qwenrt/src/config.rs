@@ -21,13 +21,69 @@ pub enum LayerType {
     FullAttention,
 }
 
-/// Which decoder family the folder holds.
+/// Which decoder family the folder holds, decided once from `config.json`'s `model_type`.
+/// Everything that differs between families is asked of this value (see ARCHITECTURE.md,
+/// "Adding a model family"); nothing else tests which family a model is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Family {
     /// Qwen3.5: Gated DeltaNet and gated attention layers, zero-centred `(1 + w)` norms.
     Qwen3_5,
     /// Qwen3 (dense): plain attention in every layer, plain `w` norms.
     Qwen3,
+}
+
+/// The chat template's fixed pieces a session relies on (ChatML with Qwen's think tags).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChatMarkers {
+    /// What every rendering of an assistant turn starts with: the state after it survives
+    /// re-rendering the conversation.
+    pub assistant_header: &'static str,
+    /// A prompt ending with this opens a thought.
+    pub think_open: &'static str,
+    /// The token that closes a thought.
+    pub think_close: &'static str,
+    /// What the template puts between a thought and the answer.
+    pub answer_separator: &'static str,
+}
+
+const CHATML_WITH_THINKING: ChatMarkers = ChatMarkers {
+    assistant_header: "<|im_start|>assistant\n",
+    think_open: "<think>\n",
+    think_close: "</think>",
+    answer_separator: "\n\n",
+};
+
+impl Family {
+    /// RMSNorm weights stored zero-centred: the layer scales by `1 + w` (folded at load).
+    pub fn zero_centred_norms(self) -> bool {
+        matches!(self, Family::Qwen3_5)
+    }
+
+    /// The pre-tokenizer regex transformers applies whatever tokenizer.json says, if any.
+    pub fn pretokenizer(self) -> Option<&'static str> {
+        match self {
+            Family::Qwen3_5 => Some(crate::tokenizer::QWEN3_5_PRETOKENIZE_REGEX),
+            Family::Qwen3 => None,
+        }
+    }
+
+    /// How the family's chat template asks for tool calls.
+    pub fn tool_call_format(self) -> crate::tool_calls::ToolCallFormat {
+        match self {
+            Family::Qwen3_5 => crate::tool_calls::ToolCallFormat::Xml,
+            Family::Qwen3 => crate::tool_calls::ToolCallFormat::Json,
+        }
+    }
+
+    pub fn chat_markers(self) -> ChatMarkers {
+        CHATML_WITH_THINKING
+    }
+
+    /// Whether folders of this family may hold a bare decoder (sentence-transformers saves
+    /// Qwen3-Embedding without the `model.` prefix and without a head).
+    pub fn saves_bare_decoders(self) -> bool {
+        matches!(self, Family::Qwen3)
+    }
 }
 
 /// The tensor layout of the checkpoint, which decides the tensor name prefix.

@@ -38,6 +38,7 @@ use serde_json::{json, Map, Value};
 
 use crate::error::{Error, Result};
 use crate::tokenizer::Tokenizer;
+pub use crate::tool_calls::ToolCallFormat;
 
 /// What the answer must be.
 #[derive(Debug, Clone, PartialEq)]
@@ -58,15 +59,6 @@ pub enum Constraint {
     /// with arguments valid against its `parameters` schema; only `function` when it names one.
     /// This is OpenAI's `tool_choice: "required"` or `{"type": "function", …}`.
     ToolCalls { tools: Vec<Value>, function: Option<String> },
-}
-
-/// How a model writes tool calls.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ToolCallFormat {
-    /// Qwen3.5: `<tool_call>\n<function=NAME>\n<parameter=KEY>\nVALUE\n</parameter>\n…</function>\n</tool_call>`.
-    Xml,
-    /// Qwen3 (Hermes style): `<tool_call>\n{"name": NAME, "arguments": {…}}\n</tool_call>`.
-    Json,
 }
 
 /// Whitespace JSON may have between its tokens: one space, or a line break and up to 20 spaces or

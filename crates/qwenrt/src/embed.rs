@@ -26,7 +26,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::config::{Family, ModelConfig};
+use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::linear::{LoadOptions, WeightDtype};
 use crate::model::{Model, SessionState};
@@ -150,8 +150,7 @@ impl Embedder {
         let store = WeightStore::open_dir(&transformer_dir)?;
         let model = Model::from_store_with(config, &store, options)?;
         let tokenizer_path = transformer_dir.join("tokenizer.json");
-        let qwen3_5 = model.config().family == Family::Qwen3_5;
-        let tokenizer = Tokenizer::from_file(&tokenizer_path, qwen3_5)?;
+        let tokenizer = Tokenizer::from_file(&tokenizer_path, model.config().family.pretokenizer())?;
         let end_of_text = tokenizer.token_id("<|endoftext|>").ok_or_else(|| {
             Error::InvalidInput(format!("{} has no <|endoftext|> token", tokenizer_path.display()))
         })?;

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 use crate::chat::{ChatTemplate, Message, RenderRequest};
-use crate::config::{Family, ModelConfig};
+use crate::config::ModelConfig;
 use crate::constraint::{Constraint, Guide, GuidedText, ToolCallFormat};
 use crate::error::{Error, Result};
 use crate::generate::GenerationConfig;
@@ -47,10 +47,7 @@ impl LanguageModel {
         }
         let config = ModelConfig::from_file(&dir.join("config.json"))?;
         // Check the cheap files first so a broken folder fails before the weights are read.
-        // Qwen3.5 tokenizers split text with a regex that also groups combining marks;
-        // transformers applies it whatever tokenizer.json says, and so do we.
-        let qwen3_5 = config.family == crate::config::Family::Qwen3_5;
-        let tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json"), qwen3_5)?;
+        let tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json"), config.family.pretokenizer())?;
         let chat_template = match ChatTemplate::from_model_dir(dir) {
             Ok(t) => Some(t),
             Err(crate::chat::ChatTemplateError::NotFound(_)) => None,
@@ -97,10 +94,7 @@ impl LanguageModel {
 
     /// How this model writes tool calls: Qwen3.5's XML, or Qwen3's JSON.
     pub fn tool_call_format(&self) -> ToolCallFormat {
-        match self.model.config().family {
-            Family::Qwen3_5 => ToolCallFormat::Xml,
-            Family::Qwen3 => ToolCallFormat::Json,
-        }
+        self.model.config().family.tool_call_format()
     }
 
     /// Checks a constraint as a turn would before generating: a bad schema, regex, grammar or

@@ -291,13 +291,14 @@ struct Markers {
 
 impl Markers {
     fn new(lm: &LanguageModel) -> Result<Self> {
+        let m = lm.model.config().family.chat_markers();
         Ok(Markers {
-            assistant_header: lm.encode("<|im_start|>assistant\n")?,
-            think_open: lm.encode("<think>\n")?,
-            think_end: lm.tokenizer.token_id("</think>"),
-            close: lm.encode("\n</think>\n\n")?,
-            close_after_newline: lm.encode("</think>\n\n")?,
-            answer_start: lm.encode("\n\n")?,
+            assistant_header: lm.encode(m.assistant_header)?,
+            think_open: lm.encode(m.think_open)?,
+            think_end: lm.tokenizer.token_id(m.think_close),
+            close: lm.encode(&format!("\n{}{}", m.think_close, m.answer_separator))?,
+            close_after_newline: lm.encode(&format!("{}{}", m.think_close, m.answer_separator))?,
+            answer_start: lm.encode(m.answer_separator)?,
         })
     }
 }

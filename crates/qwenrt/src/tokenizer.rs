@@ -59,12 +59,13 @@ impl fmt::Debug for Tokenizer {
 }
 
 impl Tokenizer {
-    /// Load tokenizer.json. `qwen3_5_pretokenizer`: when true, replace the pre-tokenizer by
-    /// transformers' Qwen3.5 one (Split on [`QWEN3_5_PRETOKENIZE_REGEX`], isolated, then ByteLevel
-    /// without prefix space or regex) whatever the file says: transformers does this for
-    /// `model_type` qwen3_5, and the published Qwen3.5 tokenizer.json reportedly still carries the
-    /// old Qwen2 regex, which splits words with combining marks (Devanagari, Thai, …) differently.
-    pub fn from_file(path: &Path, qwen3_5_pretokenizer: bool) -> Result<Self, TokenizerError> {
+    /// Load tokenizer.json. `pretokenizer`: a regex that replaces the file's pre-tokenizer (Split
+    /// on it, isolated, then ByteLevel without prefix space or regex), as transformers does for
+    /// some families whatever the file says ([`crate::config::Family::pretokenizer`]): the
+    /// published Qwen3.5 tokenizer.json reportedly still carries the old Qwen2 regex, which splits
+    /// words with combining marks (Devanagari, Thai, …) differently from
+    /// [`QWEN3_5_PRETOKENIZE_REGEX`].
+    pub fn from_file(path: &Path, pretokenizer: Option<&str>) -> Result<Self, TokenizerError> {
         let json = std::fs::read_to_string(path).map_err(|source| {
             if source.kind() == std::io::ErrorKind::NotFound {
                 TokenizerError::Missing { path: path.to_owned() }
@@ -88,13 +89,10 @@ impl Tokenizer {
             }
         }
 
-        if qwen3_5_pretokenizer {
-            let split = Split::new(
-                SplitPattern::Regex(QWEN3_5_PRETOKENIZE_REGEX.to_owned()),
-                SplitDelimiterBehavior::Isolated,
-                false,
-            )
-            .map_err(|e| invalid(format!("Qwen3.5 pre-tokenizer regex: {e}")))?;
+        if let Some(regex) = pretokenizer {
+            let split =
+                Split::new(SplitPattern::Regex(regex.to_owned()), SplitDelimiterBehavior::Isolated, false)
+                    .map_err(|e| invalid(format!("pre-tokenizer regex: {e}")))?;
             let byte_level = ByteLevel::new(false, false, false);
             inner.with_pre_tokenizer(Some(PreTokenizerWrapper::Sequence(Sequence::new(vec![
                 PreTokenizerWrapper::Split(split),

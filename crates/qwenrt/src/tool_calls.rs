@@ -48,6 +48,15 @@ use serde_json::{Map, Value};
 
 use crate::chat::{ChatTemplate, FunctionCall, RenderRequest};
 
+/// How a model writes tool calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ToolCallFormat {
+    /// Qwen3.5: `<tool_call>\n<function=NAME>\n<parameter=KEY>\nVALUE\n</parameter>\n…</function>\n</tool_call>`.
+    Xml,
+    /// Qwen3 (Hermes style): `<tool_call>\n{"name": NAME, "arguments": {…}}\n</tool_call>`.
+    Json,
+}
+
 const CALL_OPEN: &str = "<tool_call>";
 const CALL_CLOSE: &str = "</tool_call>";
 

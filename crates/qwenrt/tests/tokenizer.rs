@@ -29,7 +29,7 @@ fn tokenizer_json() -> PathBuf {
 fn tokenizer() -> &'static Tokenizer {
     static TOKENIZER: OnceLock<Tokenizer> = OnceLock::new();
     TOKENIZER.get_or_init(|| {
-        Tokenizer::from_file(&tokenizer_json(), true)
+        Tokenizer::from_file(&tokenizer_json(), Some(qwenrt::tokenizer::QWEN3_5_PRETOKENIZE_REGEX))
             .unwrap_or_else(|e| panic!("{e}\n(regenerate with `{BUILD_HINT}`)"))
     })
 }
@@ -256,8 +256,8 @@ fn qwen3_5_pretokenizer_override_and_post_processor() {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("tokenizer.json");
     std::fs::write(&path, serde_json::to_string(&v).unwrap()).unwrap();
-    let as_file = Tokenizer::from_file(&path, false).unwrap();
-    let overridden = Tokenizer::from_file(&path, true).unwrap();
+    let as_file = Tokenizer::from_file(&path, None).unwrap();
+    let overridden = Tokenizer::from_file(&path, Some(qwenrt::tokenizer::QWEN3_5_PRETOKENIZE_REGEX)).unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
 
     let marks = |c: &Case| c.text.chars().any(|ch| matches!(ch as u32, 0x0900..=0x097F | 0x0E00..=0x0E7F));
@@ -277,7 +277,7 @@ fn qwen3_5_pretokenizer_override_and_post_processor() {
 #[test]
 fn load_errors_name_the_file() {
     let missing = Path::new(WORKSPACE).join("fixtures-gen/does-not-exist/tokenizer.json");
-    let err = Tokenizer::from_file(&missing, true).unwrap_err();
+    let err = Tokenizer::from_file(&missing, Some(qwenrt::tokenizer::QWEN3_5_PRETOKENIZE_REGEX)).unwrap_err();
     assert!(matches!(err, TokenizerError::Missing { .. }), "{err:?}");
     let msg = err.to_string();
     assert!(msg.contains(&*missing.to_string_lossy()) && msg.contains("tokenizer.json is missing"), "{msg}");
@@ -289,7 +289,7 @@ fn load_errors_name_the_file() {
     {
         let path = dir.join(name);
         std::fs::write(&path, content).unwrap();
-        let err = Tokenizer::from_file(&path, false).unwrap_err();
+        let err = Tokenizer::from_file(&path, None).unwrap_err();
         assert!(matches!(err, TokenizerError::Invalid { .. }), "{err:?}");
         let msg = err.to_string();
         assert!(msg.contains(&*path.to_string_lossy()) && msg.contains("invalid"), "{msg}");

@@ -408,7 +408,9 @@ fn expanded_text_tokenizes_to_the_processor_ids() {
         .unwrap_or_else(|| root().join("fixtures-gen/qwen3_5-tokenizer"));
     let path = dir.join("tokenizer.json");
     assert!(path.exists(), "{} is missing: run scripts/build_tokenizer.py --family qwen3_5", path.display());
-    let tokenizer = qwenrt::tokenizer::Tokenizer::from_file(&path, true).unwrap();
+    let tokenizer =
+        qwenrt::tokenizer::Tokenizer::from_file(&path, Some(qwenrt::tokenizer::QWEN3_5_PRETOKENIZE_REGEX))
+            .unwrap();
     let reference = Reference::load("expected.safetensors");
     let prompt = Reference::load("prompt.safetensors");
     let (images, video) = prompt_vision_inputs(&reference);

@@ -43,7 +43,7 @@ use qwenrt_kernels::attention::CacheFormat;
 pub use rope::Position3;
 pub use state::{SessionState, Snapshot};
 
-use crate::config::{CheckpointLayout, Family, LayerType, ModelConfig};
+use crate::config::{CheckpointLayout, LayerType, ModelConfig};
 use crate::error::{Error, Result};
 use crate::linear::{load_vector, Linear, LoadOptions, WeightDtype};
 use crate::weights::WeightStore;
@@ -208,13 +208,13 @@ impl Model {
         options: &LoadOptions,
     ) -> Result<Self> {
         // sentence-transformers saves a Qwen3 decoder without the `model.` prefix or a head.
-        if config.family == Family::Qwen3
+        if config.family.saves_bare_decoders()
             && !store.contains("model.embed_tokens.weight")
             && store.contains("embed_tokens.weight")
         {
             config.layout = CheckpointLayout::Bare;
         }
-        let zero_centred_norms = config.family == Family::Qwen3_5;
+        let zero_centred_norms = config.family.zero_centred_norms();
         let t = &config.text;
         let (hidden, vocab) = (t.hidden_size, t.vocab_size);
         let prefix = config.tensor_prefix();
