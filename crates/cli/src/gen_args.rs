@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use qwenrt::sampling::SamplingOverrides;
 use qwenrt::{ChatParams, Constraint, LanguageModel, RepetitionGuard};
 
 #[derive(Args, Debug, Clone)]
@@ -81,13 +82,16 @@ impl GenArgs {
         let mut p = lm.default_params();
         p.max_tokens = self.max_tokens;
         let s = &mut p.sampling;
-        s.temperature = self.temperature.unwrap_or(s.temperature);
-        s.top_k = self.top_k.unwrap_or(s.top_k);
-        s.top_p = self.top_p.unwrap_or(s.top_p);
-        s.min_p = self.min_p.unwrap_or(s.min_p);
-        s.repetition_penalty = self.repetition_penalty.unwrap_or(s.repetition_penalty);
-        s.presence_penalty = self.presence_penalty.unwrap_or(s.presence_penalty);
-        s.frequency_penalty = self.frequency_penalty.unwrap_or(s.frequency_penalty);
+        SamplingOverrides {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repetition_penalty: self.repetition_penalty,
+            presence_penalty: self.presence_penalty,
+            frequency_penalty: self.frequency_penalty,
+        }
+        .apply_to(s);
         s.seed = self.seed;
         for entry in &self.logit_bias {
             s.logit_bias.push(parse_bias(entry)?);

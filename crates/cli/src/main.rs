@@ -1,10 +1,10 @@
 //! `qwenrt`: run Qwen3.5 models on the CPU from the command line.
 
 mod bench;
-mod chat;
 mod embed;
 mod gen_args;
 mod inspect;
+mod repl;
 mod run;
 mod score;
 mod serve;
@@ -31,7 +31,7 @@ enum Command {
     /// Generate text from a prompt, streaming it to stdout.
     Run(run::RunArgs),
     /// Talk with a model: a multi-turn conversation on stdin/stdout.
-    Chat(chat::ChatArgs),
+    Chat(repl::ChatArgs),
     /// Score a text: perplexity and per-token log-probabilities.
     Score(score::ScoreArgs),
     /// Embed texts with a Qwen3-Embedding model, or rank documents against a query.
@@ -129,7 +129,7 @@ fn main() {
     }
     let result = match cli.command {
         Command::Run(args) => run::run(args),
-        Command::Chat(args) => chat::chat(args),
+        Command::Chat(args) => repl::chat(args),
         Command::Score(args) => score::score(args),
         Command::Embed(args) => embed::embed(args),
         Command::Inspect(args) => inspect::inspect(args),

@@ -66,13 +66,16 @@ impl GenerationConfig {
             return SamplingParams::greedy();
         }
         let mut params = SamplingParams::default();
-        params.temperature = self.temperature.unwrap_or(params.temperature);
-        params.top_k = self.top_k.unwrap_or(params.top_k);
-        params.top_p = self.top_p.unwrap_or(params.top_p);
-        params.min_p = self.min_p.unwrap_or(params.min_p);
-        params.repetition_penalty = self.repetition_penalty.unwrap_or(params.repetition_penalty);
-        params.presence_penalty = self.presence_penalty.unwrap_or(params.presence_penalty);
-        params.frequency_penalty = self.frequency_penalty.unwrap_or(params.frequency_penalty);
+        crate::sampling::SamplingOverrides {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repetition_penalty: self.repetition_penalty,
+            presence_penalty: self.presence_penalty,
+            frequency_penalty: self.frequency_penalty,
+        }
+        .apply_to(&mut params);
         params
     }
 }

@@ -106,6 +106,34 @@ impl SamplingParams {
     }
 }
 
+/// Sampling settings that a layer above the defaults may set, each left as it is when `None`:
+/// `generation_config.json` over the built-in defaults, then a command line or an API request
+/// over those. One place applies them all, in one order.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct SamplingOverrides {
+    pub temperature: Option<f32>,
+    pub top_k: Option<usize>,
+    pub top_p: Option<f32>,
+    pub min_p: Option<f32>,
+    pub repetition_penalty: Option<f32>,
+    pub presence_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+}
+
+impl SamplingOverrides {
+    /// Sets every field given here on `params`; the others keep their values.
+    pub fn apply_to(&self, params: &mut SamplingParams) {
+        let set = |target: &mut f32, value: Option<f32>| *target = value.unwrap_or(*target);
+        set(&mut params.temperature, self.temperature);
+        params.top_k = self.top_k.unwrap_or(params.top_k);
+        set(&mut params.top_p, self.top_p);
+        set(&mut params.min_p, self.min_p);
+        set(&mut params.repetition_penalty, self.repetition_penalty);
+        set(&mut params.presence_penalty, self.presence_penalty);
+        set(&mut params.frequency_penalty, self.frequency_penalty);
+    }
+}
+
 /// First candidate-set size tried when top-p needs the most likely tokens in order: sorting the
 /// whole 248k vocabulary per token would cost more than the draw is worth.
 const NUCLEUS_START: usize = 64;

@@ -13,6 +13,7 @@ use std::collections::HashMap;
 
 use base64::Engine as _;
 use qwenrt::chat::{ContentPart, FunctionCall, Message, MessageContent};
+use qwenrt::sampling::SamplingOverrides;
 use qwenrt::vision::{ImageInput, VideoInput, DEFAULT_MAX_INPUT_PIXELS};
 use qwenrt::{ChatParams, Constraint, FinishReason, LanguageModel, TokenLogprob, Usage};
 use serde::{Deserialize, Serialize};
@@ -189,16 +190,17 @@ impl GenerationFields {
             None => room,
         };
         let s = &mut params.sampling;
-        s.temperature = self.temperature.unwrap_or(s.temperature);
-        s.top_p = self.top_p.unwrap_or(s.top_p);
-        s.top_k = match self.top_k {
-            Some(k) => usize::try_from(k).unwrap_or(0),
-            None => s.top_k,
-        };
-        s.min_p = self.min_p.unwrap_or(s.min_p);
-        s.presence_penalty = self.presence_penalty.unwrap_or(s.presence_penalty);
-        s.frequency_penalty = self.frequency_penalty.unwrap_or(s.frequency_penalty);
-        s.repetition_penalty = self.repetition_penalty.unwrap_or(s.repetition_penalty);
+        SamplingOverrides {
+            temperature: self.temperature,
+            top_p: self.top_p,
+            // 0 or negative: off.
+            top_k: self.top_k.map(|k| usize::try_from(k).unwrap_or(0)),
+            min_p: self.min_p,
+            presence_penalty: self.presence_penalty,
+            frequency_penalty: self.frequency_penalty,
+            repetition_penalty: self.repetition_penalty,
+        }
+        .apply_to(s);
         // Negative seeds are valid in the API; any 64 bits do for the generator.
         s.seed = self.seed.map(|seed| seed as u64);
         for (key, &bias) in self.logit_bias.iter().flatten() {
