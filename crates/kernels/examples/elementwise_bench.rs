@@ -9,16 +9,9 @@ use std::time::Instant;
 
 use qwenrt_kernels::{scalar, Isa};
 
+/// Values in [-4, 4), so that exp and SiLU see both tails.
 fn data(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 8.0 - 4.0
-        })
-        .collect()
+    qwenrt_kernels::testing::data(n, seed).into_iter().map(|v| v * 4.0).collect()
 }
 
 /// Best wall-clock seconds of `reps` runs of `f` (after one warm-up run).

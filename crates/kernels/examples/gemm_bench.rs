@@ -20,21 +20,10 @@ use std::time::Instant;
 
 use qwenrt_kernels::quant::{quantize_q4, quantize_q8};
 use qwenrt_kernels::{matmul, matmul_f32_local, FloatFormat, Weights};
+use qwenrt_kernels::testing::data;
 
 const DEFAULT_SHAPES: &[(usize, usize, usize)] =
     &[(512, 1024, 3584), (512, 3584, 1024), (512, 1024, 6144), (1024, 768, 2304), (1024, 3072, 768)];
-
-fn data(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
 
 /// CPU time consumed so far by all threads of this process, in seconds.
 fn process_cpu_secs() -> f64 {

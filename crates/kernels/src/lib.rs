@@ -16,6 +16,7 @@ use avx2::gemm as avx2_gemm;
 pub mod attention;
 pub mod convert;
 pub mod pool;
+pub mod testing;
 pub mod quant;
 pub mod scalar;
 

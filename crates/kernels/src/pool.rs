@@ -110,6 +110,20 @@ pub fn for_each_mut_with_chunks<T: Send, U: Send>(
     });
 }
 
+/// Calls `f(i, &mut data[i * chunk..])` for every chunk of `chunk` items (the last may be
+/// shorter), in parallel.
+pub fn for_each_chunk_mut<T: Send>(data: &mut [T], chunk: usize, f: impl Fn(usize, &mut [T]) + Sync) {
+    assert!(chunk > 0, "for_each_chunk_mut: empty chunks");
+    let len = data.len();
+    let base = SendPtr(data.as_mut_ptr());
+    // SAFETY: every chunk index is claimed by exactly one task, so the ranges are disjoint, and
+    // each lies inside `data`.
+    for_each_task(len.div_ceil(chunk), |i| unsafe {
+        let start = i * chunk;
+        f(i, std::slice::from_raw_parts_mut(base.get().add(start), chunk.min(len - start)))
+    });
+}
+
 struct SendPtr<T>(*mut T);
 
 impl<T> SendPtr<T> {

@@ -4,18 +4,7 @@
 
 use qwenrt_kernels::attention::{attend_cached_with, decode_cache, encode_cache, CacheFormat};
 use qwenrt_kernels::{FloatFormat, Isa};
-
-fn data(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
+use qwenrt_kernels::testing::data;
 
 fn encode(w: &[f32], format: CacheFormat) -> Vec<u8> {
     let mut out = vec![0; format.bytes_for(w.len())];

@@ -2,20 +2,9 @@
 //! exponential stays within 2 ulp of libm over the whole float range.
 
 use qwenrt_kernels::{scalar, Isa};
+use qwenrt_kernels::testing::data;
 
 const LENGTHS: &[usize] = &[1, 2, 7, 8, 9, 15, 16, 17, 31, 33, 128, 1000, 1001];
-
-fn data(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
 
 fn scaled(n: usize, seed: u64, range: f32) -> Vec<f32> {
     data(n, seed).into_iter().map(|v| v * range).collect()

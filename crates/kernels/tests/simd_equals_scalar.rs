@@ -2,18 +2,7 @@
 
 use qwenrt_kernels::quant::{quantize_q4, quantize_q8, BlockQ8Act, QK};
 use qwenrt_kernels::{matmul_f32_local, matmul_with, quantize_act, FloatFormat, Isa, Weights};
-
-fn data(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
+use qwenrt_kernels::testing::data;
 
 fn simd() -> Option<Isa> {
     let isa = Isa::detect();

@@ -20,11 +20,12 @@
 use std::path::Path;
 
 use qwenrt_kernels as k;
-use rayon::prelude::*;
+use qwenrt_kernels::pool;
 
 use super::config::{VisionActivation, VisionConfig, VisionModelConfig};
 use super::preprocess::GridThw;
 use crate::error::{Error, Result};
+use crate::model::grow;
 use crate::linear::{load_vector, Linear, WeightDtype};
 use crate::weights::WeightStore;
 
@@ -80,7 +81,8 @@ impl LayerNorm {
     /// Normalises each row of `x` (biased variance, moments accumulated in f64).
     fn forward(&self, x: &[f32], out: &mut [f32]) {
         let n = self.weight.len();
-        out.par_chunks_mut(n).zip(x.par_chunks(n)).for_each(|(y, x)| {
+        pool::for_each_chunk_mut(out, n, |row, y| {
+            let x = &x[row * n..(row + 1) * n];
             let mean = x.iter().map(|&v| v as f64).sum::<f64>() / n as f64;
             let var = x.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n as f64;
             let inv = 1.0 / (var + LAYER_NORM_EPS).sqrt();
@@ -121,7 +123,12 @@ pub struct VisionTower {
     inv_freq: Vec<f32>,
 }
 
-/// Per-worker buffers of the attention of one head over one frame.
+/// Patches per task when adding the position embeddings: enough work to outweigh handing it out.
+const POSITION_ROWS: usize = 64;
+/// Values per task of the element-wise activations.
+const ELEMENTWISE_CHUNK: usize = 1 << 14;
+
+/// Per-head buffers of the attention of one head over one frame.
 #[derive(Default)]
 struct HeadScratch {
     /// `[patches, head_dim]` each.
@@ -131,12 +138,6 @@ struct HeadScratch {
     v_t: Vec<f32>,
     /// `[ATTENTION_ROWS, patches]`.
     scores: Vec<f32>,
-}
-
-/// `v` resized to `n` values (scratch buffers keep their allocation between calls).
-fn sized(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
-    v.resize(n, 0.0);
-    &mut v[..n]
 }
 
 impl VisionTower {
@@ -322,9 +323,11 @@ impl VisionTower {
         let side = self.config.position_grid_side();
         let sizes: Vec<(usize, usize)> =
             grids.iter().flat_map(|&(t, h, w)| std::iter::repeat_n((h, w), t * h * w)).collect();
-        x.par_chunks_mut(dim).zip(coords.par_iter().zip(sizes.par_iter())).for_each_init(
-            || vec![0.0f32; dim],
-            |sum, (row, (&(r, c), &(h, w)))| {
+        pool::for_each_chunk_mut(x, dim * POSITION_ROWS, |group, rows| {
+            let mut sum = vec![0.0f32; dim];
+            for (j, row) in rows.chunks_exact_mut(dim).enumerate() {
+                let patch = group * POSITION_ROWS + j;
+                let ((r, c), (h, w)) = (coords[patch], sizes[patch]);
                 let (row_taps, row_weights) = bilinear_taps(r, h, side);
                 let (col_taps, col_weights) = bilinear_taps(c, w, side);
                 // (pos_embed(indices) * weights[:, :, None]).sum(1), taps in (row, column) order
@@ -332,12 +335,12 @@ impl VisionTower {
                 for (&rt, &rw) in row_taps.iter().zip(&row_weights) {
                     for (&ct, &cw) in col_taps.iter().zip(&col_weights) {
                         let entry = rt * side + ct;
-                        k::axpy(sum, rw * cw, &self.pos_embed[entry * dim..(entry + 1) * dim]);
+                        k::axpy(&mut sum, rw * cw, &self.pos_embed[entry * dim..(entry + 1) * dim]);
                     }
                 }
-                k::add_assign(row, sum);
-            },
-        );
+                k::add_assign(row, &sum);
+            }
+        });
     }
 
     /// cos and sin of each patch's rotary angles, `[patches, head_dim / 2]`: the row angles then
@@ -368,13 +371,13 @@ impl VisionTower {
         let half = head_dim / 2;
         let scale = (head_dim as f32).powf(-0.5);
         let mut start = 0;
-        let mut head_out: Vec<Vec<f32>> = vec![Vec::new(); heads];
+        let mut heads_work: Vec<(Vec<f32>, HeadScratch)> = (0..heads).map(|_| Default::default()).collect();
         for &len in segments {
             let rows = start..start + len;
-            head_out.par_iter_mut().enumerate().for_each_init(HeadScratch::default, |s, (head, o)| {
-                let q = sized(&mut s.q, len * head_dim);
-                let keys = sized(&mut s.k, len * head_dim);
-                let v_t = sized(&mut s.v_t, head_dim * len);
+            pool::for_each_mut(&mut heads_work, |head, (o, s)| {
+                let q = grow(&mut s.q, len * head_dim);
+                let keys = grow(&mut s.k, len * head_dim);
+                let v_t = grow(&mut s.v_t, head_dim * len);
                 for (i, p) in rows.clone().enumerate() {
                     let row = &qkv[p * 3 * dim..(p + 1) * 3 * dim];
                     let (cos, sin) = (&cos[p * half..(p + 1) * half], &sin[p * half..(p + 1) * half]);
@@ -390,10 +393,10 @@ impl VisionTower {
                         v_t[d * len + i] = v;
                     }
                 }
-                let o = sized(o, len * head_dim);
+                let o = grow(o, len * head_dim);
                 for r0 in (0..len).step_by(ATTENTION_ROWS) {
                     let n = ATTENTION_ROWS.min(len - r0);
-                    let scores = sized(&mut s.scores, n * len);
+                    let scores = grow(&mut s.scores, n * len);
                     // attn_weights = softmax(q @ k.T * scaling) in f32, then @ v
                     k::matmul_f32_local(
                         &q[r0 * head_dim..(r0 + n) * head_dim],
@@ -419,7 +422,7 @@ impl VisionTower {
                     );
                 }
             });
-            for (head, o) in head_out.iter().enumerate() {
+            for (head, (o, _)) in heads_work.iter().enumerate() {
                 for (i, p) in rows.clone().enumerate() {
                     out[p * dim + head * head_dim..p * dim + (head + 1) * head_dim]
                         .copy_from_slice(&o[i * head_dim..(i + 1) * head_dim]);
@@ -479,8 +482,12 @@ fn bilinear_taps(index: usize, size: usize, side: usize) -> ([usize; 2], [f32; 2
 /// The MLP activations, in place.
 fn activate(activation: VisionActivation, x: &mut [f32]) {
     match activation {
-        VisionActivation::GeluTanh => x.par_iter_mut().for_each(|v| *v = gelu_tanh(*v)),
-        VisionActivation::GeluErf => x.par_iter_mut().for_each(|v| *v = gelu_erf(*v)),
+        VisionActivation::GeluTanh => {
+            pool::for_each_chunk_mut(x, ELEMENTWISE_CHUNK, |_, c| c.iter_mut().for_each(|v| *v = gelu_tanh(*v)))
+        }
+        VisionActivation::GeluErf => {
+            pool::for_each_chunk_mut(x, ELEMENTWISE_CHUNK, |_, c| c.iter_mut().for_each(|v| *v = gelu_erf(*v)))
+        }
     }
 }
 
