@@ -6,12 +6,11 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{model_folder, root, temp_dir};
+use common::{model_folder, root};
 use serde_json::{json, Value};
 
 /// A running server; killed when dropped (a test that fails must not leave it behind).
@@ -94,27 +93,6 @@ impl Drop for Server {
     }
 }
 
-/// tiny-embed (a Qwen3-Embedding layout) with the generated Qwen3 tokenizer.
-fn embedding_folder() -> PathBuf {
-    fn copy_dir(src: &Path, dst: &Path) {
-        std::fs::create_dir_all(dst).unwrap();
-        for entry in std::fs::read_dir(src).unwrap() {
-            let entry = entry.unwrap();
-            if entry.file_type().unwrap().is_dir() {
-                copy_dir(&entry.path(), &dst.join(entry.file_name()));
-            } else {
-                std::fs::copy(entry.path(), dst.join(entry.file_name())).unwrap();
-            }
-        }
-    }
-    let dst = temp_dir("serve-embed").join("tiny-embed");
-    copy_dir(&root().join("fixtures/models/tiny-embed"), &dst);
-    let tokenizer = root().join("fixtures-gen/qwen3-tokenizer/tokenizer.json");
-    assert!(tokenizer.exists(), "{} missing: run scripts/test once (it builds it)", tokenizer.display());
-    std::fs::copy(tokenizer, dst.join("tokenizer.json")).unwrap();
-    dst
-}
-
 fn python() -> String {
     std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_owned())
 }
@@ -147,7 +125,7 @@ fn the_official_openai_client_works_end_to_end() {
     if !openai_available() {
         return;
     }
-    let embeddings = embedding_folder();
+    let embeddings = common::embed_model_folder();
     let server = Server::start(&[
         "--parallel",
         "2",

@@ -10,8 +10,8 @@
 use std::time::Instant;
 
 use qwenrt_kernels::attention::{attend_cached, encode_cache, CacheFormat};
-use qwenrt_kernels::FloatFormat;
 use qwenrt_kernels::testing::data;
+use qwenrt_kernels::FloatFormat;
 
 fn main() {
     let args: Vec<usize> = std::env::args().skip(1).map(|a| a.parse().expect("numbers")).collect();

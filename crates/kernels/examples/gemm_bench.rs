@@ -19,8 +19,8 @@
 use std::time::Instant;
 
 use qwenrt_kernels::quant::{quantize_q4, quantize_q8};
-use qwenrt_kernels::{matmul, matmul_f32_local, FloatFormat, Weights};
 use qwenrt_kernels::testing::data;
+use qwenrt_kernels::{matmul, matmul_f32_local, FloatFormat, Weights};
 
 const DEFAULT_SHAPES: &[(usize, usize, usize)] =
     &[(512, 1024, 3584), (512, 3584, 1024), (512, 1024, 6144), (1024, 768, 2304), (1024, 3072, 768)];

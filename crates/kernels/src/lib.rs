@@ -16,9 +16,9 @@ use avx2::gemm as avx2_gemm;
 pub mod attention;
 pub mod convert;
 pub mod pool;
-pub mod testing;
 pub mod quant;
 pub mod scalar;
+pub mod testing;
 
 use std::cell::RefCell;
 use std::sync::OnceLock;

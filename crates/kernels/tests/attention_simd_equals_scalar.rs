@@ -3,8 +3,8 @@
 //! cross the row blocks of the weighted sum.
 
 use qwenrt_kernels::attention::{attend_cached_with, decode_cache, encode_cache, CacheFormat};
-use qwenrt_kernels::{FloatFormat, Isa};
 use qwenrt_kernels::testing::data;
+use qwenrt_kernels::{FloatFormat, Isa};
 
 fn encode(w: &[f32], format: CacheFormat) -> Vec<u8> {
     let mut out = vec![0; format.bytes_for(w.len())];

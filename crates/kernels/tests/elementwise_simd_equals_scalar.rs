@@ -1,8 +1,8 @@
 //! Every SIMD element-wise kernel equals its scalar twin on odd lengths and tails, and the vector
 //! exponential stays within 2 ulp of libm over the whole float range.
 
-use qwenrt_kernels::{scalar, Isa};
 use qwenrt_kernels::testing::data;
+use qwenrt_kernels::{scalar, Isa};
 
 const LENGTHS: &[usize] = &[1, 2, 7, 8, 9, 15, 16, 17, 31, 33, 128, 1000, 1001];
 

@@ -1,8 +1,8 @@
 //! Every SIMD kernel equals its scalar twin (to rounding) on odd shapes and tails.
 
 use qwenrt_kernels::quant::{quantize_q4, quantize_q8, BlockQ8Act, QK};
-use qwenrt_kernels::{matmul_f32_local, matmul_with, quantize_act, FloatFormat, Isa, Weights};
 use qwenrt_kernels::testing::data;
+use qwenrt_kernels::{matmul_f32_local, matmul_with, quantize_act, FloatFormat, Isa, Weights};
 
 fn simd() -> Option<Isa> {
     let isa = Isa::detect();

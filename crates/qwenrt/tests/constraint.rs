@@ -5,10 +5,8 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
-use common::{copy_to_temp, fixture_model, generated_tokenizer};
 use qwenrt::chat::Message;
 use qwenrt::tool_calls::parse;
 use qwenrt::{
@@ -19,8 +17,7 @@ use serde_json::{json, Value};
 fn lm() -> Arc<LanguageModel> {
     static LM: OnceLock<Arc<LanguageModel>> = OnceLock::new();
     LM.get_or_init(|| {
-        let dir: PathBuf = copy_to_temp(&fixture_model("tiny-vl"), "constraint");
-        std::fs::copy(generated_tokenizer(), dir.join("tokenizer.json")).unwrap();
+        let dir = qwenrt_test_support::tiny_vl_folder("constraint");
         Arc::new(LanguageModel::load(&dir).unwrap())
     })
     .clone()

@@ -6,15 +6,13 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::{copy_to_temp, fixture_model, generated_tokenizer, Expected};
+use common::{fixture_model, Expected};
 use qwenrt::chat::Message;
 use qwenrt::{generate, GenerateOptions, LanguageModel, SamplingParams};
 
 /// tiny-vl with the generated tokenizer.json beside it: a complete model folder.
 fn tiny_vl_folder() -> PathBuf {
-    let dir = copy_to_temp(&fixture_model("tiny-vl"), "e2e");
-    std::fs::copy(generated_tokenizer(), dir.join("tokenizer.json")).unwrap();
-    dir
+    qwenrt_test_support::tiny_vl_folder("e2e")
 }
 
 #[test]

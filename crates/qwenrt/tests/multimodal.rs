@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use common::{copy_to_temp, fixture_model, generated_tokenizer, max_abs_diff, std_dev, workspace_root};
+use common::{max_abs_diff, std_dev, workspace_root};
 use qwenrt::chat::{ContentPart, Message};
 use qwenrt::vision::{ImageInput, Prompt, RgbImage, VideoInput};
 use qwenrt::{ChatParams, ChatSession, Event, LanguageModel, Logits, SamplingParams, SessionState};
@@ -23,9 +23,7 @@ fn vision_fixtures() -> PathBuf {
 
 /// tiny-vl with the generated tokenizer, in a temporary folder.
 fn tiny_vl_folder(tag: &str) -> PathBuf {
-    let dir = copy_to_temp(&fixture_model("tiny-vl"), tag);
-    std::fs::copy(generated_tokenizer(), dir.join("tokenizer.json")).unwrap();
-    dir
+    qwenrt_test_support::tiny_vl_folder(tag)
 }
 
 fn load() -> Arc<LanguageModel> {

@@ -8,7 +8,6 @@ mod common;
 use std::collections::HashSet;
 use std::sync::{Arc, OnceLock};
 
-use common::{copy_to_temp, fixture_model, generated_tokenizer};
 use qwenrt::chat::Message;
 use qwenrt::scheduler::{Failure, RequestId, Scheduler, SchedulerOptions, DEFAULT_PREFILL_CHUNK};
 use qwenrt::{ChatParams, ChatSession, Constraint, Event, LanguageModel, Prompt, SamplingParams};
@@ -16,8 +15,7 @@ use qwenrt::{ChatParams, ChatSession, Constraint, Event, LanguageModel, Prompt, 
 fn lm() -> Arc<LanguageModel> {
     static LM: OnceLock<Arc<LanguageModel>> = OnceLock::new();
     LM.get_or_init(|| {
-        let dir = copy_to_temp(&fixture_model("tiny-vl"), "scheduler");
-        std::fs::copy(generated_tokenizer(), dir.join("tokenizer.json")).unwrap();
+        let dir = qwenrt_test_support::tiny_vl_folder("scheduler");
         Arc::new(LanguageModel::load(&dir).unwrap())
     })
     .clone()

@@ -8,7 +8,6 @@ mod common;
 use std::path::PathBuf;
 use std::sync::{mpsc, Arc};
 
-use common::{copy_to_temp, fixture_model, generated_tokenizer};
 use qwenrt::chat::Message;
 use qwenrt::{
     generate, CacheStats, ChatParams, ChatSession, Event, FinishReason, GenerateOptions, LanguageModel,
@@ -16,9 +15,7 @@ use qwenrt::{
 };
 
 fn tiny_vl_folder() -> PathBuf {
-    let dir = copy_to_temp(&fixture_model("tiny-vl"), "session");
-    std::fs::copy(generated_tokenizer(), dir.join("tokenizer.json")).unwrap();
-    dir
+    qwenrt_test_support::tiny_vl_folder("session")
 }
 
 fn load() -> Arc<LanguageModel> {

@@ -2,7 +2,6 @@
 //! models (random weights, real tokenizers) or on a scripted engine that plays back a canned
 //! model output.
 
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -19,36 +18,11 @@ use super::engine::testing::Scripted;
 use super::engine::{Engine, EngineOptions};
 use super::routes::{router, AppState};
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// A temporary copy of a fixture model folder with a generated tokenizer.json added.
-fn fixture_folder(model: &str, tokenizer_family: &str) -> PathBuf {
-    let dst = std::env::temp_dir().join(format!("qwenrt-serve-{model}-{}", std::process::id()));
-    copy_dir(&root().join("fixtures/models").join(model), &dst);
-    let tokenizer = root().join(format!("fixtures-gen/{tokenizer_family}-tokenizer/tokenizer.json"));
-    assert!(tokenizer.exists(), "{} missing: run scripts/test once (it builds it)", tokenizer.display());
-    std::fs::copy(tokenizer, dst.join("tokenizer.json")).unwrap();
-    dst
-}
-
-fn copy_dir(src: &Path, dst: &Path) {
-    std::fs::create_dir_all(dst).unwrap();
-    for entry in std::fs::read_dir(src).unwrap() {
-        let entry = entry.unwrap();
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &dst.join(entry.file_name()));
-        } else {
-            std::fs::copy(entry.path(), dst.join(entry.file_name())).unwrap();
-        }
-    }
-}
-
 /// tiny-vl in f32, loaded once for all tests.
 pub(crate) fn lm() -> Arc<LanguageModel> {
     static LM: OnceLock<Arc<LanguageModel>> = OnceLock::new();
-    LM.get_or_init(|| Arc::new(LanguageModel::load(&fixture_folder("tiny-vl", "qwen3_5")).unwrap())).clone()
+    LM.get_or_init(|| Arc::new(LanguageModel::load(&qwenrt_test_support::tiny_vl_folder("serve")).unwrap()))
+        .clone()
 }
 
 const MODEL_ID: &str = "tiny-vl";
@@ -103,7 +77,7 @@ impl Setup {
 
     fn with_engine(self, engine: Engine) -> (Router, Arc<AppState>) {
         let embeddings = self.embeddings.then(|| {
-            let embedder = Embedder::load(&fixture_folder("tiny-embed", "qwen3")).unwrap();
+            let embedder = Embedder::load(&qwenrt_test_support::tiny_embed_folder("serve")).unwrap();
             EmbeddingService::start(embedder, "tiny-embed".into(), 4).unwrap()
         });
         let state = Arc::new(AppState {

@@ -25,8 +25,8 @@ use qwenrt_kernels::pool;
 use super::config::{VisionActivation, VisionConfig, VisionModelConfig};
 use super::preprocess::GridThw;
 use crate::error::{Error, Result};
-use crate::model::grow;
 use crate::linear::{load_vector, Linear, WeightDtype};
+use crate::model::grow;
 use crate::weights::WeightStore;
 
 /// Tensor-name prefix of the tower in a `Qwen3_5ForConditionalGeneration` checkpoint.
@@ -482,12 +482,12 @@ fn bilinear_taps(index: usize, size: usize, side: usize) -> ([usize; 2], [f32; 2
 /// The MLP activations, in place.
 fn activate(activation: VisionActivation, x: &mut [f32]) {
     match activation {
-        VisionActivation::GeluTanh => {
-            pool::for_each_chunk_mut(x, ELEMENTWISE_CHUNK, |_, c| c.iter_mut().for_each(|v| *v = gelu_tanh(*v)))
-        }
-        VisionActivation::GeluErf => {
-            pool::for_each_chunk_mut(x, ELEMENTWISE_CHUNK, |_, c| c.iter_mut().for_each(|v| *v = gelu_erf(*v)))
-        }
+        VisionActivation::GeluTanh => pool::for_each_chunk_mut(x, ELEMENTWISE_CHUNK, |_, c| {
+            c.iter_mut().for_each(|v| *v = gelu_tanh(*v))
+        }),
+        VisionActivation::GeluErf => pool::for_each_chunk_mut(x, ELEMENTWISE_CHUNK, |_, c| {
+            c.iter_mut().for_each(|v| *v = gelu_erf(*v))
+        }),
     }
 }
 

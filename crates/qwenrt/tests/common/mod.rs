@@ -2,44 +2,15 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use safetensors::tensor::Dtype;
 use safetensors::SafeTensors;
 
-pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-pub fn fixture_model(name: &str) -> PathBuf {
-    workspace_root().join("fixtures/models").join(name)
-}
-
-/// The generated Qwen3.5 tokenizer.json (too big to commit; `.ci/run` builds it).
-pub fn generated_tokenizer() -> PathBuf {
-    let dir = std::env::var_os("QWENRT_TOKENIZER_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("fixtures-gen/qwen3_5-tokenizer"));
-    let path = dir.join("tokenizer.json");
-    assert!(
-        path.exists(),
-        "{} is missing: run `python3 scripts/build_tokenizer.py --family qwen3_5 --out fixtures-gen/qwen3_5-tokenizer`",
-        path.display()
-    );
-    path
-}
-
-/// The generated Qwen3 (Qwen3-Embedding) tokenizer.json, whose post-processor appends
-/// `<|endoftext|>` like the current Qwen3-Embedding files (`.ci/run` builds it).
-pub fn generated_qwen3_tokenizer() -> PathBuf {
-    let path = workspace_root().join("fixtures-gen/qwen3-tokenizer/tokenizer.json");
-    assert!(
-        path.exists(),
-        "{} is missing: run `python3 scripts/build_tokenizer.py --family qwen3 --append-eos --out fixtures-gen/qwen3-tokenizer`",
-        path.display()
-    );
-    path
-}
+#[allow(unused_imports)] // each test file uses some of them
+pub use qwenrt_test_support::{
+    copy_to_temp, fixture_model, generated_qwen3_tokenizer, generated_tokenizer, workspace_root,
+};
 
 /// Reference outputs recorded by `scripts/make_fixtures.py`.
 pub struct Expected {
@@ -128,28 +99,4 @@ pub fn std_dev(x: &[f32]) -> f64 {
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f64 {
     assert_eq!(a.len(), b.len());
     a.iter().zip(b).map(|(&x, &y)| (x as f64 - y as f64).abs()).fold(0.0, f64::max)
-}
-
-/// Copies a folder (with its subfolders) into a fresh temporary directory.
-pub fn copy_to_temp(src: &Path, tag: &str) -> PathBuf {
-    let dst = std::env::temp_dir().join(format!(
-        "qwenrt-test-{tag}-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
-    ));
-    copy_dir(src, &dst);
-    dst
-}
-
-fn copy_dir(src: &Path, dst: &Path) {
-    std::fs::create_dir_all(dst).unwrap();
-    for entry in std::fs::read_dir(src).unwrap() {
-        let entry = entry.unwrap();
-        let kind = entry.file_type().unwrap();
-        if kind.is_file() {
-            std::fs::copy(entry.path(), dst.join(entry.file_name())).unwrap();
-        } else if kind.is_dir() {
-            copy_dir(&entry.path(), &dst.join(entry.file_name()));
-        }
-    }
 }
