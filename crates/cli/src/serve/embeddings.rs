@@ -137,15 +137,15 @@ impl EmbeddingService {
         let options = fields.options()?;
         let base64 = fields.base64()?;
         let (reply, result) = oneshot::channel();
-        let jobs = self.jobs.as_ref().ok_or_else(super::routes::shutting_down)?;
+        let jobs = self.jobs.as_ref().ok_or_else(ApiError::shutting_down)?;
         jobs.try_send(EmbedJob { inputs, options, reply }).map_err(|e| match e {
             TrySendError::Full(_) => ApiError::unavailable(
                 "the server is busy: too many embedding requests are waiting; retry later",
                 "queue_full",
             ),
-            TrySendError::Disconnected(_) => super::routes::shutting_down(),
+            TrySendError::Disconnected(_) => ApiError::shutting_down(),
         })?;
-        let embeddings = result.await.map_err(|_| super::routes::shutting_down())??;
+        let embeddings = result.await.map_err(|_| ApiError::shutting_down())??;
         let tokens: usize = embeddings.iter().map(|e| e.tokens).sum();
         let data: Vec<Value> = embeddings
             .iter()

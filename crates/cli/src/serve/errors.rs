@@ -9,6 +9,8 @@ use axum::Json;
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 
+use super::engine::JobError;
+
 /// One error response.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ApiError {
@@ -68,6 +70,11 @@ impl ApiError {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", message)
     }
 
+    /// The 503 of work the server dropped because it is stopping.
+    pub fn shutting_down() -> Self {
+        Self::unavailable("the server is shutting down", "shutting_down")
+    }
+
     pub fn with_param(mut self, param: impl Into<String>) -> Self {
         self.param = Some(param.into());
         self
@@ -86,6 +93,16 @@ impl ApiError {
             "param": self.param,
             "code": self.code,
         }})
+    }
+}
+
+/// Why a job failed, as the client sees it.
+impl From<JobError> for ApiError {
+    fn from(error: JobError) -> Self {
+        match error {
+            JobError::Invalid(message) => ApiError::invalid_request(message),
+            JobError::Internal(message) => ApiError::internal(message),
+        }
     }
 }
 

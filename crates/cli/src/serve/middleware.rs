@@ -15,7 +15,7 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use subtle::ConstantTimeEq;
 
 use super::errors::{ApiError, BodyLimit};
-use super::routes::AppState;
+use super::state::AppState;
 
 /// Paths that answer without an API key: a load balancer's probe has none.
 const PUBLIC_PATHS: [&str; 1] = ["/health"];

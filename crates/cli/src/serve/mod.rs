@@ -30,6 +30,7 @@
 //! sse.rs         streamed answers (Server-Sent Events)
 //! errors.rs      OpenAI-shaped errors and the JSON body extractor
 //! middleware.rs  API key check, one log line per request
+//! state.rs       what the handlers and middleware share (below both)
 //! engine.rs      the job queue and the worker thread that drives the library's scheduler
 //! embeddings.rs  /v1/embeddings on its own worker thread
 //! ```
@@ -44,6 +45,7 @@ mod openai;
 mod output;
 mod routes;
 mod sse;
+mod state;
 #[cfg(test)]
 mod tests;
 

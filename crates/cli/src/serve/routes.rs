@@ -16,8 +16,8 @@ use qwenrt::{FinishReason, LanguageModel, Prompt};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::embeddings::{EmbeddingFields, EmbeddingService};
-use super::engine::{Completion, Engine, Job, JobError, JobEvent, JobHandle, SubmitError};
+use super::embeddings::EmbeddingFields;
+use super::engine::{Completion, Engine, Job, JobEvent, JobHandle, SubmitError};
 use super::errors::{parse_fields, ApiError, JsonBody};
 use super::middleware::{log_requests, require_api_key, RequestLog};
 use super::openai::{
@@ -27,23 +27,7 @@ use super::openai::{
 };
 use super::output::{new_id, unix_time, ChatAnswer, ChatTranslator, CompletionText};
 use super::sse::{chat_stream, completion_stream, AnswerMeta};
-
-/// Everything the handlers share.
-pub struct AppState {
-    pub lm: Arc<LanguageModel>,
-    pub engine: Engine,
-    /// The name `/v1/models` reports.
-    pub model_id: String,
-    pub api_key: Option<String>,
-    /// Most tokens a sequence may hold, prompt and answer.
-    pub max_context: usize,
-    /// Largest request body accepted, in bytes.
-    pub body_limit: usize,
-    /// When the server started (the models' `created`).
-    pub started: u64,
-    /// The embedding model, with `--embedding-model`.
-    pub embeddings: Option<EmbeddingService>,
-}
+pub use super::state::AppState;
 
 /// The whole API: routes, API key check, request log and body limit.
 pub fn router(state: Arc<AppState>) -> Router {
@@ -72,22 +56,10 @@ async fn wrong_method(method: Method, uri: Uri) -> ApiError {
     ApiError::method_not_allowed(format!("{method} is not allowed on {}", uri.path()))
 }
 
-/// The 503 of a job the server dropped because it is stopping.
-pub fn shutting_down() -> ApiError {
-    ApiError::unavailable("the server is shutting down", "shutting_down")
-}
-
-pub fn job_error(error: JobError) -> ApiError {
-    match error {
-        JobError::Invalid(message) => ApiError::invalid_request(message),
-        JobError::Internal(message) => ApiError::internal(message),
-    }
-}
-
 fn submit(engine: &Engine, job: Job) -> Result<JobHandle, ApiError> {
     engine.submit(job).map_err(|e| match e {
         SubmitError::QueueFull { .. } => ApiError::unavailable(e.to_string(), "queue_full"),
-        SubmitError::ShuttingDown => shutting_down(),
+        SubmitError::ShuttingDown => ApiError::shutting_down(),
     })
 }
 
@@ -109,12 +81,12 @@ async fn wait_for_completion(
         match handle.next().await {
             Some(JobEvent::Done(completion)) if completion.finish_reason == FinishReason::Cancelled => {
                 // The client is still waiting, so the server cancelled the job.
-                return Err(shutting_down());
+                return Err(ApiError::shutting_down());
             }
             Some(JobEvent::Done(completion)) => return Ok(completion),
-            Some(JobEvent::Failed(error)) => return Err(job_error(error)),
+            Some(JobEvent::Failed(error)) => return Err(ApiError::from(error)),
             Some(event) => on_event(event),
-            None => return Err(shutting_down()),
+            None => return Err(ApiError::shutting_down()),
         }
     }
 }

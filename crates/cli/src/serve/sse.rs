@@ -16,7 +16,6 @@ use super::errors::ApiError;
 use super::middleware::RequestLog;
 use super::openai::{finish_reason, ChatLogprobs, TokenLogprobBody, ToolCallBody, UsageBody};
 use super::output::{ChatDelta, ChatTranslator, CompletionText};
-use super::routes::{job_error, shutting_down};
 
 /// What every chunk of one answer repeats.
 #[derive(Debug, Clone)]
@@ -128,12 +127,12 @@ impl ChatStream {
                 self.deltas(deltas, &mut out);
                 self.finish(&completion, &mut out);
             }
-            Some(JobEvent::Failed(error)) => self.fail(&job_error(error), &mut out),
+            Some(JobEvent::Failed(error)) => self.fail(&ApiError::from(error), &mut out),
             Some(event) => {
                 let deltas = self.translator.event(event);
                 self.deltas(deltas, &mut out);
             }
-            None => self.fail(&shutting_down(), &mut out),
+            None => self.fail(&ApiError::shutting_down(), &mut out),
         }
         Some(out)
     }
@@ -157,7 +156,7 @@ impl ChatStream {
         self.over = true;
         if completion.finish_reason == qwenrt::FinishReason::Cancelled {
             // The client is still here, so the server stopped the job: it is shutting down.
-            out.push(error_event(&shutting_down()));
+            out.push(error_event(&ApiError::shutting_down()));
             out.push(done());
             return;
         }
@@ -243,7 +242,7 @@ impl CompletionStream {
             Some(JobEvent::Done(completion)) => {
                 self.over = true;
                 if completion.finish_reason == qwenrt::FinishReason::Cancelled {
-                    out.push(error_event(&shutting_down()));
+                    out.push(error_event(&ApiError::shutting_down()));
                 } else {
                     self.log.prompt(completion.usage.prompt_tokens, completion.usage.cached_prompt_tokens);
                     self.log.completion(completion.usage.completion_tokens);
@@ -263,7 +262,7 @@ impl CompletionStream {
             }
             Some(JobEvent::Failed(error)) => {
                 self.over = true;
-                out.push(error_event(&job_error(error)));
+                out.push(error_event(&ApiError::from(error)));
                 out.push(done());
             }
             Some(event) => {
@@ -273,7 +272,7 @@ impl CompletionStream {
             }
             None => {
                 self.over = true;
-                out.push(error_event(&shutting_down()));
+                out.push(error_event(&ApiError::shutting_down()));
                 out.push(done());
             }
         }
