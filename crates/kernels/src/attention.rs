@@ -20,8 +20,7 @@ pub enum CacheFormat {
     Q8,
 }
 
-/// Bytes of one [`CacheFormat::Q8`] block.
-pub const Q8_BLOCK_BYTES: usize = 2 + QK;
+pub use crate::quant::Q8_BLOCK_BYTES;
 
 impl CacheFormat {
     /// Bytes that `values` values take (for Q8, a multiple of 32).

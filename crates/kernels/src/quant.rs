@@ -15,6 +15,10 @@ use half::f16;
 /// Weights per block.
 pub const QK: usize = 32;
 
+/// Bytes of one Q8_0 block (an f16 scale, then 32 signed levels), as the Q8 KV cache
+/// ([`crate::attention::CacheFormat::Q8`]) stores it.
+pub const Q8_BLOCK_BYTES: usize = 2 + QK;
+
 #[derive(Clone, Copy, Debug, PartialEq)]
 #[repr(C)]
 pub struct BlockQ8 {

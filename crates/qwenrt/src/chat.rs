@@ -1082,6 +1082,38 @@ mod py {
     }
 }
 
+/// The images and videos attached to `messages`, in the order the chat template writes their
+/// placeholders (message by message, part by part). Image or video parts given as raw JSON
+/// (`ContentPart::Other`, e.g. an OpenAI `image_url`) are refused: their pixels are not here.
+pub fn message_media(messages: &[Message]) -> crate::Result<(Vec<ImageInput>, Vec<VideoInput>)> {
+    let (mut images, mut videos) = (Vec::new(), Vec::new());
+    for (i, message) in messages.iter().enumerate() {
+        let MessageContent::Parts(parts) = &message.content else { continue };
+        for (j, part) in parts.iter().enumerate() {
+            match part {
+                ContentPart::Image(image) => images.push(image.clone()),
+                ContentPart::Video(video) => videos.push(video.clone()),
+                ContentPart::Other(raw) => {
+                    // The Qwen3.5 template's tests: 'image' in item or 'image_url' in item or
+                    // item.type == 'image' (then the same for video).
+                    let kind = raw.get("type").and_then(|t| t.as_str()).unwrap_or("");
+                    let media = ["image", "image_url", "video"].iter().any(|k| raw.contains_key(*k))
+                        || kind == "image"
+                        || kind == "video";
+                    if media {
+                        return Err(crate::Error::InvalidInput(format!(
+                            "message {i}, content part {j}: an image or video given as raw JSON \
+                             (type {kind:?}); attach it decoded, as ContentPart::Image or ContentPart::Video"
+                        )));
+                    }
+                }
+                ContentPart::Text { .. } => {}
+            }
+        }
+    }
+    Ok((images, videos))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

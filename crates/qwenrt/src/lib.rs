@@ -34,6 +34,7 @@ pub mod generate;
 pub mod linear;
 mod lm;
 pub mod model;
+pub mod params;
 pub mod prompt_cache;
 pub mod quality;
 pub mod sampling;

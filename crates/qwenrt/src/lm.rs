@@ -5,6 +5,7 @@
 use std::path::Path;
 use std::sync::OnceLock;
 
+use crate::chat::message_media;
 use crate::chat::{ChatTemplate, Message, RenderRequest};
 use crate::config::ModelConfig;
 use crate::constraint::{Constraint, Guide, GuidedText, ToolCallFormat};
@@ -13,7 +14,7 @@ use crate::generate::GenerationConfig;
 use crate::linear::{LoadOptions, WeightDtype};
 use crate::model::Model;
 use crate::tokenizer::Tokenizer;
-use crate::vision::{message_media, ImageInput, Prompt, VideoInput, Vision};
+use crate::vision::{ImageInput, Prompt, VideoInput, Vision};
 use crate::weights::WeightStore;
 
 pub struct LanguageModel {
@@ -85,8 +86,8 @@ impl LanguageModel {
 
     /// Generation parameters from `generation_config.json` (sampling; thinking as the template
     /// decides), to adjust per turn.
-    pub fn default_params(&self) -> crate::session::ChatParams {
-        crate::session::ChatParams {
+    pub fn default_params(&self) -> crate::params::ChatParams {
+        crate::params::ChatParams {
             sampling: self.generation_config.default_sampling(),
             ..Default::default()
         }

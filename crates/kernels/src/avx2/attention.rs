@@ -13,8 +13,7 @@ use std::arch::x86_64::*;
 use std::marker::PhantomData;
 
 use super::{f16_to_f32, Lanes};
-use crate::attention::Q8_BLOCK_BYTES;
-use crate::quant::QK;
+use crate::quant::{Q8_BLOCK_BYTES, QK};
 
 /// How the rows of a cache are laid out and read, 8 values at a time.
 pub trait Rows {

@@ -43,5 +43,5 @@ pub use preprocess::{
     decode_image, load_image, load_video, GridThw, ImagePreprocessor, ProcessedImage, ProcessedVideo,
     RgbImage, VideoFrames, VideoPlan, VideoPreprocessor, DEFAULT_MAX_INPUT_PIXELS,
 };
-pub use prompt::{message_media, EncodedMedia, Prompt, PromptPiece, Vision};
+pub use prompt::{EncodedMedia, Prompt, PromptPiece, Vision};
 pub use tower::VisionTower;

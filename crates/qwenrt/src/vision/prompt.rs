@@ -25,7 +25,6 @@ use super::media::{ImageInput, VideoInput};
 use super::positions::{expand_prompt_ids, rope_index, token_count, RopeIndex, VideoPlaceholder};
 use super::preprocess::{GridThw, ImagePreprocessor, VideoPreprocessor};
 use super::tower::{VisionTower, PREFIX};
-use crate::chat::{ContentPart, Message, MessageContent};
 use crate::error::{Error, Result};
 use crate::linear::WeightDtype;
 use crate::model::{EmbeddedInput, Injection, Position3};
@@ -500,36 +499,4 @@ impl PromptPiece<'_> {
             rope_delta: self.rope_delta,
         }
     }
-}
-
-/// The images and videos attached to `messages`, in the order the chat template writes their
-/// placeholders (message by message, part by part). Image or video parts given as raw JSON
-/// (`ContentPart::Other`, e.g. an OpenAI `image_url`) are refused: their pixels are not here.
-pub fn message_media(messages: &[Message]) -> Result<(Vec<ImageInput>, Vec<VideoInput>)> {
-    let (mut images, mut videos) = (Vec::new(), Vec::new());
-    for (i, message) in messages.iter().enumerate() {
-        let MessageContent::Parts(parts) = &message.content else { continue };
-        for (j, part) in parts.iter().enumerate() {
-            match part {
-                ContentPart::Image(image) => images.push(image.clone()),
-                ContentPart::Video(video) => videos.push(video.clone()),
-                ContentPart::Other(raw) => {
-                    // The Qwen3.5 template's tests: 'image' in item or 'image_url' in item or
-                    // item.type == 'image' (then the same for video).
-                    let kind = raw.get("type").and_then(|t| t.as_str()).unwrap_or("");
-                    let media = ["image", "image_url", "video"].iter().any(|k| raw.contains_key(*k))
-                        || kind == "image"
-                        || kind == "video";
-                    if media {
-                        return Err(Error::InvalidInput(format!(
-                            "message {i}, content part {j}: an image or video given as raw JSON \
-                             (type {kind:?}); attach it decoded, as ContentPart::Image or ContentPart::Video"
-                        )));
-                    }
-                }
-                ContentPart::Text { .. } => {}
-            }
-        }
-    }
-    Ok((images, videos))
 }
