@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use qwenrt::chat::Message;
 use qwenrt::tool_calls::parse;
@@ -15,12 +15,7 @@ use qwenrt::{
 use serde_json::{json, Value};
 
 fn lm() -> Arc<LanguageModel> {
-    static LM: OnceLock<Arc<LanguageModel>> = OnceLock::new();
-    LM.get_or_init(|| {
-        let dir = qwenrt_test_support::tiny_vl_folder("constraint");
-        Arc::new(LanguageModel::load(&dir).unwrap())
-    })
-    .clone()
+    common::tiny_vl_lm()
 }
 
 fn params(constraint: Constraint, seed: u64, max_tokens: usize) -> ChatParams {
@@ -504,23 +499,27 @@ fn invalid_constraints_are_errors_before_generation() {
     }
 }
 
+/// A constraint that allows only "7", with "7" banned by a bias: no token is possible.
+fn impossible(lm: &LanguageModel) -> ChatParams {
+    let seven = lm.encode("7").unwrap()[0];
+    let mut p = params(Constraint::Regex("7".into()), 0, 8);
+    p.sampling.logit_bias = vec![(seven, f32::NEG_INFINITY)];
+    p
+}
+
 #[test]
 fn a_bias_banning_every_allowed_token_is_an_error_not_a_wrong_token() {
     let lm = lm();
-    let id = lm.encode("7").unwrap()[0];
-    let mut p = params(Constraint::Regex("7".into()), 0, 8);
-    p.sampling.logit_bias = vec![(id, f32::NEG_INFINITY)];
     let mut session = ChatSession::new(lm.clone());
-    let err = session.send(Message::user("Seven?"), &p, |_| {}).expect_err("no token is possible");
+    let err =
+        session.send(Message::user("Seven?"), &impossible(&lm), |_| {}).expect_err("no token is possible");
     assert!(err.to_string().contains("allows no token"), "{err}");
 }
 
 #[test]
 fn a_turn_that_fails_in_a_batch_fails_alone() {
     let lm = lm();
-    let seven = lm.encode("7").unwrap()[0];
-    let mut impossible = params(Constraint::Regex("7".into()), 0, 8);
-    impossible.sampling.logit_bias = vec![(seven, f32::NEG_INFINITY)];
+    let impossible = impossible(&lm);
     let fine = params(Constraint::Regex("[0-9]{2,6}".into()), 1, 20);
     let free = ChatParams { constraint: None, ..params(Constraint::Json, 2, 12) };
     let solo_fine = ask(&lm, "Count.", &fine);

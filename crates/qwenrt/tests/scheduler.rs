@@ -6,19 +6,14 @@
 mod common;
 
 use std::collections::HashSet;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use qwenrt::chat::Message;
 use qwenrt::scheduler::{Failure, RequestId, Scheduler, SchedulerOptions, DEFAULT_PREFILL_CHUNK};
 use qwenrt::{ChatParams, ChatSession, Constraint, Event, LanguageModel, Prompt, SamplingParams};
 
 fn lm() -> Arc<LanguageModel> {
-    static LM: OnceLock<Arc<LanguageModel>> = OnceLock::new();
-    LM.get_or_init(|| {
-        let dir = qwenrt_test_support::tiny_vl_folder("scheduler");
-        Arc::new(LanguageModel::load(&dir).unwrap())
-    })
-    .clone()
+    common::tiny_vl_lm()
 }
 
 fn options(slots: usize, prompt_cache_bytes: usize, prefill_chunk: usize) -> SchedulerOptions {

@@ -100,3 +100,13 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f64 {
     assert_eq!(a.len(), b.len());
     a.iter().zip(b).map(|(&x, &y)| (x as f64 - y as f64).abs()).fold(0.0, f64::max)
 }
+
+/// tiny-vl with the generated tokenizer, loaded once per test binary.
+pub fn tiny_vl_lm() -> std::sync::Arc<qwenrt::LanguageModel> {
+    static LM: std::sync::OnceLock<std::sync::Arc<qwenrt::LanguageModel>> = std::sync::OnceLock::new();
+    LM.get_or_init(|| {
+        let dir = qwenrt_test_support::tiny_vl_folder("shared");
+        std::sync::Arc::new(qwenrt::LanguageModel::load(&dir).unwrap())
+    })
+    .clone()
+}
