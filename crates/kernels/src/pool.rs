@@ -309,6 +309,21 @@ mod tests {
     }
 
     #[test]
+    fn chunks_cover_the_slice_once_and_the_last_may_be_short() {
+        for (len, chunk) in [(0, 4), (1, 4), (12, 4), (13, 4), (1000, 7), (5, 100)] {
+            let mut data = vec![0usize; len];
+            let calls = AtomicUsize::new(0);
+            for_each_chunk_mut(&mut data, chunk, |i, part| {
+                calls.fetch_add(1, Ordering::Relaxed);
+                assert!(!part.is_empty() && part.len() <= chunk);
+                part.iter_mut().enumerate().for_each(|(j, v)| *v += i * chunk + j + 1);
+            });
+            assert_eq!(calls.into_inner(), len.div_ceil(chunk), "{len} in chunks of {chunk}");
+            assert!(data.iter().enumerate().all(|(k, &v)| v == k + 1), "{len} in chunks of {chunk}");
+        }
+    }
+
+    #[test]
     fn a_panicking_task_reaches_the_caller_and_the_pool_survives() {
         for _ in 0..20 {
             let result = catch_unwind(|| for_each_task(8, |i| assert!(i != 5, "task five")));

@@ -16,20 +16,9 @@ pub struct GenerationConfig {
     pub eos_token_id: Option<IdOrIds>,
     #[serde(default)]
     pub do_sample: Option<bool>,
-    #[serde(default)]
-    pub temperature: Option<f32>,
-    #[serde(default)]
-    pub top_k: Option<usize>,
-    #[serde(default)]
-    pub top_p: Option<f32>,
-    #[serde(default)]
-    pub min_p: Option<f32>,
-    #[serde(default)]
-    pub repetition_penalty: Option<f32>,
-    #[serde(default)]
-    pub presence_penalty: Option<f32>,
-    #[serde(default)]
-    pub frequency_penalty: Option<f32>,
+    /// `temperature`, `top_k`, `top_p`, `min_p` and the penalties, under their own keys.
+    #[serde(flatten)]
+    pub sampling: crate::sampling::SamplingOverrides,
 }
 
 /// `eos_token_id` is a single id or a list of them.
@@ -66,16 +55,7 @@ impl GenerationConfig {
             return SamplingParams::greedy();
         }
         let mut params = SamplingParams::default();
-        crate::sampling::SamplingOverrides {
-            temperature: self.temperature,
-            top_k: self.top_k,
-            top_p: self.top_p,
-            min_p: self.min_p,
-            repetition_penalty: self.repetition_penalty,
-            presence_penalty: self.presence_penalty,
-            frequency_penalty: self.frequency_penalty,
-        }
-        .apply_to(&mut params);
+        self.sampling.apply_to(&mut params);
         params
     }
 }
@@ -194,5 +174,10 @@ mod tests {
         assert_eq!((p.top_k, p.top_p, p.temperature, p.repetition_penalty), (20, 1.0, 1.0, 1.0));
         let g: GenerationConfig = serde_json::from_str(r#"{"eos_token_id": 7}"#).unwrap();
         assert_eq!(g.eos_token_id.unwrap().to_vec(), [7]);
+        // Sampling keys sit beside the others; an integer temperature is a number too.
+        let g: GenerationConfig =
+            serde_json::from_str(r#"{"temperature": 0, "min_p": 0.05, "presence_penalty": 1.5}"#).unwrap();
+        let p = g.default_sampling();
+        assert_eq!((p.temperature, p.min_p, p.presence_penalty), (0.0, 0.05, 1.5));
     }
 }

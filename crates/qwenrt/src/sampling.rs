@@ -109,7 +109,7 @@ impl SamplingParams {
 /// Sampling settings that a layer above the defaults may set, each left as it is when `None`:
 /// `generation_config.json` over the built-in defaults, then a command line or an API request
 /// over those. One place applies them all, in one order.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Deserialize)]
 pub struct SamplingOverrides {
     pub temperature: Option<f32>,
     pub top_k: Option<usize>,
