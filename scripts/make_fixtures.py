@@ -359,6 +359,37 @@ def split_prefill_logits(model, ids: torch.Tensor, split: int) -> torch.Tensor:
     return torch.cat([o1.logits[0], o2.logits[0]]).float()
 
 
+def activation_references(model, ids: torch.Tensor) -> dict:
+    """The output of every decoder module for one no-cache forward, named as qwenrt's
+    `Model::activation_name` names them (relative to the decoder): `embed_tokens`,
+    `layers.{i}.linear_attn` / `layers.{i}.self_attn` (the mixer before its residual add),
+    `layers.{i}.mlp`, `layers.{i}` (the hidden state after the layer) and `norm`."""
+    decoder = model.model
+    out = {}
+    hooks = []
+
+    def keep(name):
+        def hook(mod, args, result):
+            t = result[0] if isinstance(result, tuple) else result
+            out[name] = t[0].detach().float().contiguous()
+        return hook
+
+    hooks.append(decoder.embed_tokens.register_forward_hook(keep("embed_tokens")))
+    for i, layer in enumerate(decoder.layers):
+        mixer = "linear_attn" if hasattr(layer, "linear_attn") else "self_attn"
+        hooks.append(getattr(layer, mixer).register_forward_hook(keep(f"layers.{i}.{mixer}")))
+        hooks.append(layer.mlp.register_forward_hook(keep(f"layers.{i}.mlp")))
+        hooks.append(layer.register_forward_hook(keep(f"layers.{i}")))
+    hooks.append(decoder.norm.register_forward_hook(keep("norm")))
+    try:
+        with torch.no_grad():
+            model(ids, use_cache=False)
+    finally:
+        for h in hooks:
+            h.remove()
+    return out
+
+
 def collapse_stats(tokens) -> dict:
     t = [int(x) for x in tokens]
     longest, run = 1, 1
@@ -625,6 +656,11 @@ def build_causal(out_dir: Path, versions: dict) -> dict:
     dstats = decay_stats(model, ids333)
 
     save_file(tensors, str(d / "expected.safetensors"), metadata={"format": "pt"})
+    # Per-module references for bisecting a parity failure (qwenrt's `forward_traced`)
+    i130 = CAUSAL_PROMPT_LENGTHS.index(130)
+    activations = activation_references(model, tensors[f"prompt{i130}.ids"].long()[None])
+    save_file(activations, str(d / "activations.safetensors"),
+              metadata={"format": "pt", "prompt": f"prompt{i130}"})
     meta = {
         "model": "tiny-causal",
         "class": "Qwen3_5ForCausalLM",
@@ -644,6 +680,10 @@ def build_causal(out_dir: Path, versions: dict) -> dict:
             "prompt{i}.decode_logits": f"float32 [{N_NEW}, 512]; raw logits of each generate step "
                                         "(output_logits=True): row 0 = prefill last position (T-1), row k = "
                                         "logits after feeding greedy token k-1 at position T-1+k (decode path)",
+            "activations.safetensors": f"float32 [130, 64] each; prompt{i130}'s no-cache forward, the output of "
+                                       "every decoder module (forward hooks): embed_tokens, layers.{i}.linear_attn "
+                                       "| layers.{i}.self_attn (before the residual add), layers.{i}.mlp, "
+                                       "layers.{i} (hidden state after the layer), norm",
         },
         "prompts": meta_prompts,
         "self_consistency": {

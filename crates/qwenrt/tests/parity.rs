@@ -1,5 +1,6 @@
 //! Parity with transformers on tiny random-weight Qwen3.5 models (`scripts/make_fixtures.py`):
-//! logits at every position, the logits of each decode step, and 64 greedy tokens.
+//! logits at every position, the logits of each decode step, 64 greedy tokens, and the output of
+//! every decoder module on the way.
 
 mod common;
 
@@ -45,6 +46,39 @@ fn tiny_causal_logits_at_every_position_match_transformers() {
         let last = model.forward(&mut state, &ids, Logits::Last).unwrap();
         let err_last = max_abs_diff(last, &want[(ids.len() - 1) * vocab..]);
         assert!(err_last <= TOLERANCE * std, "prompt{i}: last-position error {err_last}");
+    }
+}
+
+/// Each module's output (the references are transformers' forward hooks) matches, in the order
+/// the forward pass makes them. A failure names the first module that strays, which is where a
+/// parity bug lives, rather than only the logits downstream of it.
+#[test]
+fn tiny_causal_activations_match_transformers_module_by_module() {
+    let dir = fixture_model("tiny-causal");
+    let model = Model::load(&dir).unwrap();
+    let references = Expected::load_tensors(&dir.join("activations.safetensors"));
+    let prompt = references.meta["prompt"].as_str().expect("activations.safetensors names its prompt");
+    let ids = Expected::load(&dir).ids(&format!("{prompt}.ids"));
+    let mut seen: Vec<(String, Vec<f32>)> = Vec::new();
+    let mut state = model.new_state();
+    model
+        .forward_traced(&mut state, &ids, Logits::Last, &mut |activation, rows| {
+            seen.push((model.activation_name(activation), rows.to_vec()))
+        })
+        .unwrap();
+    let layers = model.config().text.num_hidden_layers;
+    assert_eq!(seen.len(), 2 + 3 * layers, "embeddings, 3 per layer, final norm");
+    let mut unseen: Vec<&str> = references.names().collect();
+    unseen.retain(|name| !seen.iter().any(|(n, _)| n == name));
+    assert!(unseen.is_empty(), "no activation of qwenrt's is named {unseen:?}");
+    for (name, got) in &seen {
+        let want = references.f32(name);
+        assert_eq!(got.len(), want.len(), "{name}: {} values, reference has {}", got.len(), want.len());
+        let (err, std) = (max_abs_diff(got, &want), std_dev(&want));
+        assert!(
+            err <= TOLERANCE * std,
+            "first activation to stray from transformers: {name}, max abs error {err:.3e} > {TOLERANCE} × std {std:.3e}"
+        );
     }
 }
 

@@ -77,6 +77,26 @@ pub enum Logits {
     Last,
 }
 
+/// A point of the forward pass that [`Model::forward_traced`] shows to its tap, each the
+/// output of one transformers module (`Qwen3_5TextModel`'s names, see [`Model::activation_name`]).
+/// Every one is `[tokens, hidden_size]`, rows in input order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    /// `embed_tokens(input_ids)`.
+    Embeddings,
+    /// Layer `i`'s token mixer before the residual add: `linear_attn(...)` or `self_attn(...)[0]`.
+    TokenMixer(usize),
+    /// Layer `i`'s `mlp(...)` before the residual add.
+    Mlp(usize),
+    /// The hidden state after layer `i`: `output_hidden_states[i + 1]`.
+    Layer(usize),
+    /// `norm(h)` at every position: what the LM head (or an embedding model's pooling) reads.
+    FinalNorm,
+}
+
+/// Sees activations as a forward pass produces them ([`Model::forward_traced`]).
+pub type Tap<'a> = &'a mut dyn FnMut(Activation, &[f32]);
+
 /// Embedding rows that take the place of a placeholder token's: the `i`-th occurrence of `token`
 /// in the input gets row `i` of `rows` (`[occurrences, hidden_size]`), as transformers'
 /// `inputs_embeds.masked_scatter(input_ids == token, rows)` places image and video features.
@@ -129,6 +149,14 @@ pub(crate) fn grow(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
         v.resize(n, 0.0);
     }
     &mut v[..n]
+}
+
+/// `rms_norm` of each `weight.len()`-wide row of `rows` into the same row of `out`.
+fn rms_norm_rows(rows: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    let width = weight.len();
+    for (x, y) in rows.chunks_exact(width).zip(out.chunks_exact_mut(width)) {
+        k::rms_norm(x, weight, eps, y);
+    }
 }
 
 enum Mixer {
@@ -352,6 +380,44 @@ impl Model {
         Ok(self.last_logits(state, tokens.len(), logits))
     }
 
+    /// [`forward`](Self::forward) that also hands every [`Activation`] to `tap` as it is
+    /// produced, for bisecting a parity failure layer by layer. Inputs longer than one prefill
+    /// piece (256 tokens) are shown piece by piece. Plain `forward` passes no tap: the hook
+    /// costs it one untaken branch per layer.
+    pub fn forward_traced<'s>(
+        &self,
+        state: &'s mut SessionState,
+        tokens: &[u32],
+        logits: Logits,
+        tap: Tap<'_>,
+    ) -> Result<&'s [f32]> {
+        self.check_input(state, tokens)?;
+        if logits != Logits::None {
+            self.check_head()?;
+        }
+        for piece in tokens.chunks(PREFILL_BATCH) {
+            let mut scratch = std::mem::take(&mut state.scratch);
+            self.run_layers(&mut [&mut *state], &[piece], &mut scratch, true, Some(&mut *tap));
+            state.scratch = scratch;
+        }
+        Ok(self.last_logits(state, tokens.len(), logits))
+    }
+
+    /// The transformers name of an activation, relative to the decoder
+    /// (`layers.3.linear_attn`, `layers.1.self_attn`, `layers.0.mlp`, `layers.5`, `norm`).
+    pub fn activation_name(&self, activation: Activation) -> String {
+        match activation {
+            Activation::Embeddings => "embed_tokens".into(),
+            Activation::TokenMixer(i) => match self.config.layer_types[i] {
+                LayerType::LinearAttention => format!("layers.{i}.linear_attn"),
+                LayerType::FullAttention => format!("layers.{i}.self_attn"),
+            },
+            Activation::Mlp(i) => format!("layers.{i}.mlp"),
+            Activation::Layer(i) => format!("layers.{i}"),
+            Activation::FinalNorm => "norm".into(),
+        }
+    }
+
     /// [`forward`](Self::forward) for a prompt whose placeholder tokens take given embedding
     /// rows (images, videos) and whose tokens sit at given M-RoPE positions. Long inputs are
     /// prefilled in the same pieces as by `forward`, positions and rows sliced to each piece.
@@ -394,7 +460,7 @@ impl Model {
             }
             s.positions.clear();
             s.positions.extend_from_slice(&input.positions[start..end]);
-            self.run_stack(&mut [&mut *state], std::iter::once(piece.len()), &mut s, true);
+            self.run_stack(&mut [&mut *state], std::iter::once(piece.len()), &mut s, true, None);
             state.scratch = s;
             start = end;
         }
@@ -441,10 +507,7 @@ impl Model {
             for r0 in (0..end - start).step_by(LOGIT_ROWS) {
                 let rows = LOGIT_ROWS.min(end - start - r0);
                 let normed = grow(&mut s.normed, rows * hidden);
-                for r in 0..rows {
-                    let h = &s.hidden[(r0 + r) * hidden..(r0 + r + 1) * hidden];
-                    k::rms_norm(h, &self.norm, eps, &mut normed[r * hidden..(r + 1) * hidden]);
-                }
+                rms_norm_rows(&s.hidden[r0 * hidden..(r0 + rows) * hidden], &self.norm, eps, normed);
                 let out = grow(&mut s.logits, rows * vocab);
                 self.lm_head().forward(normed, rows, out);
                 for r in 0..rows {
@@ -535,7 +598,7 @@ impl Model {
             if pieces.iter().all(|p| p.is_empty()) {
                 break;
             }
-            self.run_layers(states, &pieces, &mut scratch, keep_cache);
+            self.run_layers(states, &pieces, &mut scratch, keep_cache, None);
             let mut row = 0;
             for (i, piece) in pieces.iter().enumerate() {
                 row += piece.len();
@@ -547,9 +610,7 @@ impl Model {
             }
         }
         let normed = grow(&mut scratch.normed, n * hidden);
-        for (x, y) in last_rows.chunks_exact(hidden).zip(normed.chunks_exact_mut(hidden)) {
-            k::rms_norm(x, &self.norm, eps, y);
-        }
+        rms_norm_rows(&last_rows, &self.norm, eps, normed);
         let len = match output {
             BatchOutput::Logits => {
                 let vocab = self.vocab_size();
@@ -636,7 +697,7 @@ impl Model {
     /// Runs one piece of a single sequence through every layer with the state's own scratch.
     fn run_one(&self, state: &mut SessionState, tokens: &[u32]) {
         let mut scratch = std::mem::take(&mut state.scratch);
-        self.run_layers(&mut [&mut *state], &[tokens], &mut scratch, true);
+        self.run_layers(&mut [&mut *state], &[tokens], &mut scratch, true, None);
         state.scratch = scratch;
     }
 
@@ -651,6 +712,7 @@ impl Model {
         inputs: &[&[u32]],
         s: &mut Scratch,
         keep_cache: bool,
+        tap: Option<Tap<'_>>,
     ) {
         let t: usize = inputs.iter().map(|i| i.len()).sum();
         let hidden_size = self.config.text.hidden_size;
@@ -667,7 +729,7 @@ impl Model {
             let first = state.len as i64 + state.rope_delta;
             s.positions.extend((0..input.len() as i64).map(|i| [first + i; 3]));
         }
-        self.run_stack(states, inputs.iter().map(|i| i.len()), s, keep_cache);
+        self.run_stack(states, inputs.iter().map(|i| i.len()), s, keep_cache, tap);
     }
 
     /// The decoder layers over rows already embedded in `s.hidden` at `s.positions`: the `i`-th
@@ -679,19 +741,22 @@ impl Model {
         lens: impl Iterator<Item = usize> + Clone,
         s: &mut Scratch,
         keep_cache: bool,
+        mut tap: Option<Tap<'_>>,
     ) {
         let t: usize = lens.clone().sum();
         let hidden_size = self.config.text.hidden_size;
         let eps = self.config.text.rms_norm_eps as f32;
+        let tapped = tap.is_some();
+        let mut show = |activation: Activation, rows: &[f32]| {
+            if let Some(tap) = tap.as_deref_mut() {
+                tap(activation, rows)
+            }
+        };
+        show(Activation::Embeddings, &s.hidden[..t * hidden_size]);
 
         for (l, layer) in self.layers.iter().enumerate() {
             let normed = grow(&mut s.normed, t * hidden_size);
-            for (x, y) in s.hidden[..t * hidden_size]
-                .chunks_exact(hidden_size)
-                .zip(normed.chunks_exact_mut(hidden_size))
-            {
-                k::rms_norm(x, &layer.input_layernorm, eps, y);
-            }
+            rms_norm_rows(&s.hidden[..t * hidden_size], &layer.input_layernorm, eps, normed);
             let mixed = grow(&mut s.mixed, t * hidden_size);
             let sequences = states.iter_mut().zip(lens.clone()).scan(0, |row, (state, len)| {
                 let rows = *row..*row + len;
@@ -725,12 +790,11 @@ impl Model {
                     m.output(t, &mut s.attn, mixed);
                 }
             }
+            show(Activation::TokenMixer(l), mixed);
             let h = &mut s.hidden[..t * hidden_size];
             k::add_assign(h, mixed);
 
-            for (x, y) in h.chunks_exact(hidden_size).zip(normed.chunks_exact_mut(hidden_size)) {
-                k::rms_norm(x, &layer.post_attention_layernorm, eps, y);
-            }
+            rms_norm_rows(h, &layer.post_attention_layernorm, eps, normed);
             let inter = layer.mlp.up_proj.out_features();
             let gate = grow(&mut s.mlp_gate, t * inter);
             layer.mlp.gate_proj.forward(normed, t, gate);
@@ -738,7 +802,14 @@ impl Model {
             layer.mlp.up_proj.forward(normed, t, up);
             k::silu_mul(gate, up);
             layer.mlp.down_proj.forward(gate, t, mixed);
+            show(Activation::Mlp(l), mixed);
             k::add_assign(h, mixed);
+            show(Activation::Layer(l), h);
+        }
+        if tapped {
+            let normed = grow(&mut s.normed, t * hidden_size);
+            rms_norm_rows(&s.hidden[..t * hidden_size], &self.norm, eps, normed);
+            show(Activation::FinalNorm, normed);
         }
         for (state, len) in states.iter_mut().zip(lens) {
             state.len += len;

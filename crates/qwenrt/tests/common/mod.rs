@@ -19,19 +19,32 @@ pub struct Expected {
 }
 
 impl Expected {
+    /// `expected.safetensors` with `expected.json` as its metadata.
     pub fn load(model_dir: &Path) -> Self {
-        let bytes = std::fs::read(model_dir.join("expected.safetensors")).expect("expected.safetensors");
-        let st = SafeTensors::deserialize(&bytes).expect("valid expected.safetensors");
+        let meta = serde_json::from_str(
+            &std::fs::read_to_string(model_dir.join("expected.json")).expect("expected.json"),
+        )
+        .expect("valid expected.json");
+        Expected { meta, ..Self::load_tensors(&model_dir.join("expected.safetensors")) }
+    }
+
+    /// Any reference file, with its safetensors header metadata as `meta`.
+    pub fn load_tensors(path: &Path) -> Self {
+        let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let (_, header) = SafeTensors::read_metadata(&bytes).expect("valid safetensors header");
+        let meta = serde_json::to_value(header.metadata()).unwrap();
+        let st = SafeTensors::deserialize(&bytes).expect("valid safetensors");
         let tensors = st
             .tensors()
             .into_iter()
             .map(|(name, view)| (name, (view.dtype(), view.shape().to_vec(), view.data().to_vec())))
             .collect();
-        let meta = serde_json::from_str(
-            &std::fs::read_to_string(model_dir.join("expected.json")).expect("expected.json"),
-        )
-        .expect("valid expected.json");
         Expected { tensors, meta }
+    }
+
+    /// Names of all reference tensors.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.tensors.keys().map(String::as_str)
     }
 
     pub fn has(&self, name: &str) -> bool {
