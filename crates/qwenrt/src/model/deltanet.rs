@@ -199,8 +199,9 @@ impl GatedDeltaNet {
             let v_off = 2 * key_dim + h * d.dv;
             let o = grow(&mut hs.out, t * d.dv);
             if t == 1 {
+                // torch_recurrent_gated_delta_rule, one token
                 let row = &conv_out[..conv_dim];
-                delta_rule_step(
+                k::delta_rule_step(
                     &row[q_off..q_off + d.dk],
                     &row[k_off..k_off + d.dk],
                     &row[v_off..v_off + d.dv],
@@ -249,25 +250,6 @@ impl GatedDeltaNet {
     fn causal_conv(&self, u: &[f32], t: usize, state: &mut [f32], out: &mut [f32]) {
         k::causal_conv(u, t, self.d.conv_dim(), &self.conv_weight, self.d.kernel, state, out);
     }
-}
-
-/// One token of the recurrent delta rule for one value head (`torch_recurrent_gated_delta_rule`).
-/// `q` is already l2-normalised and scaled, `k` l2-normalised; `state` is `[dk, dv]`:
-///
-/// ```text
-/// S = S * exp(g);  delta = (v - (S * k[:, None]).sum(-2)) * beta
-/// S = S + k[:, None] * delta[None, :];  out = (S * q[:, None]).sum(-2)
-/// ```
-pub fn delta_rule_step(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    g: f32,
-    beta: f32,
-    state: &mut [f32],
-    out: &mut [f32],
-) {
-    qwenrt_kernels::delta_rule_step(q, k, v, g, beta, state, out);
 }
 
 /// Largest head size the attention norms' stack scratch holds (checked at load); real models
@@ -462,7 +444,7 @@ mod tests {
             let mut s_rec = init.clone();
             let mut o_rec = vec![0.0; t * dv];
             for i in 0..t {
-                delta_rule_step(
+                k::delta_rule_step(
                     &q[i * dk..(i + 1) * dk],
                     &kk[i * dk..(i + 1) * dk],
                     &v[i * dv..(i + 1) * dv],
