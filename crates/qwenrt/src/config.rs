@@ -163,6 +163,12 @@ pub struct TextConfig {
     pub layer_types: Option<Vec<String>>,
     #[serde(default)]
     pub full_attention_interval: Option<usize>,
+    /// Decoder layers of the multi-token-prediction head (`mtp.layers.*`); Qwen3.5 ships one.
+    #[serde(default)]
+    pub mtp_num_hidden_layers: usize,
+    /// Whether the MTP head has an embedding of its own (no published checkpoint does).
+    #[serde(default)]
+    pub mtp_use_dedicated_embeddings: bool,
     #[serde(default = "default_conv_kernel")]
     pub linear_conv_kernel_dim: usize,
     #[serde(default)]

@@ -65,6 +65,21 @@ pub struct GatedDeltaNet {
     d: Dims,
 }
 
+/// What a verification pass (speculative decoding) keeps of one DeltaNet layer to return to any
+/// prefix of its rows: the caches from before the pass and each row's recurrence inputs.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct LayerRollback {
+    conv: Vec<f32>,
+    ssm: Vec<f32>,
+    /// Pre-convolution inputs, `[t, conv_dim]`.
+    raw: Vec<f32>,
+    /// Convolved and normed q, k, v, `[t, conv_dim]`.
+    qkv: Vec<f32>,
+    /// `[t, Hv]` each.
+    g: Vec<f32>,
+    beta: Vec<f32>,
+}
+
 /// Buffers reused across calls; sized on first use, so decoding allocates nothing.
 #[derive(Default)]
 pub struct DeltaNetScratch {
@@ -145,12 +160,13 @@ impl GatedDeltaNet {
 
     /// Convolution, gates and the delta rule for the projected `rows` of one sequence, whose
     /// states these are; leaves the core output of those rows in the scratch.
-    pub fn mix_sequence(
+    pub(crate) fn mix_sequence(
         &self,
         rows: std::ops::Range<usize>,
         conv_state: &mut [f32],
         ssm_state: &mut [f32],
         s: &mut DeltaNetScratch,
+        mut record: Option<&mut LayerRollback>,
     ) {
         let d = self.d;
         let (key_dim, value_dim, conv_dim) = (d.key_dim(), d.value_dim(), d.conv_dim());
@@ -158,6 +174,14 @@ impl GatedDeltaNet {
         let qkv = &s.qkv[rows.start * conv_dim..rows.end * conv_dim];
         let b = &mut s.b[rows.start * d.hv..rows.end * d.hv];
         let a = &mut s.a[rows.start * d.hv..rows.end * d.hv];
+        if let Some(r) = record.as_deref_mut() {
+            r.conv.clear();
+            r.conv.extend_from_slice(conv_state);
+            r.ssm.clear();
+            r.ssm.extend_from_slice(ssm_state);
+            r.raw.clear();
+            r.raw.extend_from_slice(qkv);
+        }
 
         // mixed_qkv = F.silu(conv1d(mixed_qkv)) over [conv_state ++ mixed_qkv]
         let conv_out = &mut s.conv_out[rows.start * conv_dim..rows.end * conv_dim];
@@ -184,6 +208,17 @@ impl GatedDeltaNet {
             }
         }
         let (beta, g) = (&*b, &*a);
+        // A verification pass goes token by token, as decode does: each row's output is then the
+        // one plain decoding would give, and any prefix of the rows can be replayed exactly.
+        let recurrent = record.is_some();
+        if let Some(r) = record {
+            r.qkv.clear();
+            r.qkv.extend_from_slice(conv_out);
+            r.g.clear();
+            r.g.extend_from_slice(g);
+            r.beta.clear();
+            r.beta.extend_from_slice(beta);
+        }
 
         let group = d.hv / d.hk;
         let state_len = d.dk * d.dv;
@@ -198,18 +233,21 @@ impl GatedDeltaNet {
             let k_off = key_dim + kh * d.dk;
             let v_off = 2 * key_dim + h * d.dv;
             let o = grow(&mut hs.out, t * d.dv);
-            if t == 1 {
-                // torch_recurrent_gated_delta_rule, one token
-                let row = &conv_out[..conv_dim];
-                k::delta_rule_step(
-                    &row[q_off..q_off + d.dk],
-                    &row[k_off..k_off + d.dk],
-                    &row[v_off..v_off + d.dv],
-                    g[h],
-                    beta[h],
-                    state,
-                    o,
-                );
+            if t == 1 || recurrent {
+                // torch_recurrent_gated_delta_rule
+                for (ti, (row, o)) in
+                    conv_out.chunks_exact(conv_dim).zip(o.chunks_exact_mut(d.dv)).enumerate()
+                {
+                    k::delta_rule_step(
+                        &row[q_off..q_off + d.dk],
+                        &row[k_off..k_off + d.dk],
+                        &row[v_off..v_off + d.dv],
+                        g[ti * d.hv + h],
+                        beta[ti * d.hv + h],
+                        state,
+                        o,
+                    );
+                }
                 return;
             }
             let (q, kk, v) =
@@ -229,6 +267,42 @@ impl GatedDeltaNet {
             for ti in 0..t {
                 core[ti * value_dim + h * d.dv..ti * value_dim + (h + 1) * d.dv]
                     .copy_from_slice(&hs.out[ti * d.dv..(ti + 1) * d.dv]);
+            }
+        }
+    }
+
+    /// Returns the caches to where they were after the first `kept` rows of the verification pass
+    /// that filled `r`: the states from before the pass, then the recurrence over the kept rows'
+    /// recorded inputs, with the kernel decode uses (no projection is recomputed).
+    pub(crate) fn roll_back(
+        &self,
+        r: &LayerRollback,
+        kept: usize,
+        conv_state: &mut [f32],
+        ssm_state: &mut [f32],
+    ) {
+        let d = self.d;
+        let conv_dim = d.conv_dim();
+        // The conv state is the last K - 1 pre-convolution inputs of [old state ++ kept rows].
+        let history = (d.kernel - 1) * conv_dim;
+        let joined: Vec<f32> = r.conv.iter().chain(&r.raw[..kept * conv_dim]).copied().collect();
+        conv_state.copy_from_slice(&joined[joined.len() - history..]);
+        ssm_state.copy_from_slice(&r.ssm);
+        let (key_dim, group) = (d.key_dim(), d.hv / d.hk);
+        let mut out = [0.0f32; MAX_HEAD_DIM];
+        for (h, state) in ssm_state.chunks_exact_mut(d.dk * d.dv).enumerate() {
+            let (q_off, k_off, v_off) =
+                ((h / group) * d.dk, key_dim + (h / group) * d.dk, 2 * key_dim + h * d.dv);
+            for (ti, row) in r.qkv.chunks_exact(conv_dim).take(kept).enumerate() {
+                k::delta_rule_step(
+                    &row[q_off..q_off + d.dk],
+                    &row[k_off..k_off + d.dk],
+                    &row[v_off..v_off + d.dv],
+                    r.g[ti * d.hv + h],
+                    r.beta[ti * d.hv + h],
+                    state,
+                    &mut out[..d.dv],
+                );
             }
         }
     }

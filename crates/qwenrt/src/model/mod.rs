@@ -32,6 +32,7 @@
 
 mod attention;
 pub mod deltanet;
+mod mtp;
 pub mod rope;
 mod state;
 
@@ -49,8 +50,9 @@ use crate::linear::{load_vector, Linear, LoadOptions, WeightDtype};
 use crate::weights::WeightStore;
 use attention::{AttentionScratch, GatedAttention};
 use deltanet::{DeltaNetScratch, GatedDeltaNet};
+use mtp::MtpHead;
 use rope::MRope;
-use state::LayerCache;
+use state::{LayerCache, Rollback};
 
 /// Prompt tokens pushed through all layers at once. A multiple of the DeltaNet chunk so that
 /// chunk boundaries fall where a single whole-prompt pass would put them. The batch's activations
@@ -171,6 +173,33 @@ struct Mlp {
     down_proj: Linear,
 }
 
+impl Mlp {
+    fn load(w: &LayerWeights, config: &ModelConfig) -> Result<Self> {
+        let (hidden, inter) = (config.text.hidden_size, config.text.intermediate_size);
+        let name = |n: &str| format!("{}mlp.{n}.weight", w.prefix);
+        Ok(Mlp {
+            gate_proj: w.linear(&name("gate_proj"), inter, hidden)?,
+            up_proj: w.linear(&name("up_proj"), inter, hidden)?,
+            down_proj: w.linear(&name("down_proj"), hidden, inter)?,
+        })
+    }
+
+    fn weight_bytes(&self) -> usize {
+        self.gate_proj.bytes() + self.up_proj.bytes() + self.down_proj.bytes()
+    }
+
+    /// `t` rows of `x` into `out`, with `gate` and `up` as scratch.
+    fn forward(&self, x: &[f32], t: usize, gate: &mut Vec<f32>, up: &mut Vec<f32>, out: &mut [f32]) {
+        let inter = self.up_proj.out_features();
+        let gate = grow(gate, t * inter);
+        self.gate_proj.forward(x, t, gate);
+        let up = grow(up, t * inter);
+        self.up_proj.forward(x, t, up);
+        k::silu_mul(gate, up);
+        self.down_proj.forward(gate, t, out);
+    }
+}
+
 struct DecoderLayer {
     input_layernorm: Vec<f32>,
     mixer: Mixer,
@@ -208,6 +237,8 @@ pub struct Model {
     kv_format: CacheFormat,
     /// What its states look like ([`state::layout_fingerprint`]).
     state_layout: u64,
+    /// The multi-token-prediction head, if the checkpoint has one ([`mtp`]).
+    mtp: Option<MtpHead>,
 }
 
 impl Model {
@@ -266,23 +297,18 @@ impl Model {
                 LayerType::LinearAttention => Mixer::DeltaNet(GatedDeltaNet::load(&w, &config)?),
                 LayerType::FullAttention => Mixer::Attention(GatedAttention::load(&w, &config)?),
             };
-            let mp = |n: &str| format!("{}mlp.{n}.weight", w.prefix);
-            let inter = t.intermediate_size;
             layers.push(DecoderLayer {
                 input_layernorm: w.norm(&format!("{}input_layernorm.weight", w.prefix), hidden)?,
                 mixer,
                 post_attention_layernorm: w
                     .norm(&format!("{}post_attention_layernorm.weight", w.prefix), hidden)?,
-                mlp: Mlp {
-                    gate_proj: w.linear(&mp("gate_proj"), inter, hidden)?,
-                    up_proj: w.linear(&mp("up_proj"), inter, hidden)?,
-                    down_proj: w.linear(&mp("down_proj"), hidden, inter)?,
-                },
+                mlp: Mlp::load(&w, &config)?,
             });
             progress(i as u64 + 2);
         }
         let top = LayerWeights { store, prefix: prefix.to_owned(), dtype, zero_centred_norms };
         let norm = top.norm(&format!("{prefix}norm.weight"), hidden)?;
+        let mtp = MtpHead::load(&top, &config)?;
         let headless = config.layout == CheckpointLayout::Bare && !store.contains("lm_head.weight");
         let lm_head = if config.tie_word_embeddings || headless {
             None
@@ -299,7 +325,18 @@ impl Model {
             _ => CacheFormat::Float(k::FloatFormat::F16),
         };
         let state_layout = state::layout_fingerprint(&config, kv_format);
-        Ok(Model { config, embed_tokens, layers, norm, lm_head, has_lm_head, rope, kv_format, state_layout })
+        Ok(Model {
+            config,
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            has_lm_head,
+            rope,
+            kv_format,
+            state_layout,
+            mtp,
+        })
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -336,9 +373,7 @@ impl Model {
                     Mixer::Attention(m) => m.weight_bytes(),
                 };
                 mixer
-                    + l.mlp.gate_proj.bytes()
-                    + l.mlp.up_proj.bytes()
-                    + l.mlp.down_proj.bytes()
+                    + l.mlp.weight_bytes()
                     + 4 * (l.input_layernorm.len() + l.post_attention_layernorm.len())
             })
             .sum();
@@ -346,6 +381,7 @@ impl Model {
             + layers
             + self.norm.len() * 4
             + self.lm_head.as_ref().map_or(0, Linear::bytes)
+            + self.mtp.as_ref().map_or(0, MtpHead::weight_bytes)
     }
 
     /// Name of the element type the decoder's matrices are held in (the first MLP's).
@@ -401,6 +437,73 @@ impl Model {
             state.scratch = scratch;
         }
         Ok(self.last_logits(state, tokens.len(), logits))
+    }
+
+    /// Feeds `tokens` (the next token, then drafts of the ones after it) and returns the logits
+    /// at each of their positions, `[tokens.len(), vocab_size]`: one pass over the weights checks
+    /// every draft. Row `i` is what decoding the tokens one at a time would give after token `i`
+    /// (the DeltaNet layers go token by token here, as in decode). The pass is recorded until
+    /// anything else is fed, so that [`keep_verified`](Self::keep_verified) can return the state
+    /// to any prefix of `tokens`.
+    pub fn verify<'s>(&self, state: &'s mut SessionState, tokens: &[u32]) -> Result<&'s [f32]> {
+        self.check_input(state, tokens)?;
+        self.check_head()?;
+        if tokens.is_empty() || tokens.len() > PREFILL_BATCH {
+            return Err(Error::InvalidInput(format!(
+                "a verification pass takes 1 to {PREFILL_BATCH} tokens, not {}",
+                tokens.len()
+            )));
+        }
+        let start = state.len;
+        state.rollback.recording = true;
+        self.run_one(state, tokens);
+        let rollback = &mut state.rollback;
+        (rollback.recording, rollback.held, rollback.start, rollback.rows) =
+            (false, true, start, tokens.len());
+        let (t, hidden, vocab) = (tokens.len(), self.config.text.hidden_size, self.vocab_size());
+        let s = &mut state.scratch;
+        let normed = grow(&mut s.normed, t * hidden);
+        rms_norm_rows(&s.hidden[..t * hidden], &self.norm, self.config.text.rms_norm_eps as f32, normed);
+        self.lm_head().forward(normed, t, grow(&mut s.logits, t * vocab));
+        Ok(&state.scratch.logits[..t * vocab])
+    }
+
+    /// Keeps the first `kept` tokens of the last [`verify`](Self::verify) pass and forgets the
+    /// others, leaving the state as if only those had been fed: the DeltaNet states are replayed
+    /// from the pass's record, the attention caches cut.
+    pub fn keep_verified(&self, state: &mut SessionState, kept: usize) -> Result<()> {
+        self.check_state(state)?;
+        let Rollback { held, start, rows, .. } = state.rollback;
+        if !held {
+            return Err(Error::InvalidInput(
+                "no verification pass to keep tokens of (something else was fed since)".into(),
+            ));
+        }
+        if kept == 0 || kept > rows {
+            return Err(Error::InvalidInput(format!("kept {kept} of a verification pass of {rows} tokens")));
+        }
+        state.rollback.held = false;
+        if kept == rows {
+            return Ok(());
+        }
+        for (l, layer) in self.layers.iter().enumerate() {
+            match (&layer.mixer, &mut state.layers[l]) {
+                (Mixer::DeltaNet(m), LayerCache::DeltaNet { conv, ssm }) => {
+                    m.roll_back(&state.rollback.layers[l], kept, conv, ssm)
+                }
+                (Mixer::Attention(_), LayerCache::Attention { keys, values }) => {
+                    keys.truncate(start + kept);
+                    values.truncate(start + kept);
+                }
+                _ => unreachable!("session state was made for another model"),
+            }
+        }
+        state.len = start + kept;
+        if let Some(mtp) = &mut state.mtp {
+            let waiting = state.len - mtp.filled();
+            mtp.truncate_waiting(waiting, self.config.text.hidden_size);
+        }
+        Ok(())
     }
 
     /// The transformers name of an activation, relative to the decoder
@@ -461,6 +564,7 @@ impl Model {
             s.positions.clear();
             s.positions.extend_from_slice(&input.positions[start..end]);
             self.run_stack(&mut [&mut *state], std::iter::once(piece.len()), &mut s, true, None);
+            self.keep_for_drafts(&mut [&mut *state], &[piece], &mut s);
             state.scratch = s;
             start = end;
         }
@@ -642,7 +746,7 @@ impl Model {
         ))
     }
 
-    fn check_input(&self, state: &SessionState, tokens: &[u32]) -> Result<()> {
+    fn check_state(&self, state: &SessionState) -> Result<()> {
         if state.layout != self.state_layout {
             return Err(Error::InvalidInput(
                 "the session state was made for another model (or another cache precision): \
@@ -650,6 +754,11 @@ impl Model {
                     .into(),
             ));
         }
+        Ok(())
+    }
+
+    fn check_input(&self, state: &SessionState, tokens: &[u32]) -> Result<()> {
+        self.check_state(state)?;
         let vocab = self.vocab_size();
         if let Some((i, &id)) = tokens.iter().enumerate().find(|(_, &id)| id as usize >= vocab) {
             return Err(Error::InvalidInput(format!(
@@ -730,6 +839,27 @@ impl Model {
             s.positions.extend((0..input.len() as i64).map(|i| [first + i; 3]));
         }
         self.run_stack(states, inputs.iter().map(|i| i.len()), s, keep_cache, tap);
+        self.keep_for_drafts(states, inputs, s);
+    }
+
+    /// Hands each drafting state ([`Model::enable_drafting`]) the final-normed outputs of its
+    /// rows just run, with their tokens and positions: what its MTP head pairs up next.
+    fn keep_for_drafts(&self, states: &mut [&mut SessionState], inputs: &[&[u32]], s: &mut Scratch) {
+        if states.iter().all(|state| state.mtp.is_none()) {
+            return;
+        }
+        let hidden = self.config.text.hidden_size;
+        let eps = self.config.text.rms_norm_eps as f32;
+        let mut start = 0;
+        for (state, input) in states.iter_mut().zip(inputs) {
+            let rows = start..start + input.len();
+            start = rows.end;
+            if let Some(mtp) = &mut state.mtp {
+                let normed = grow(&mut s.normed, rows.len() * hidden);
+                rms_norm_rows(&s.hidden[rows.start * hidden..rows.end * hidden], &self.norm, eps, normed);
+                mtp.push(normed, input, &s.positions[rows]);
+            }
+        }
     }
 
     /// The decoder layers over rows already embedded in `s.hidden` at `s.positions`: the `i`-th
@@ -746,6 +876,9 @@ impl Model {
         let t: usize = lens.clone().sum();
         let hidden_size = self.config.text.hidden_size;
         let eps = self.config.text.rms_norm_eps as f32;
+        for state in states.iter_mut() {
+            state.rollback.held &= state.rollback.recording;
+        }
         let tapped = tap.is_some();
         let mut show = |activation: Activation, rows: &[f32]| {
             if let Some(tap) = tap.as_deref_mut() {
@@ -761,23 +894,24 @@ impl Model {
             let sequences = states.iter_mut().zip(lens.clone()).scan(0, |row, (state, len)| {
                 let rows = *row..*row + len;
                 *row = rows.end;
-                Some((rows, &mut state.layers[l]))
+                Some((rows, &mut **state))
             });
             match &layer.mixer {
                 Mixer::DeltaNet(m) => {
                     m.project(normed, t, &mut s.delta);
-                    for (rows, cache) in sequences.filter(|(rows, _)| !rows.is_empty()) {
-                        let LayerCache::DeltaNet { conv, ssm } = cache else {
+                    for (rows, state) in sequences.filter(|(rows, _)| !rows.is_empty()) {
+                        let LayerCache::DeltaNet { conv, ssm } = &mut state.layers[l] else {
                             unreachable!("session state was made for another model")
                         };
-                        m.mix_sequence(rows, conv, ssm, &mut s.delta);
+                        let record = state.rollback.recording.then(|| state.rollback.layer(l));
+                        m.mix_sequence(rows, conv, ssm, &mut s.delta, record);
                     }
                     m.output(t, &mut s.delta, mixed);
                 }
                 Mixer::Attention(m) => {
                     m.project(normed, t, &mut s.attn);
-                    for (rows, cache) in sequences.filter(|(rows, _)| !rows.is_empty()) {
-                        let LayerCache::Attention { keys, values } = cache else {
+                    for (rows, state) in sequences.filter(|(rows, _)| !rows.is_empty()) {
+                        let LayerCache::Attention { keys, values } = &mut state.layers[l] else {
                             unreachable!("session state was made for another model")
                         };
                         let positions = &s.positions[rows.clone()];
@@ -795,13 +929,7 @@ impl Model {
             k::add_assign(h, mixed);
 
             rms_norm_rows(h, &layer.post_attention_layernorm, eps, normed);
-            let inter = layer.mlp.up_proj.out_features();
-            let gate = grow(&mut s.mlp_gate, t * inter);
-            layer.mlp.gate_proj.forward(normed, t, gate);
-            let up = grow(&mut s.mlp_up, t * inter);
-            layer.mlp.up_proj.forward(normed, t, up);
-            k::silu_mul(gate, up);
-            layer.mlp.down_proj.forward(gate, t, mixed);
+            layer.mlp.forward(normed, t, &mut s.mlp_gate, &mut s.mlp_up, mixed);
             show(Activation::Mlp(l), mixed);
             k::add_assign(h, mixed);
             show(Activation::Layer(l), h);

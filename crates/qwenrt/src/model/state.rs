@@ -3,6 +3,8 @@
 
 use qwenrt_kernels::attention::{decode_cache, encode_cache, CacheFormat};
 
+use super::deltanet::LayerRollback;
+use super::mtp::MtpCache;
 use crate::config::{LayerType, ModelConfig};
 
 /// The cache of one decoder layer.
@@ -51,6 +53,12 @@ impl KvRows {
         self.heads.iter_mut().for_each(Vec::clear);
     }
 
+    /// Keeps the first `rows` positions.
+    pub(crate) fn truncate(&mut self, rows: usize) {
+        let bytes = rows * self.format.bytes_for(self.head_dim);
+        self.heads.iter_mut().for_each(|b| b.truncate(bytes));
+    }
+
     /// Frees the memory (the layer-at-a-time embedding pass drops each layer's cache after use).
     pub(crate) fn release(&mut self) {
         self.heads.iter_mut().for_each(|b| *b = Vec::new());
@@ -78,7 +86,7 @@ impl KvRows {
         decode_cache(self.format, &self.heads[h][from..from + out.len() / self.head_dim * row_bytes], out);
     }
 
-    fn byte_len(&self) -> usize {
+    pub(crate) fn byte_len(&self) -> usize {
         self.heads.iter().map(Vec::len).sum()
     }
 
@@ -106,6 +114,34 @@ pub struct SessionState {
     pub(crate) scratch: super::Scratch,
     /// [`layout_fingerprint`] of the model the state was made for.
     pub(crate) layout: u64,
+    /// What the MTP head needs, once drafting is enabled (`Model::enable_drafting`).
+    pub(crate) mtp: Option<MtpCache>,
+    /// The record of the last verification pass (`Model::verify`), while it can be rolled back.
+    pub(crate) rollback: Rollback,
+    kv_shape: (CacheFormat, usize, usize),
+}
+
+/// What a verification pass keeps to return to any prefix of its tokens.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Rollback {
+    /// During the pass.
+    pub recording: bool,
+    /// After the pass, until anything else is fed.
+    pub held: bool,
+    /// The state's length before the pass, and the tokens fed by it.
+    pub start: usize,
+    pub rows: usize,
+    /// By layer index; attention layers' entries stay empty (their caches are cut instead).
+    pub layers: Vec<LayerRollback>,
+}
+
+impl Rollback {
+    pub(crate) fn layer(&mut self, l: usize) -> &mut LayerRollback {
+        if self.layers.len() <= l {
+            self.layers.resize_with(l + 1, Default::default);
+        }
+        &mut self.layers[l]
+    }
 }
 
 /// A copy of a [`SessionState`]'s caches (no scratch), to restore later.
@@ -115,6 +151,7 @@ pub struct Snapshot {
     len: usize,
     rope_delta: i64,
     layout: u64,
+    mtp: Option<MtpCache>,
 }
 
 /// What a state's caches look like for a model: layer kinds and cache sizes, KV heads, head size
@@ -155,7 +192,23 @@ impl SessionState {
             })
             .collect();
         let layout = layout_fingerprint(config, kv_format);
-        SessionState { layers, len: 0, rope_delta: 0, max_len, scratch: Default::default(), layout }
+        SessionState {
+            layers,
+            len: 0,
+            rope_delta: 0,
+            max_len,
+            scratch: Default::default(),
+            layout,
+            mtp: None,
+            rollback: Rollback::default(),
+            kv_shape: (kv_format, t.num_key_value_heads, config.head_dim),
+        }
+    }
+
+    /// An empty key or value cache shaped like the attention layers'.
+    pub(crate) fn new_kv_rows(&self) -> KvRows {
+        let (format, heads, head_dim) = self.kv_shape;
+        KvRows::new(format, heads, head_dim)
     }
 
     /// Number of tokens the state has consumed.
@@ -182,6 +235,10 @@ impl SessionState {
     pub fn reset(&mut self) {
         self.len = 0;
         self.rope_delta = 0;
+        self.rollback.held = false;
+        if let Some(mtp) = &mut self.mtp {
+            mtp.clear();
+        }
         for layer in &mut self.layers {
             match layer {
                 LayerCache::DeltaNet { conv, ssm } => {
@@ -202,6 +259,7 @@ impl SessionState {
             len: self.len,
             rope_delta: self.rope_delta,
             layout: self.layout,
+            mtp: self.mtp.clone(),
         }
     }
 
@@ -216,12 +274,14 @@ impl SessionState {
         self.layers.clone_from(&snapshot.layers);
         self.len = snapshot.len;
         self.rope_delta = snapshot.rope_delta;
+        self.mtp.clone_from(&snapshot.mtp);
+        self.rollback.held = false;
         Ok(())
     }
 
     /// Bytes held by the caches (not counting scratch).
     pub fn cache_bytes(&self) -> usize {
-        caches_bytes(&self.layers)
+        caches_bytes(&self.layers) + self.mtp.as_ref().map_or(0, MtpCache::bytes)
     }
 
     #[cfg(test)]
@@ -242,7 +302,7 @@ impl Snapshot {
 
     /// Bytes the snapshot holds.
     pub fn bytes(&self) -> usize {
-        caches_bytes(&self.layers)
+        caches_bytes(&self.layers) + self.mtp.as_ref().map_or(0, MtpCache::bytes)
     }
 
     pub fn is_empty(&self) -> bool {
