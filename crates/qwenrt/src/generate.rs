@@ -8,6 +8,7 @@ use serde::Deserialize;
 use crate::error::{Error, Result};
 use crate::model::{Logits, Model, SessionState};
 pub use crate::sampling::{argmax, Sampler, SamplingParams};
+use crate::speculative::{SpeculationStats, SpeculativeOptions, Speculator};
 
 /// The keys of `generation_config.json` that qwenrt uses.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -180,4 +181,75 @@ mod tests {
         let p = g.default_sampling();
         assert_eq!((p.temperature, p.min_p, p.presence_penalty), (0.0, 0.05, 1.5));
     }
+}
+
+/// [`generate`] with speculative decoding by the model's MTP head ([`crate::speculative`]): the
+/// same tokens for greedy decoding, the same distribution for sampling, in fewer passes over the
+/// weights when drafts are kept. `state` must be empty (the head needs every position). Returns
+/// what speculation did beside the generation.
+pub fn generate_speculative(
+    model: &Model,
+    state: &mut SessionState,
+    prompt: &[u32],
+    options: &GenerateOptions,
+    speculative: SpeculativeOptions,
+    mut on_token: impl FnMut(u32) -> bool,
+) -> Result<(Generation, SpeculationStats)> {
+    if prompt.is_empty() {
+        return Err(Error::InvalidInput("the prompt is empty".into()));
+    }
+    let mut speculator = Speculator::new(model, state, speculative)?;
+    let mut sampler = Sampler::new(options.sampling.clone())?;
+    sampler.observe_prompt(prompt);
+    let start = Instant::now();
+    let mut next = sampler.sample(model.forward(state, prompt, Logits::Last)?);
+    let prefill_time = start.elapsed();
+    let decode_start = Instant::now();
+    let mut tokens = Vec::new();
+    let max_len = state.max_len();
+    // Emits one token as plain decoding does, `fed` tokens being in the state before it;
+    // Some(reason) when it ends the generation (the token is then not fed).
+    let mut emit = |tokens: &mut Vec<u32>, token: u32, fed: usize| {
+        tokens.push(token);
+        if !on_token(token) {
+            return Some(FinishReason::Cancelled);
+        }
+        if options.stop_ids.contains(&token) {
+            return Some(FinishReason::Stop);
+        }
+        if tokens.len() == options.max_tokens || fed >= max_len {
+            return Some(FinishReason::Length);
+        }
+        None
+    };
+    let finish_reason = 'generation: loop {
+        if tokens.len() == options.max_tokens {
+            break FinishReason::Length;
+        }
+        sampler.accept(next);
+        if let Some(reason) = emit(&mut tokens, next, state.len()) {
+            break reason;
+        }
+        // Drafts beyond what may still be output, or past the context, would be wasted.
+        let start = state.len();
+        let room = (options.max_tokens - tokens.len()).min(max_len - start - 1);
+        let following = speculator.step(model, state, next, &mut sampler, room, tokens.len() - 1)?;
+        let (kept, last) = following.split_at(following.len() - 1);
+        for (i, &token) in kept.iter().enumerate() {
+            if let Some(reason) = emit(&mut tokens, token, start + 1 + i) {
+                model.keep_verified(state, 1 + i)?;
+                break 'generation reason;
+            }
+        }
+        model.keep_verified(state, 1 + kept.len())?;
+        next = last[0];
+    };
+    let generation = Generation {
+        tokens,
+        finish_reason,
+        prompt_tokens: prompt.len(),
+        prefill_time,
+        decode_time: decode_start.elapsed(),
+    };
+    Ok((generation, speculator.stats().clone()))
 }

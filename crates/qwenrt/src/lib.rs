@@ -40,6 +40,7 @@ pub mod quality;
 pub mod sampling;
 pub mod scheduler;
 pub mod session;
+pub mod speculative;
 pub mod synthetic;
 pub mod tokenizer;
 pub mod tool_calls;
@@ -51,8 +52,10 @@ pub use constraint::{Constraint, ToolCallFormat};
 pub use embed::{EmbedKind, EmbedOptions, Embedder, Embedding};
 pub use error::{Error, Result};
 pub use generate::{
-    generate, FinishReason, GenerateOptions, Generation, GenerationConfig, Sampler, SamplingParams,
+    generate, generate_speculative, FinishReason, GenerateOptions, Generation, GenerationConfig, Sampler,
+    SamplingParams,
 };
+pub use speculative::{SpeculationStats, SpeculativeOptions};
 pub use linear::{LoadOptions, WeightDtype};
 pub use qwenrt_kernels::{set_threads, threads};
 

@@ -287,6 +287,77 @@ impl Sampler {
     /// a draw.
     fn draw(&mut self) -> u32 {
         let p = &self.params;
+        if (p.top_k == 0 || p.top_k >= self.work.len()) && p.top_p >= 1.0 && p.min_p <= 0.0 {
+            // No filter: one pass over the vocabulary, no candidate list.
+            let t = p.temperature;
+            self.work.iter_mut().for_each(|l| *l /= t);
+            let w = &self.work;
+            let max = w.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let total = w.iter().map(|&l| ((l - max) as f64).exp()).sum::<f64>();
+            let mut r = self.rng.random::<f64>() * total;
+            let mut last = 0;
+            for (i, &l) in w.iter().enumerate() {
+                let prob = ((l - max) as f64).exp();
+                if prob > 0.0 {
+                    r -= prob;
+                    last = i;
+                    if r < 0.0 {
+                        return i as u32;
+                    }
+                }
+            }
+            return last as u32;
+        }
+        let (keep, max) = self.survivors();
+        let survivors = &self.candidates[..keep];
+        let mass: f64 = survivors.iter().map(|&(l, _)| ((l - max) as f64).exp()).sum();
+        let mut r = self.rng.random::<f64>() * mass;
+        for &(l, id) in survivors {
+            r -= ((l - max) as f64).exp();
+            if r < 0.0 {
+                return id;
+            }
+        }
+        survivors.last().map_or_else(|| argmax(&self.work), |&(_, id)| id)
+    }
+
+    /// What `sample` would draw from for these logits, with this sampler's history: the
+    /// (id, probability) pairs of every id it can choose (one id with probability 1 when greedy).
+    /// Speculative sampling compares two such distributions.
+    pub fn distribution(&mut self, logits: &[f32]) -> Vec<(u32, f64)> {
+        self.modify_into_work(logits);
+        if self.params.temperature == 0.0 {
+            return vec![(argmax(&self.work), 1.0)];
+        }
+        let (keep, max) = self.survivors();
+        let survivors = &self.candidates[..keep];
+        let mass: f64 = survivors.iter().map(|&(l, _)| ((l - max) as f64).exp()).sum();
+        survivors.iter().map(|&(l, id)| (id, ((l - max) as f64).exp() / mass)).collect()
+    }
+
+    /// A uniform draw in `[0, 1)` from this sampler's seeded generator.
+    pub fn uniform(&mut self) -> f64 {
+        self.rng.random::<f64>()
+    }
+
+    /// Draws from a distribution of (id, probability) pairs that sum to about 1.
+    pub fn draw_from(&mut self, distribution: &[(u32, f64)]) -> u32 {
+        let total: f64 = distribution.iter().map(|&(_, p)| p).sum();
+        let mut r = self.rng.random::<f64>() * total;
+        for &(id, p) in distribution {
+            r -= p;
+            if r < 0.0 {
+                return id;
+            }
+        }
+        distribution.last().map_or(0, |&(id, _)| id)
+    }
+
+    /// Temperature, top-k, min-p and top-p over `self.work`: leaves the ids that can be drawn
+    /// in `self.candidates[..keep]` as (logit / temperature, id), and returns `keep` and the
+    /// largest scaled logit.
+    fn survivors(&mut self) -> (usize, f32) {
+        let p = &self.params;
         let t = p.temperature;
         let n = self.work.len();
         let by_logit_desc = |a: &(f32, u32), b: &(f32, u32)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
@@ -309,28 +380,19 @@ impl Sampler {
         // min-p keeps a most-likely-first prefix, like top-k and top-p, so applying it as a
         // threshold up front gives the same survivors as transformers' order.
         let min_logit = if p.min_p > 0.0 { max + p.min_p.ln() } else { f32::NEG_INFINITY };
-        if !top_k && p.top_p >= 1.0 && p.min_p <= 0.0 {
-            let mut r = self.rng.random::<f64>() * total;
-            let mut last = 0;
-            for (i, &l) in w.iter().enumerate() {
-                let prob = ((l - max) as f64).exp();
-                if prob > 0.0 {
-                    r -= prob;
-                    last = i;
-                    if r < 0.0 {
-                        return i as u32;
-                    }
-                }
-            }
-            return last as u32;
-        }
         if top_k {
             c.retain(|&(l, _)| l >= min_logit);
             if c.is_empty() {
-                return argmax(w);
+                let best = argmax(w);
+                c.push((w[best as usize], best));
             }
         } else {
-            c.extend(w.iter().enumerate().filter(|(_, &l)| l >= min_logit).map(|(i, &l)| (l, i as u32)));
+            c.extend(
+                w.iter()
+                    .enumerate()
+                    .filter(|&(_, &l)| l >= min_logit && l > f32::NEG_INFINITY)
+                    .map(|(i, &l)| (l, i as u32)),
+            );
         }
         let mut keep = c.len();
         if p.top_p < 1.0 {
@@ -359,16 +421,7 @@ impl Sampler {
                 want = (want * 4).min(c.len());
             }
         }
-        let survivors = &c[..keep];
-        let mass: f64 = survivors.iter().map(|&(l, _)| ((l - max) as f64).exp()).sum();
-        let mut r = self.rng.random::<f64>() * mass;
-        for &(l, id) in survivors {
-            r -= ((l - max) as f64).exp();
-            if r < 0.0 {
-                return id;
-            }
-        }
-        survivors.last().map_or_else(|| argmax(w), |&(_, id)| id)
+        (keep, max)
     }
 }
 

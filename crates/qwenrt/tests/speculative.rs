@@ -6,7 +6,11 @@ mod common;
 
 use common::{fixture_model, max_abs_diff, std_dev, Expected};
 use qwenrt::sampling::argmax;
-use qwenrt::{Logits, Model};
+use qwenrt::speculative::AcceptanceOracle;
+use qwenrt::{
+    generate, generate_speculative, GenerateOptions, Logits, Model, SamplingParams, SpeculationStats,
+    SpeculativeOptions,
+};
 
 const TOLERANCE: f64 = 1e-3;
 
@@ -118,5 +122,124 @@ fn verify_then_keep_equals_plain_decoding() {
             let (err, std) = (max_abs_diff(&got, &want_logits[done + 1]), std_dev(&got));
             assert!(err <= 1e-4 * std, "{name}: after rollbacks: {err:.3e}");
         }
+    }
+}
+
+fn oracle(reference: &[u32], rate: f64, seed: u64) -> Option<AcceptanceOracle> {
+    Some(AcceptanceOracle { reference: reference.to_vec(), rate, seed })
+}
+
+fn options(max_tokens: usize, stop_ids: Vec<u32>) -> GenerateOptions {
+    GenerateOptions { max_tokens, sampling: SamplingParams::greedy(), stop_ids }
+}
+
+/// Greedy speculative decoding outputs plain greedy decoding's tokens, ends for the same reason
+/// and leaves the same state, whether drafts are all kept (the oracle at 1), some kept, or none
+/// (the random head alone), for every draft length, at a stop token, at `max_tokens` and at the
+/// context limit.
+#[test]
+fn greedy_speculation_equals_plain_greedy() {
+    let model = Model::load(&fixture_model("tiny-vl")).unwrap();
+    let prompt = Expected::load(&fixture_model("tiny-vl")).ids("prompt1.ids");
+    let plain = |opts: &GenerateOptions, limit: usize| {
+        let mut state = model.new_state_with_limit(limit);
+        let out = generate(&model, &mut state, &prompt, opts, |_| true).unwrap();
+        (out, state)
+    };
+    let (reference, _) = plain(&options(40, vec![]), 4096);
+    // A stop token that first appears mid-way through the reference.
+    let stop = reference.tokens[17];
+    let first_stop = reference.tokens.iter().position(|&t| t == stop).unwrap();
+    let cases = [
+        (options(40, vec![]), 4096, "max_tokens"),
+        (options(40, vec![stop]), 4096, "stop token"),
+        (options(40, vec![]), prompt.len() + 23, "context limit"),
+    ];
+    let mut total = SpeculationStats::default();
+    for (opts, limit, what) in &cases {
+        let (want, mut want_state) = plain(opts, *limit);
+        if *what == "stop token" {
+            assert_eq!(want.tokens.len(), first_stop + 1, "the case stops early");
+        }
+        for k in 1..=4 {
+            for rate in [0.0, 0.5, 1.0] {
+                for adaptive in [false, true] {
+                    let mut state = model.new_state_with_limit(*limit);
+                    let spec = SpeculativeOptions {
+                        draft_max: k,
+                        adaptive,
+                        oracle: oracle(&reference.tokens, rate, k as u64),
+                    };
+                    let (got, stats) =
+                        generate_speculative(&model, &mut state, &prompt, opts, spec, |_| true).unwrap();
+                    let case = format!("{what}, k {k}, oracle {rate}, adaptive {adaptive}");
+                    assert_eq!(got.tokens, want.tokens, "{case}");
+                    assert_eq!(got.finish_reason, want.finish_reason, "{case}");
+                    assert_eq!(state.len(), want_state.len(), "{case}");
+                    if rate == 1.0 && !adaptive {
+                        assert!(stats.accepted > 0 && stats.steps < want.tokens.len(), "{case}: {stats:?}");
+                    }
+                    // The state carries on as plain decoding's does.
+                    if state.len() < *limit {
+                        let last = *got.tokens.last().unwrap();
+                        let a = model.forward(&mut state, &[last], Logits::Last).unwrap().to_vec();
+                        let before = want_state.snapshot();
+                        let b = model.forward(&mut want_state, &[last], Logits::Last).unwrap().to_vec();
+                        want_state.restore(&before).unwrap();
+                        assert!(max_abs_diff(&a, &b) <= 1e-4 * std_dev(&b), "{case}: state differs");
+                    }
+                    total.drafted += stats.drafted;
+                    total.accepted += stats.accepted;
+                }
+            }
+        }
+    }
+    let acceptance = total.accepted as f64 / total.drafted as f64;
+    assert!(acceptance > 0.2 && acceptance < 0.9, "drafts were both kept and rejected: {acceptance}");
+}
+
+/// Speculative sampling draws from plain sampling's distribution. The logit bias concentrates
+/// both the model and the head on three tokens, so drafts are kept and rejected in good measure;
+/// over many seeds the joint frequencies of the second and third tokens (the first comes from
+/// the prompt) match plain sampling's.
+#[test]
+fn speculative_sampling_keeps_the_distribution() {
+    let model = Model::load(&fixture_model("tiny-vl")).unwrap();
+    let prompt = Expected::load(&fixture_model("tiny-vl")).ids("prompt1.ids");
+    let favoured = [1000u32, 2000, 3000];
+    let sampling = |seed| SamplingParams {
+        temperature: 1.0,
+        // Past the three favoured tokens nothing is left to draw: small distributions.
+        top_k: 3,
+        logit_bias: favoured.iter().map(|&id| (id, 40.0)).collect(),
+        seed: Some(seed),
+        ..SamplingParams::default()
+    };
+    let index = |t: &[u32]| {
+        let i = |id| favoured.iter().position(|&f| f == id).expect("a favoured token");
+        i(t[1]) * 3 + i(t[2])
+    };
+    const RUNS: u64 = 2000;
+    let (mut plain, mut spec) = ([0f64; 9], [0f64; 9]);
+    let mut stats = SpeculationStats::default();
+    for seed in 0..RUNS {
+        let opts = GenerateOptions { max_tokens: 3, sampling: sampling(seed), stop_ids: vec![] };
+        let mut state = model.new_state();
+        plain[index(&generate(&model, &mut state, &prompt, &opts, |_| true).unwrap().tokens)] += 1.0;
+        let opts = GenerateOptions { sampling: sampling(seed + 1_000_000), ..opts };
+        let mut state = model.new_state();
+        let speculative = SpeculativeOptions { draft_max: 2, adaptive: false, oracle: None };
+        let (out, s) = generate_speculative(&model, &mut state, &prompt, &opts, speculative, |_| true).unwrap();
+        spec[index(&out.tokens)] += 1.0;
+        stats.drafted += s.drafted;
+        stats.accepted += s.accepted;
+    }
+    let acceptance = stats.acceptance();
+    assert!(acceptance > 0.15 && acceptance < 0.95, "both branches ran: acceptance {acceptance}");
+    // Each frequency's standard error is at most sqrt(0.25 / RUNS) ≈ 0.011; the difference of
+    // two has ≈ 0.016, and 0.06 is almost 4 of those.
+    for (i, (p, s)) in plain.iter().zip(&spec).enumerate() {
+        let (p, s) = (p / RUNS as f64, s / RUNS as f64);
+        assert!((p - s).abs() < 0.06, "outcome {i}: plain {p:.3}, speculative {s:.3} ({plain:?} vs {spec:?})");
     }
 }
