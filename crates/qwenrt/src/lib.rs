@@ -55,9 +55,9 @@ pub use generate::{
     generate, generate_speculative, FinishReason, GenerateOptions, Generation, GenerationConfig, Sampler,
     SamplingParams,
 };
-pub use speculative::{SpeculationStats, SpeculativeOptions};
 pub use linear::{LoadOptions, WeightDtype};
 pub use qwenrt_kernels::{set_threads, threads};
+pub use speculative::{SpeculationStats, SpeculativeOptions};
 
 /// The instruction set the kernels chose for this CPU.
 pub fn isa_name() -> &'static str {
