@@ -7,8 +7,10 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use qwenrt::chat::Message;
+use qwenrt::speculative::AcceptanceOracle;
 use qwenrt::{
-    ChatParams, ChatSession, Constraint, LanguageModel, Logits, Model, SamplingParams, SessionOptions,
+    generate, generate_speculative, ChatParams, ChatSession, Constraint, GenerateOptions, LanguageModel,
+    Logits, Model, SamplingParams, SessionOptions, SpeculativeOptions,
 };
 
 use crate::{load_options, Dtype};
@@ -56,6 +58,25 @@ pub struct BenchArgs {
     /// token masks next to the step time. Needs the folder's tokenizer.json.
     #[arg(long, value_name = "FILE|JSON")]
     json_schema: Option<String>,
+    /// Also measure speculative decoding with the checkpoint's MTP head against plain decode of
+    /// `-n` tokens, alternating: for each draft count and oracle acceptance, decode tokens/s,
+    /// drafts kept, and the cost of verifying k + 1 tokens and of one draft step.
+    #[arg(long, value_enum, value_name = "KIND")]
+    speculative: Option<SpeculativeKind>,
+    /// Draft counts to measure with --speculative, comma-separated (1 to 4).
+    #[arg(long, value_delimiter = ',', default_value = "1,2,3,4", requires = "speculative")]
+    draft_max: Vec<usize>,
+    /// BENCHMARK ONLY, with --speculative: random weights make the head's drafts worthless, so
+    /// each draft is replaced by plain greedy decoding's token with this probability (the head
+    /// and the verification still run at full cost). Comma-separated rates in [0, 1].
+    #[arg(long, value_delimiter = ',', default_value = "0,0.5,0.7,0.85,1", requires = "speculative")]
+    oracle_acceptance: Vec<f64>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum SpeculativeKind {
+    /// The checkpoint's multi-token-prediction head.
+    Mtp,
 }
 
 #[derive(Args)]
@@ -175,6 +196,127 @@ fn constraint_rows(lm: &Arc<LanguageModel>, schema: &str, args: &BenchArgs) -> R
             }
         })
         .collect())
+}
+
+/// Plain greedy decode against speculative decode of the same prompt, alternating, at each draft
+/// count and oracle acceptance; then the costs of a verification pass and of a draft step.
+fn speculative_rows(model: &Model, args: &BenchArgs) -> Result<Vec<Row>> {
+    if !model.has_mtp() {
+        bail!("--speculative mtp: this checkpoint has no MTP head (mtp.* tensors)");
+    }
+    let n = args.n_gen.max(8);
+    let prompt = tokens(32, model.vocab_size(), 7);
+    let options = GenerateOptions { max_tokens: n, sampling: SamplingParams::greedy(), stop_ids: vec![] };
+    let plain_run = || -> Result<(Vec<u32>, f64)> {
+        let mut state = model.new_state();
+        let out = generate(model, &mut state, &prompt, &options, |_| true)?;
+        Ok((out.tokens.clone(), out.decode_tokens_per_second()))
+    };
+    let reference = plain_run()?.0;
+    let mut configs: Vec<(usize, f64, bool)> = Vec::new();
+    for &rate in &args.oracle_acceptance {
+        for &k in &args.draft_max {
+            configs.push((k, rate, false));
+        }
+        configs.push((*args.draft_max.iter().max().unwrap_or(&1), rate, true));
+    }
+    let mut plain_rates = Vec::new();
+    // Per config: tokens/s, acceptance, verification passes.
+    let mut measured: Vec<Vec<(f64, f64, usize)>> = vec![Vec::new(); configs.len()];
+    for rep in 0..args.reps {
+        plain_rates.push(plain_run()?.1);
+        for (&(k, rate, adaptive), measured) in configs.iter().zip(&mut measured) {
+            let mut state = model.new_state();
+            let speculative = SpeculativeOptions {
+                draft_max: k,
+                adaptive,
+                oracle: Some(AcceptanceOracle { reference: reference.clone(), rate, seed: rep as u64 }),
+            };
+            let (out, stats) =
+                generate_speculative(model, &mut state, &prompt, &options, speculative, |_| true)?;
+            if out.tokens != reference {
+                bail!("speculative output differs from plain greedy output (k {k}, oracle {rate})");
+            }
+            measured.push((out.decode_tokens_per_second(), stats.acceptance(), stats.steps));
+        }
+    }
+    let plain = median(&mut plain_rates);
+    let mut rows = vec![Row {
+        test: format!("tg{n} plain (speculation baseline)"),
+        tokens_per_second: plain,
+        spread: spread(&plain_rates),
+        extra: serde_json::json!({}),
+    }];
+    for ((k, rate, adaptive), runs) in configs.iter().zip(measured) {
+        let mut rates: Vec<f64> = runs.iter().map(|r| r.0).collect();
+        let mut acceptance: Vec<f64> = runs.iter().map(|r| r.1).collect();
+        let tps = median(&mut rates);
+        rows.push(Row {
+            test: format!("tg{n} mtp k={k}{} oracle a={rate}", if *adaptive { " adaptive" } else { "" }),
+            tokens_per_second: tps,
+            spread: spread(&rates),
+            extra: serde_json::json!({
+                "speedup": tps / plain,
+                "acceptance": median(&mut acceptance),
+                "passes": runs.iter().map(|r| r.2).min().unwrap_or(0),
+            }),
+        });
+    }
+    // Costs: one decode step, a verification pass of k + 1 tokens (with its rollback to one
+    // token), one draft step.
+    let mut state = model.new_state();
+    model.enable_drafting(&mut state)?;
+    model.forward(&mut state, &prompt, Logits::Last)?;
+    // One step in: the head has caught up on the prompt and waits for a single row.
+    model.draft(&mut state, reference[0], 1, &mut |l| Some(qwenrt::sampling::argmax(l)))?;
+    model.verify(&mut state, &reference[..1])?;
+    model.keep_verified(&mut state, 1)?;
+    let base = state.snapshot();
+    let time = |state: &mut qwenrt::SessionState,
+                f: &mut dyn FnMut(&mut qwenrt::SessionState) -> Result<()>| {
+        let mut times = Vec::new();
+        for _ in 0..args.reps.max(5) {
+            state.restore(&base)?;
+            let t0 = Instant::now();
+            f(state)?;
+            times.push(t0.elapsed().as_secs_f64() * 1e3);
+        }
+        Ok::<f64, anyhow::Error>(median(&mut times))
+    };
+    let step = time(&mut state, &mut |s| Ok(model.forward(s, &[reference[0]], Logits::Last).map(|_| ())?))?;
+    rows.push(Row {
+        test: "decode step".into(),
+        tokens_per_second: 1e3 / step,
+        spread: 0.0,
+        extra: serde_json::json!({ "ms": step }),
+    });
+    for &k in &args.draft_max {
+        let pass: Vec<u32> = reference[..=k.min(reference.len() - 1)].to_vec();
+        let ms = time(&mut state, &mut |s| {
+            model.verify(s, &pass)?;
+            Ok(model.keep_verified(s, 1)?)
+        })?;
+        rows.push(Row {
+            test: format!("verify {} tokens + rollback", pass.len()),
+            tokens_per_second: pass.len() as f64 * 1e3 / ms,
+            spread: 0.0,
+            extra: serde_json::json!({ "ms": ms, "decode_steps": ms / step }),
+        });
+    }
+    let ms = time(&mut state, &mut |s| {
+        Ok(model.draft(s, reference[0], 1, &mut |l| Some(qwenrt::sampling::argmax(l))).map(|_| ())?)
+    })?;
+    rows.push(Row {
+        test: "draft step (catch-up of one row, head, LM head)".into(),
+        tokens_per_second: 1e3 / ms,
+        spread: 0.0,
+        extra: serde_json::json!({ "ms": ms, "decode_steps": ms / step }),
+    });
+    Ok(rows)
+}
+
+fn spread(rates: &[f64]) -> f64 {
+    rates.iter().cloned().fold(0.0, f64::max) - rates.iter().cloned().fold(f64::MAX, f64::min)
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -323,6 +465,9 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     }
     if let (Some(lm), Some(schema)) = (&lm, &args.json_schema) {
         rows.extend(constraint_rows(lm, schema, &args)?);
+    }
+    if args.speculative.is_some() {
+        rows.extend(speculative_rows(model, &args)?);
     }
     if !args.image_size.is_empty() {
         rows.extend(vision_rows(&dir, &args)?);

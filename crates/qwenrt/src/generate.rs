@@ -126,14 +126,7 @@ pub fn generate(
     options: &GenerateOptions,
     mut on_token: impl FnMut(u32) -> bool,
 ) -> Result<Generation> {
-    if prompt.is_empty() {
-        return Err(Error::InvalidInput("the prompt is empty".into()));
-    }
-    let mut sampler = Sampler::new(options.sampling.clone())?;
-    sampler.observe_prompt(prompt);
-    let start = Instant::now();
-    let mut next = sampler.sample(model.forward(state, prompt, Logits::Last)?);
-    let prefill_time = start.elapsed();
+    let (mut sampler, mut next, prefill_time) = prefill(model, state, prompt, options)?;
     let decode_start = Instant::now();
     let mut tokens = Vec::new();
     let finish_reason = loop {
@@ -183,6 +176,24 @@ mod tests {
     }
 }
 
+/// Feeds the prompt and chooses the first token: the sampler (which has seen the prompt), the
+/// token, and the time it took.
+fn prefill(
+    model: &Model,
+    state: &mut SessionState,
+    prompt: &[u32],
+    options: &GenerateOptions,
+) -> Result<(Sampler, u32, Duration)> {
+    if prompt.is_empty() {
+        return Err(Error::InvalidInput("the prompt is empty".into()));
+    }
+    let mut sampler = Sampler::new(options.sampling.clone())?;
+    sampler.observe_prompt(prompt);
+    let start = Instant::now();
+    let next = sampler.sample(model.forward(state, prompt, Logits::Last)?);
+    Ok((sampler, next, start.elapsed()))
+}
+
 /// [`generate`] with speculative decoding by the model's MTP head ([`crate::speculative`]): the
 /// same tokens for greedy decoding, the same distribution for sampling, in fewer passes over the
 /// weights when drafts are kept. `state` must be empty (the head needs every position). Returns
@@ -199,11 +210,7 @@ pub fn generate_speculative(
         return Err(Error::InvalidInput("the prompt is empty".into()));
     }
     let mut speculator = Speculator::new(model, state, speculative)?;
-    let mut sampler = Sampler::new(options.sampling.clone())?;
-    sampler.observe_prompt(prompt);
-    let start = Instant::now();
-    let mut next = sampler.sample(model.forward(state, prompt, Logits::Last)?);
-    let prefill_time = start.elapsed();
+    let (mut sampler, mut next, prefill_time) = prefill(model, state, prompt, options)?;
     let decode_start = Instant::now();
     let mut tokens = Vec::new();
     let max_len = state.max_len();

@@ -65,6 +65,12 @@ pub struct GatedDeltaNet {
     d: Dims,
 }
 
+/// Makes `v` a copy of `from`, reusing its memory.
+fn refill(v: &mut Vec<f32>, from: &[f32]) {
+    v.clear();
+    v.extend_from_slice(from);
+}
+
 /// What a verification pass (speculative decoding) keeps of one DeltaNet layer to return to any
 /// prefix of its rows: the caches from before the pass and each row's recurrence inputs.
 #[derive(Clone, Debug, Default)]
@@ -175,12 +181,9 @@ impl GatedDeltaNet {
         let b = &mut s.b[rows.start * d.hv..rows.end * d.hv];
         let a = &mut s.a[rows.start * d.hv..rows.end * d.hv];
         if let Some(r) = record.as_deref_mut() {
-            r.conv.clear();
-            r.conv.extend_from_slice(conv_state);
-            r.ssm.clear();
-            r.ssm.extend_from_slice(ssm_state);
-            r.raw.clear();
-            r.raw.extend_from_slice(qkv);
+            refill(&mut r.conv, conv_state);
+            refill(&mut r.ssm, ssm_state);
+            refill(&mut r.raw, qkv);
         }
 
         // mixed_qkv = F.silu(conv1d(mixed_qkv)) over [conv_state ++ mixed_qkv]
@@ -212,12 +215,9 @@ impl GatedDeltaNet {
         // one plain decoding would give, and any prefix of the rows can be replayed exactly.
         let recurrent = record.is_some();
         if let Some(r) = record {
-            r.qkv.clear();
-            r.qkv.extend_from_slice(conv_out);
-            r.g.clear();
-            r.g.extend_from_slice(g);
-            r.beta.clear();
-            r.beta.extend_from_slice(beta);
+            refill(&mut r.qkv, conv_out);
+            refill(&mut r.g, g);
+            refill(&mut r.beta, beta);
         }
 
         let group = d.hv / d.hk;

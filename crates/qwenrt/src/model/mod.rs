@@ -455,7 +455,8 @@ impl Model {
             )));
         }
         let start = state.len;
-        state.rollback.recording = true;
+        // Keeping the one token of a one-token pass (a step without drafts) keeps everything.
+        state.rollback.recording = tokens.len() > 1;
         self.run_one(state, tokens);
         let rollback = &mut state.rollback;
         (rollback.recording, rollback.held, rollback.start, rollback.rows) =
