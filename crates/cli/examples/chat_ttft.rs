@@ -106,7 +106,7 @@ fn main() -> Result<()> {
 
     // From scratch: a fresh session has to prefill the whole conversation.
     let mut cold =
-        ChatSession::with_options(lm.clone(), SessionOptions { prompt_cache_bytes: 0, max_context: None });
+        ChatSession::with_options(lm.clone(), SessionOptions { prompt_cache_bytes: 0, ..Default::default() });
     cold.set_messages(conversation);
     let scratch = cold.send(question, &params, |_| {})?;
     if scratch.tokens != cached.tokens || scratch.tokens != warm.tokens {

@@ -13,6 +13,7 @@ use qwenrt::{
     Logits, Model, SamplingParams, SessionOptions, SpeculativeOptions,
 };
 
+use crate::gen_args::SpeculativeKind;
 use crate::{load_options, Dtype};
 
 #[derive(Args)]
@@ -71,12 +72,10 @@ pub struct BenchArgs {
     /// and the verification still run at full cost). Comma-separated rates in [0, 1].
     #[arg(long, value_delimiter = ',', default_value = "0,0.5,0.7,0.85,1", requires = "speculative")]
     oracle_acceptance: Vec<f64>,
-}
-
-#[derive(Clone, Copy, clap::ValueEnum)]
-pub enum SpeculativeKind {
-    /// The checkpoint's multi-token-prediction head.
-    Mtp,
+    /// With --speculative: draft among the first N token ids only; the draft step's cost is
+    /// then reported for both the whole vocabulary and N.
+    #[arg(long, value_name = "N", requires = "speculative")]
+    draft_vocab: Option<usize>,
 }
 
 #[derive(Args)]
@@ -230,6 +229,7 @@ fn speculative_rows(model: &Model, args: &BenchArgs) -> Result<Vec<Row>> {
             let speculative = SpeculativeOptions {
                 draft_max: k,
                 adaptive,
+                draft_vocab: args.draft_vocab,
                 oracle: Some(AcceptanceOracle { reference: reference.clone(), rate, seed: rep as u64 }),
             };
             let (out, stats) =
@@ -303,15 +303,19 @@ fn speculative_rows(model: &Model, args: &BenchArgs) -> Result<Vec<Row>> {
             extra: serde_json::json!({ "ms": ms, "decode_steps": ms / step }),
         });
     }
-    let ms = time(&mut state, &mut |s| {
-        Ok(model.draft(s, reference[0], 1, &mut |l| Some(qwenrt::sampling::argmax(l))).map(|_| ())?)
-    })?;
-    rows.push(Row {
-        test: "draft step (catch-up of one row, head, LM head)".into(),
-        tokens_per_second: 1e3 / ms,
-        spread: 0.0,
-        extra: serde_json::json!({ "ms": ms, "decode_steps": ms / step }),
-    });
+    let vocab = model.vocab_size();
+    for candidates in std::iter::once(vocab).chain(args.draft_vocab.map(|n| n.clamp(1, vocab))) {
+        let ms = time(&mut state, &mut |s| {
+            let argmax = &mut |l: &[f32]| Some(qwenrt::sampling::argmax(l));
+            Ok(model.draft_among(s, reference[0], 1, candidates, argmax).map(|_| ())?)
+        })?;
+        rows.push(Row {
+            test: format!("draft step over {candidates} ids (catch-up of one row, head, LM head)"),
+            tokens_per_second: 1e3 / ms,
+            spread: 0.0,
+            extra: serde_json::json!({ "ms": ms, "decode_steps": ms / step }),
+        });
+    }
     Ok(rows)
 }
 

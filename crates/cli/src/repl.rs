@@ -61,7 +61,11 @@ struct ChatState {
 pub fn chat(args: ChatArgs) -> Result<()> {
     let lm = Arc::new(crate::load_lm(&args.model, args.dtype)?);
     let params = args.gen.params(&lm)?;
-    let options = SessionOptions { prompt_cache_bytes: args.cache_mib << 20, max_context: None };
+    let options = SessionOptions {
+        prompt_cache_bytes: args.cache_mib << 20,
+        max_context: None,
+        drafting: params.speculative.is_some(),
+    };
     let mut session = ChatSession::with_options(lm, options);
     let mut chat =
         ChatState { params, system: args.system.clone(), attachments: Vec::new(), video_fps: args.video_fps };

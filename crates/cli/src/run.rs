@@ -72,8 +72,9 @@ pub fn run(args: RunArgs) -> Result<()> {
     };
 
     // One prompt, nothing to reuse: no snapshots.
-    let mut session =
-        ChatSession::with_options(lm.clone(), SessionOptions { prompt_cache_bytes: 0, max_context: None });
+    let options =
+        SessionOptions { prompt_cache_bytes: 0, max_context: None, drafting: params.speculative.is_some() };
+    let mut session = ChatSession::with_options(lm.clone(), options);
     let cancel = session.cancel_token();
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
@@ -122,6 +123,14 @@ pub fn run(args: RunArgs) -> Result<()> {
                 // Part of decode_ms: computing a constrained answer's token masks.
                 "constraint_ms": usage.constraint_time.as_secs_f64() * 1e3,
             },
+            "speculation": usage.speculation.as_ref().map(|s| serde_json::json!({
+                "steps": s.steps,
+                "drafted": s.drafted,
+                "accepted": s.accepted,
+                "acceptance": s.acceptance(),
+                "draft_ms": s.draft_time.as_secs_f64() * 1e3,
+                "verify_ms": s.verify_time.as_secs_f64() * 1e3,
+            })),
         });
         writeln!(out, "{json}")?;
     } else {
@@ -129,8 +138,12 @@ pub fn run(args: RunArgs) -> Result<()> {
             eprintln!();
         }
         writeln!(out)?;
+        let drafts = usage
+            .speculation
+            .as_ref()
+            .map_or(String::new(), |s| format!("; {} of {} drafts kept", s.accepted, s.drafted));
         eprintln!(
-            "[{} prompt tokens, {:.1} tok/s prefill; {} generated, {:.1} tok/s; finish: {}]",
+            "[{} prompt tokens, {:.1} tok/s prefill; {} generated, {:.1} tok/s{drafts}; finish: {}]",
             usage.prompt_tokens,
             prefill_tokens_per_second,
             usage.completion_tokens,

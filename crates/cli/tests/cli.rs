@@ -278,3 +278,62 @@ fn bad_constraints_are_errors_before_any_output() {
         assert!(stderr.contains(message), "{flags:?}: {stderr}");
     }
 }
+
+/// `--speculative mtp` gives plain decoding's answer and reports its drafts in `--json`; a
+/// checkpoint without the head and bad draft counts are refused before any output.
+#[test]
+fn run_decodes_speculatively_with_the_same_answer() {
+    // The end tokens banned, so that the answer runs to its limit.
+    let greedy = [
+        "--temperature",
+        "0",
+        "--max-tokens",
+        "24",
+        "--logit-bias",
+        "248044=-inf",
+        "--logit-bias",
+        "248046=-inf",
+    ];
+    let plain = run_json(&greedy);
+    for extra in [
+        &["--speculative", "mtp"][..],
+        &["--speculative", "mtp", "--draft-max", "1", "--draft-vocab", "50000"],
+    ] {
+        let flags: Vec<&str> = greedy.iter().chain(extra).copied().collect();
+        let spec = run_json(&flags);
+        assert_eq!(spec["tokens"], plain["tokens"], "{extra:?}");
+        assert_eq!(spec["text"], plain["text"], "{extra:?}");
+        let drafted = spec["speculation"]["drafted"].as_u64().unwrap_or(0);
+        assert!(drafted > 0, "{extra:?}: {spec}");
+    }
+    assert!(plain["speculation"].is_null(), "{plain}");
+
+    // The same folder without the head (every transformers save).
+    let dir = model_folder();
+    let shard = dir.join("model-00002-of-00002.safetensors");
+    let bytes = std::fs::read(&shard).unwrap();
+    let tensors = SafeTensors::deserialize(&bytes).unwrap();
+    let kept: Vec<_> = tensors.tensors().into_iter().filter(|(name, _)| !name.starts_with("mtp.")).collect();
+    assert!(kept.len() < tensors.len(), "the fixture's head is in this shard");
+    safetensors::serialize_to_file(kept, None, &shard).unwrap();
+    let d = dir.to_str().unwrap();
+    let with_head = model_folder();
+    let with_head = with_head.to_str().unwrap();
+    let cases: &[(&[&str], &str)] = &[
+        (&["run", "--model", d, "--speculative", "mtp", "hi"], "no MTP head"),
+        (
+            &["run", "--model", with_head, "--speculative", "mtp", "--draft-max", "5", "hi"],
+            "--draft-max must be 1 to 4",
+        ),
+        (&["run", "--model", d, "--draft-max", "2", "hi"], "--speculative"),
+    ];
+    for (args, want) in cases {
+        let out = qwenrt(args, None);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && out.stdout.is_empty(), "{args:?} succeeded");
+        assert!(stderr.contains(want), "{args:?}: stderr {stderr:?} lacks {want:?}");
+        assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
+    }
+    // Without the flag the folder still runs.
+    assert!(qwenrt(&["run", "--model", d, "--max-tokens", "2", "hi"], None).status.success());
+}

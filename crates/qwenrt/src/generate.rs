@@ -155,26 +155,6 @@ pub fn generate(
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn generation_config_reads_both_eos_forms() {
-        let g: GenerationConfig =
-            serde_json::from_str(r#"{"eos_token_id": [248046, 248044], "top_k": 20}"#).unwrap();
-        assert_eq!(g.eos_token_id.clone().unwrap().to_vec(), [248046, 248044]);
-        let p = g.default_sampling();
-        assert_eq!((p.top_k, p.top_p, p.temperature, p.repetition_penalty), (20, 1.0, 1.0, 1.0));
-        let g: GenerationConfig = serde_json::from_str(r#"{"eos_token_id": 7}"#).unwrap();
-        assert_eq!(g.eos_token_id.unwrap().to_vec(), [7]);
-        // Sampling keys sit beside the others; an integer temperature is a number too.
-        let g: GenerationConfig =
-            serde_json::from_str(r#"{"temperature": 0, "min_p": 0.05, "presence_penalty": 1.5}"#).unwrap();
-        let p = g.default_sampling();
-        assert_eq!((p.temperature, p.min_p, p.presence_penalty), (0.0, 0.05, 1.5));
-    }
-}
 
 /// Feeds the prompt and chooses the first token: the sampler (which has seen the prompt), the
 /// token, and the time it took.
@@ -259,4 +239,25 @@ pub fn generate_speculative(
         decode_time: decode_start.elapsed(),
     };
     Ok((generation, speculator.stats().clone()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generation_config_reads_both_eos_forms() {
+        let g: GenerationConfig =
+            serde_json::from_str(r#"{"eos_token_id": [248046, 248044], "top_k": 20}"#).unwrap();
+        assert_eq!(g.eos_token_id.clone().unwrap().to_vec(), [248046, 248044]);
+        let p = g.default_sampling();
+        assert_eq!((p.top_k, p.top_p, p.temperature, p.repetition_penalty), (20, 1.0, 1.0, 1.0));
+        let g: GenerationConfig = serde_json::from_str(r#"{"eos_token_id": 7}"#).unwrap();
+        assert_eq!(g.eos_token_id.unwrap().to_vec(), [7]);
+        // Sampling keys sit beside the others; an integer temperature is a number too.
+        let g: GenerationConfig =
+            serde_json::from_str(r#"{"temperature": 0, "min_p": 0.05, "presence_penalty": 1.5}"#).unwrap();
+        let p = g.default_sampling();
+        assert_eq!((p.temperature, p.min_p, p.presence_penalty), (0.0, 0.05, 1.5));
+    }
 }

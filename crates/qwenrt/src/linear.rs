@@ -196,6 +196,22 @@ impl Linear {
         qwenrt_kernels::matmul(x, self.weights(), out, t, self.in_features, self.out_features)
     }
 
+    /// [`forward`](Self::forward) for the output features `rows` only (a contiguous run of the
+    /// matrix's rows): `out: [t, rows.len()]`.
+    pub fn forward_rows(&self, x: &[f32], t: usize, rows: std::ops::Range<usize>, out: &mut [f32]) {
+        let k = self.in_features;
+        let nb = k / QK;
+        let weights = match &self.storage {
+            Storage::Float(bytes, format) => {
+                let b = k * format.bytes();
+                Weights::Float(&bytes[rows.start * b..rows.end * b], *format)
+            }
+            Storage::Q8(blocks) => Weights::Q8(&blocks[rows.start * nb..rows.end * nb]),
+            Storage::Q4(blocks) => Weights::Q4(&blocks[rows.start * nb..rows.end * nb]),
+        };
+        qwenrt_kernels::matmul(x, weights, out, t, k, rows.len())
+    }
+
     /// Copies row `i` (one output neuron, or one embedding vector) into `out` as f32.
     pub fn row(&self, i: usize, out: &mut [f32]) {
         let k = self.in_features;

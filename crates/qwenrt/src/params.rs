@@ -4,6 +4,7 @@
 use crate::constraint::Constraint;
 use crate::error::{Error, Result};
 use crate::sampling::SamplingParams;
+use crate::speculative::SpeculativeOptions;
 
 /// Ends generation when the output loops: the last tokens are one n-gram (`n <= max_ngram`)
 /// repeated at least `min_repeats` times back to back, spanning at least `min_tokens` tokens.
@@ -58,6 +59,12 @@ pub struct ChatParams {
     /// What the answer must be (see [`crate::constraint`]); the reasoning stays free. Checked
     /// when the turn begins: a bad schema, regex or grammar is an error before any token.
     pub constraint: Option<Constraint>,
+    /// Speculative decoding with the checkpoint's MTP head ([`crate::speculative`]): the same
+    /// output (token for token when greedy, in distribution when sampling) in fewer passes over
+    /// the weights when the drafts are kept. Needs a session made with
+    /// [`SessionOptions::drafting`](crate::SessionOptions::drafting); `None` decodes one token
+    /// per pass.
+    pub speculative: Option<SpeculativeOptions>,
 }
 
 impl Default for ChatParams {
@@ -73,6 +80,7 @@ impl Default for ChatParams {
             repetition_guard: None,
             logprobs: None,
             constraint: None,
+            speculative: None,
         }
     }
 }
@@ -89,6 +97,9 @@ impl ChatParams {
                     "repetition guard needs max_ngram >= 1 and min_repeats >= 2, got {g:?}"
                 )));
             }
+        }
+        if let Some(s) = &self.speculative {
+            s.validate()?;
         }
         Ok(())
     }

@@ -236,6 +236,26 @@ impl Sampler {
     /// filters, so greedy takes the best allowed id. `None` when no allowed id has a finite
     /// score (every one banned by `-inf` biases, or no id allowed).
     pub fn sample_masked(&mut self, logits: &[f32], allowed: &[u32]) -> Option<u32> {
+        let best = self.masked_into_work(logits, allowed)?;
+        if self.params.temperature == 0.0 {
+            return Some(best);
+        }
+        Some(self.draw())
+    }
+
+    /// [`distribution`](Self::distribution) among the ids `allowed` (as for
+    /// [`sample_masked`](Self::sample_masked)); `None` when no allowed id has a finite score.
+    pub fn distribution_masked(&mut self, logits: &[f32], allowed: &[u32]) -> Option<Vec<(u32, f64)>> {
+        let best = self.masked_into_work(logits, allowed)?;
+        if self.params.temperature == 0.0 {
+            return Some(vec![(best, 1.0)]);
+        }
+        Some(self.distribution_of_work())
+    }
+
+    /// The logits with bias and penalties applied and every id outside `allowed` at `-inf`, in
+    /// `self.work`; returns the best id, or `None` when none is finite.
+    fn masked_into_work(&mut self, logits: &[f32], allowed: &[u32]) -> Option<u32> {
         self.modify_into_work(logits);
         for (chunk, &bits) in self.work.chunks_mut(32).zip(allowed.iter().chain(std::iter::repeat(&0))) {
             // Most words are all-allowed (inside a string) or all-banned (between JSON tokens).
@@ -255,10 +275,7 @@ impl Sampler {
         if self.work.get(best).is_none_or(|&l| l == f32::NEG_INFINITY || l.is_nan()) {
             return None;
         }
-        if self.params.temperature == 0.0 {
-            return Some(best as u32);
-        }
-        Some(self.draw())
+        Some(best as u32)
     }
 
     /// The logits with bias and penalties applied, in `self.work`.
@@ -329,6 +346,12 @@ impl Sampler {
         if self.params.temperature == 0.0 {
             return vec![(argmax(&self.work), 1.0)];
         }
+        self.distribution_of_work()
+    }
+
+    /// The distribution of `self.work` (biased and penalised logits) under temperature, top-k,
+    /// top-p and min-p.
+    fn distribution_of_work(&mut self) -> Vec<(u32, f64)> {
         let (keep, max) = self.survivors();
         let survivors = &self.candidates[..keep];
         let mass: f64 = survivors.iter().map(|&(l, _)| ((l - max) as f64).exp()).sum();

@@ -59,6 +59,9 @@ pub struct SchedulerOptions {
     pub prompt_cache_bytes: usize,
     /// Most prompt tokens one step prefills, shared by the requests still prefilling.
     pub prefill_chunk: usize,
+    /// Slots keep what the MTP head drafts from, so that requests can decode speculatively
+    /// (see [`SessionOptions::drafting`]).
+    pub drafting: bool,
 }
 
 impl Default for SchedulerOptions {
@@ -68,6 +71,7 @@ impl Default for SchedulerOptions {
             max_context: 32_768,
             prompt_cache_bytes: crate::prompt_cache::DEFAULT_PROMPT_CACHE_BYTES,
             prefill_chunk: DEFAULT_PREFILL_CHUNK,
+            drafting: false,
         }
     }
 }
@@ -131,6 +135,7 @@ impl Scheduler {
         let session_options = SessionOptions {
             prompt_cache_bytes: options.prompt_cache_bytes,
             max_context: Some(options.max_context),
+            drafting: options.drafting,
         };
         let slots = (0..options.slots.max(1))
             .map(|_| Slot { session: ChatSession::with_options(lm.clone(), session_options), last_used: 0 })

@@ -38,20 +38,49 @@ pub const MAX_DRAFTS: usize = 4;
 pub const PROBE_EVERY: usize = 8;
 
 /// How speculative decoding runs.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct SpeculativeOptions {
     /// The most drafts per step, 1 to [`MAX_DRAFTS`].
     pub draft_max: usize,
     /// Adapt the number of drafts to how many are kept (see the module docs); otherwise always
     /// draft `draft_max`.
     pub adaptive: bool,
+    /// Draft among the first `n` token ids only. The draft's LM head is most of a draft step's
+    /// cost and shrinks by `vocab / n`; Qwen's ids follow BPE merge order, so the first tens of
+    /// thousands are the commonest tokens. A draft can then never be a rarer token (the
+    /// verification still chooses from all of them: the output does not change, only how often
+    /// drafts are kept). `None` drafts over the whole vocabulary.
+    pub draft_vocab: Option<usize>,
     /// For benchmarks only: see [`AcceptanceOracle`].
     pub oracle: Option<AcceptanceOracle>,
 }
 
+impl SpeculativeOptions {
+    pub fn validate(&self) -> Result<()> {
+        if !(1..=MAX_DRAFTS).contains(&self.draft_max) {
+            return Err(Error::InvalidInput(format!(
+                "draft_max must be 1 to {MAX_DRAFTS}, not {}",
+                self.draft_max
+            )));
+        }
+        if self.draft_vocab == Some(0) {
+            return Err(Error::InvalidInput("draft_vocab must be at least 1 token id".into()));
+        }
+        if let Some(oracle) = &self.oracle {
+            if !(0.0..=1.0).contains(&oracle.rate) {
+                return Err(Error::InvalidInput(format!(
+                    "the oracle's acceptance rate must be in [0, 1], not {}",
+                    oracle.rate
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Default for SpeculativeOptions {
     fn default() -> Self {
-        SpeculativeOptions { draft_max: 3, adaptive: true, oracle: None }
+        SpeculativeOptions { draft_max: 3, adaptive: true, draft_vocab: None, oracle: None }
     }
 }
 
@@ -60,7 +89,7 @@ impl Default for SpeculativeOptions {
 /// with probability `rate`, by the token plain greedy decoding gives at that place (`reference`,
 /// the continuation computed beforehand). The head and the verification still run at their real
 /// cost. Greedy only; never for real output.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct AcceptanceOracle {
     pub reference: Vec<u32>,
     pub rate: f64,
@@ -100,24 +129,61 @@ pub struct Speculator {
     stats: SpeculationStats,
 }
 
+/// The drafts of one step and what each was drawn from.
+#[derive(Debug)]
+pub struct Drafts {
+    tokens: Vec<u32>,
+    /// When sampling: the distribution draft `i` was drawn from (`q_i`).
+    q: Vec<Vec<(u32, f64)>>,
+    drafted_at: Instant,
+}
+
+impl Drafts {
+    pub fn tokens(&self) -> &[u32] {
+        &self.tokens
+    }
+
+    pub fn len(&self) -> usize {
+        self.tokens.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tokens.is_empty()
+    }
+
+    /// Draft `i`, if there is one.
+    pub fn get(&self, i: usize) -> Option<u32> {
+        self.tokens.get(i).copied()
+    }
+
+    /// What a verification pass feeds: `next`, then the drafts.
+    pub fn pass(&self, next: u32) -> Vec<u32> {
+        let mut pass = Vec::with_capacity(self.tokens.len() + 1);
+        pass.push(next);
+        pass.extend_from_slice(&self.tokens);
+        pass
+    }
+
+    /// Speculative sampling at draft `i`, whose target distribution (what plain sampling would
+    /// draw from at its position) is `p`: the draft itself with probability
+    /// `min(1, p(d) / q(d))`, else a draw from the residual `norm(max(0, p - q))`. The draws use
+    /// `sampler`'s generator. Greedy decoding needs no rule: the target's choice is the output.
+    pub fn choose(&self, i: usize, p: &[(u32, f64)], sampler: &mut Sampler) -> u32 {
+        let (draft, q) = (self.tokens[i], &self.q[i]);
+        let (p_d, q_d) = (prob(p, draft), prob(q, draft));
+        if sampler.uniform() * q_d >= p_d {
+            sampler.draw_from(&residual(p, q))
+        } else {
+            draft
+        }
+    }
+}
+
 impl Speculator {
     /// Checks the options against the model and makes `state` (which must be empty) keep what
     /// the head needs.
     pub fn new(model: &Model, state: &mut SessionState, options: SpeculativeOptions) -> Result<Self> {
-        if !(1..=MAX_DRAFTS).contains(&options.draft_max) {
-            return Err(Error::InvalidInput(format!(
-                "draft_max must be 1 to {MAX_DRAFTS}, not {}",
-                options.draft_max
-            )));
-        }
-        if let Some(oracle) = &options.oracle {
-            if !(0.0..=1.0).contains(&oracle.rate) {
-                return Err(Error::InvalidInput(format!(
-                    "the oracle's acceptance rate must be in [0, 1], not {}",
-                    oracle.rate
-                )));
-            }
-        }
+        options.validate()?;
         model.enable_drafting(state)?;
         let seed = options.oracle.as_ref().map_or(0, |o| o.seed);
         Ok(Speculator {
@@ -149,26 +215,60 @@ impl Speculator {
         room: usize,
         produced: usize,
     ) -> Result<Vec<u32>> {
+        let drafts = self.draft(model, state, next, sampler, room, produced)?;
+        let rows = model.verify(state, &drafts.pass(next))?;
+        let mut out = Vec::with_capacity(drafts.len() + 1);
+        for (i, row) in rows.chunks_exact(model.vocab_size()).enumerate() {
+            let token = match drafts.get(i) {
+                Some(_) if sampler.params().temperature > 0.0 => {
+                    let p = sampler.distribution(row);
+                    drafts.choose(i, &p, sampler)
+                }
+                _ => sampler.sample(row),
+            };
+            if drafts.get(i) != Some(token) {
+                out.push(token);
+                break;
+            }
+            sampler.accept(token);
+            out.push(token);
+        }
+        self.verified(&drafts, out.len() - 1);
+        Ok(out)
+    }
+
+    /// Drafts at most `room` tokens to follow `next` (the token about to be fed), as many as the
+    /// adaptive count allows; for sampling each is drawn, with `sampler`'s generator, from the
+    /// head's distribution under the request's warpers. See [`step`](Self::step).
+    pub fn draft(
+        &mut self,
+        model: &Model,
+        state: &mut SessionState,
+        next: u32,
+        sampler: &mut Sampler,
+        room: usize,
+        produced: usize,
+    ) -> Result<Drafts> {
         let want = self.budget().min(room);
         let greedy = sampler.params().temperature == 0.0;
         let started = Instant::now();
         let mut q: Vec<Vec<(u32, f64)>> = Vec::new();
-        let drafts = if want == 0 {
+        let tokens = if want == 0 {
             Vec::new()
         } else {
             let oracle = self.options.oracle.as_ref();
             let rng = &mut self.oracle_rng;
-            let drafting_sampler = &mut *sampler;
             let mut drawn = 0;
-            model.draft(state, next, want, &mut |logits| {
+            let candidates = self.options.draft_vocab.unwrap_or(usize::MAX).min(model.vocab_size());
+            model.draft_among(state, next, want, candidates, &mut |logits| {
                 drawn += 1;
                 let mut token = if greedy {
                     crate::sampling::argmax(logits)
                 } else {
                     // The draft is drawn from q: the rule holds for any q, as long as it is the
                     // one drawn from.
-                    let dist = draft_distribution(logits, drafting_sampler.params());
-                    let token = drafting_sampler.draw_from(&dist);
+                    let dist = draft_distribution(logits, sampler.params());
+                    let token = sampler.draw_from(&dist);
                     q.push(dist);
                     token
                 };
@@ -184,41 +284,17 @@ impl Speculator {
         };
         let drafted_at = Instant::now();
         self.stats.draft_time += drafted_at - started;
+        Ok(Drafts { tokens, q, drafted_at })
+    }
 
-        let mut pass = Vec::with_capacity(drafts.len() + 1);
-        pass.push(next);
-        pass.extend_from_slice(&drafts);
-        let vocab = model.vocab_size();
-        let rows = model.verify(state, &pass)?;
-        let mut out = Vec::with_capacity(pass.len());
-        for (i, row) in rows.chunks_exact(vocab).enumerate() {
-            let Some(&draft) = drafts.get(i) else {
-                out.push(sampler.sample(row));
-                break;
-            };
-            if greedy {
-                let target = sampler.sample(row);
-                if target != draft {
-                    out.push(target);
-                    break;
-                }
-            } else {
-                let p = sampler.distribution(row);
-                let (p_d, q_d) = (prob(&p, draft), prob(&q[i], draft));
-                if sampler.uniform() * q_d >= p_d {
-                    out.push(sampler.draw_from(&residual(&p, &q[i])));
-                    break;
-                }
-            }
-            sampler.accept(draft);
-            out.push(draft);
-        }
-        self.stats.verify_time += drafted_at.elapsed();
+    /// Ends a step whose `drafts` were verified and of which `kept` were kept: counts them and
+    /// adapts the next step's draft count.
+    pub fn verified(&mut self, drafts: &Drafts, kept: usize) {
+        self.stats.verify_time += drafts.drafted_at.elapsed();
         self.stats.steps += 1;
         self.stats.drafted += drafts.len();
-        self.stats.accepted += out.len() - 1;
-        self.adapt(drafts.len(), out.len() - 1);
-        Ok(out)
+        self.stats.accepted += kept;
+        self.adapt(drafts.len(), kept);
     }
 
     /// Drafts to ask for in this step.

@@ -17,7 +17,7 @@ fn lm() -> Arc<LanguageModel> {
 }
 
 fn options(slots: usize, prompt_cache_bytes: usize, prefill_chunk: usize) -> SchedulerOptions {
-    SchedulerOptions { slots, max_context: 4096, prompt_cache_bytes, prefill_chunk }
+    SchedulerOptions { slots, max_context: 4096, prompt_cache_bytes, prefill_chunk, drafting: false }
 }
 
 fn prompt(lm: &LanguageModel, question: &str) -> Prompt {
@@ -222,7 +222,7 @@ fn the_reusable_prefix_is_a_pure_question() {
     let lm = lm();
     let mut session = ChatSession::with_options(
         lm.clone(),
-        qwenrt::SessionOptions { prompt_cache_bytes: 64 << 20, max_context: None },
+        qwenrt::SessionOptions { prompt_cache_bytes: 64 << 20, ..Default::default() },
     );
     let p = params(&lm, 3);
     let first = prompt(&lm, "Hello");

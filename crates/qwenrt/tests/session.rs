@@ -121,7 +121,7 @@ fn no_cache_and_a_tiny_cache_still_give_the_same_tokens_within_the_budget() {
     let lm = load();
     let params = greedy(10);
     let mut off =
-        ChatSession::with_options(lm.clone(), SessionOptions { prompt_cache_bytes: 0, max_context: None });
+        ChatSession::with_options(lm.clone(), SessionOptions { prompt_cache_bytes: 0, ..Default::default() });
     let usage = converse(&mut off, &lm, &params, false);
     assert!(usage.iter().all(|&(cached, _)| cached == 0), "{usage:?}");
     assert!(off.prompt_cache().is_empty());
@@ -135,7 +135,7 @@ fn no_cache_and_a_tiny_cache_still_give_the_same_tokens_within_the_budget() {
     let budget = probe * 3 / 2;
     let mut small = ChatSession::with_options(
         lm.clone(),
-        SessionOptions { prompt_cache_bytes: budget, max_context: None },
+        SessionOptions { prompt_cache_bytes: budget, ..Default::default() },
     );
     let usage = converse(&mut small, &lm, &params, false);
     assert!(small.prompt_cache().bytes() <= budget);
@@ -292,7 +292,8 @@ fn thinking_budget_closes_the_thought_and_the_answer_follows() {
     // not, rather than failing in a step (which, batched, would fail other turns too).
     let prompt =
         lm.encode(&lm.render_chat(&[Message::user("Think hard.")], true, Some(true)).unwrap()).unwrap();
-    let tight = SessionOptions { prompt_cache_bytes: 0, max_context: Some(prompt.len() + 1) };
+    let tight =
+        SessionOptions { prompt_cache_bytes: 0, max_context: Some(prompt.len() + 1), ..Default::default() };
     let mut session = ChatSession::with_options(lm.clone(), tight);
     for deferred in [false, true] {
         let e =

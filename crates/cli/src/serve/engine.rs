@@ -35,6 +35,8 @@ pub struct EngineOptions {
     /// (`--prefill-chunk`); decoding jobs add one token each. Smaller keeps streams steadier while
     /// prompts arrive, larger prefills faster.
     pub prefill_chunk: usize,
+    /// Slots keep what the MTP head drafts from (`--speculative`).
+    pub drafting: bool,
 }
 
 /// One generation: continue `prompt` (rendered and tokenized, with its images and videos)
@@ -390,6 +392,7 @@ impl Batching {
                 max_context: options.max_context,
                 prompt_cache_bytes: options.prompt_cache_bytes,
                 prefill_chunk: options.prefill_chunk,
+                drafting: options.drafting,
             },
         );
         Batching { scheduler, stop_ids }

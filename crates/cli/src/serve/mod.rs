@@ -113,6 +113,16 @@ pub struct ServeArgs {
     /// read; without it only data: URLs are accepted. Only for clients you trust.
     #[arg(long)]
     allow_local_files: bool,
+    /// Decode speculatively with the checkpoint's multi-token-prediction head (`mtp`); a request
+    /// turns it off with `"speculative": false`. Off by default: see the README for when it pays.
+    #[arg(long, value_enum, value_name = "KIND")]
+    speculative: Option<crate::gen_args::SpeculativeKind>,
+    /// With --speculative: most drafts per step (1 to 4).
+    #[arg(long, value_name = "N", default_value_t = 3, requires = "speculative")]
+    draft_max: usize,
+    /// With --speculative: draft among the first N token ids only (see `qwenrt run --help`).
+    #[arg(long, value_name = "N", requires = "speculative")]
+    draft_vocab: Option<usize>,
 }
 
 /// How long in-flight answers may take to wind down after SIGINT/SIGTERM.
@@ -126,6 +136,8 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         bail!("--prefill-chunk must be at least 1");
     }
     let lm = Arc::new(crate::load_lm(&args.model, args.dtype)?);
+    let speculative =
+        crate::gen_args::speculative_options(&lm, args.speculative, args.draft_max, args.draft_vocab)?;
     let model_context = lm.model.max_context();
     let max_context = match args.ctx {
         Some(0) => bail!("--ctx must be at least 1"),
@@ -144,6 +156,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
             max_context,
             prompt_cache_bytes: args.cache_mib << 20,
             prefill_chunk: args.prefill_chunk,
+            drafting: speculative.is_some(),
         },
     )
     .context("starting the engine thread")?;
@@ -166,6 +179,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         body_limit: args.max_body_mib << 20,
         started: output::unix_time(),
         embeddings,
+        speculative,
     });
 
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -15,7 +15,7 @@ use base64::Engine as _;
 use qwenrt::chat::{ContentPart, FunctionCall, Message, MessageContent};
 use qwenrt::sampling::SamplingOverrides;
 use qwenrt::vision::{ImageInput, VideoInput, DEFAULT_MAX_INPUT_PIXELS};
-use qwenrt::{ChatParams, Constraint, FinishReason, LanguageModel, TokenLogprob, Usage};
+use qwenrt::{ChatParams, Constraint, FinishReason, LanguageModel, SpeculativeOptions, TokenLogprob, Usage};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -44,6 +44,9 @@ pub struct GenerationFields {
     pub repetition_penalty: Option<f32>,
     /// Token id (as a string, JSON keys being strings) to a bias in [-100, 100].
     pub logit_bias: Option<HashMap<String, f32>>,
+    /// `false` decodes this request one token per pass although the server was started with
+    /// `--speculative`.
+    pub speculative: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -178,6 +181,7 @@ impl GenerationFields {
         lm: &LanguageModel,
         prompt_len: usize,
         max_context: usize,
+        speculative: Option<&SpeculativeOptions>,
     ) -> Result<ChatParams, ApiError> {
         let room = max_context.saturating_sub(prompt_len);
         let mut params = lm.default_params();
@@ -221,6 +225,16 @@ impl GenerationFields {
             None => Vec::new(),
             Some(Stop::One(stop)) => vec![stop.clone()],
             Some(Stop::Many(stops)) => stops.clone(),
+        };
+        params.speculative = match (self.speculative, speculative) {
+            (Some(true), None) => {
+                return Err(ApiError::invalid_request(
+                    "speculative: the server was started without --speculative",
+                )
+                .with_param("speculative"))
+            }
+            (Some(false), _) => None,
+            (_, server) => server.cloned(),
         };
         params.validate().map_err(|e| ApiError::invalid_request(e.to_string()))?;
         Ok(params)
@@ -618,6 +632,10 @@ pub struct PromptTokensDetails {
 #[derive(Debug, Serialize)]
 pub struct CompletionTokensDetails {
     pub reasoning_tokens: usize,
+    /// Drafts of the MTP head kept and discarded by speculative decoding (OpenAI's names for
+    /// predicted tokens; 0 without speculation).
+    pub accepted_prediction_tokens: usize,
+    pub rejected_prediction_tokens: usize,
 }
 
 impl From<&Usage> for UsageBody {
@@ -627,7 +645,11 @@ impl From<&Usage> for UsageBody {
             completion_tokens: usage.completion_tokens,
             total_tokens: usage.prompt_tokens + usage.completion_tokens,
             prompt_tokens_details: PromptTokensDetails { cached_tokens: usage.cached_prompt_tokens },
-            completion_tokens_details: CompletionTokensDetails { reasoning_tokens: usage.reasoning_tokens },
+            completion_tokens_details: CompletionTokensDetails {
+                reasoning_tokens: usage.reasoning_tokens,
+                accepted_prediction_tokens: usage.speculation.as_ref().map_or(0, |s| s.accepted),
+                rejected_prediction_tokens: usage.speculation.as_ref().map_or(0, |s| s.drafted - s.accepted),
+            },
         }
     }
 }

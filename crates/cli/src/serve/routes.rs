@@ -158,7 +158,7 @@ async fn chat_completions(
         .await?
     };
     check_context(prompt.len(), state.max_context, "messages")?;
-    let mut params = fields.params(&state.lm, prompt.len(), state.max_context)?;
+    let mut params = fields.params(&state.lm, prompt.len(), state.max_context, state.speculative.as_ref())?;
     params.enable_thinking = enable_thinking;
     params.max_thinking_tokens = max_thinking_tokens;
     params.logprobs = logprobs;
@@ -264,7 +264,7 @@ async fn completions(
         return Err(ApiError::invalid_request("the prompt is empty").with_param("prompt"));
     }
     check_context(prompt.len(), state.max_context, "prompt")?;
-    let mut params = fields.params(&state.lm, prompt.len(), state.max_context)?;
+    let mut params = fields.params(&state.lm, prompt.len(), state.max_context, state.speculative.as_ref())?;
     params.logprobs = logprobs;
     params.constraint = constraint;
     log.prompt(prompt.len(), 0);

@@ -22,4 +22,6 @@ pub struct AppState {
     pub started: u64,
     /// The embedding model, with `--embedding-model`.
     pub embeddings: Option<EmbeddingService>,
+    /// How requests decode speculatively (`--speculative`), unless they turn it off.
+    pub speculative: Option<qwenrt::SpeculativeOptions>,
 }

@@ -9,7 +9,7 @@ use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
 use axum::Router;
 use futures_util::StreamExt;
-use qwenrt::{Embedder, FinishReason, LanguageModel};
+use qwenrt::{Embedder, FinishReason, LanguageModel, SpeculativeOptions};
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
@@ -41,11 +41,20 @@ struct Setup {
     api_key: Option<&'static str>,
     body_limit: usize,
     embeddings: bool,
+    speculative: Option<SpeculativeOptions>,
 }
 
 impl Default for Setup {
     fn default() -> Self {
-        Setup { slots: 2, queue: 8, max_context: 4096, api_key: None, body_limit: 1 << 20, embeddings: false }
+        Setup {
+            slots: 2,
+            queue: 8,
+            max_context: 4096,
+            api_key: None,
+            body_limit: 1 << 20,
+            embeddings: false,
+            speculative: None,
+        }
     }
 }
 
@@ -59,6 +68,7 @@ impl Setup {
                 max_context: self.max_context,
                 prompt_cache_bytes: 64 << 20,
                 prefill_chunk: super::engine::DEFAULT_PREFILL_CHUNK,
+                drafting: self.speculative.is_some(),
             },
         )
         .unwrap();
@@ -89,6 +99,7 @@ impl Setup {
             body_limit: self.body_limit,
             started: 1,
             embeddings,
+            speculative: self.speculative,
         });
         (router(state.clone()), state)
     }
@@ -264,6 +275,45 @@ async fn logprobs_come_with_each_token() {
     let (status, without) = call(&app, post("/v1/chat/completions", &chat_body("Count to three", 2))).await;
     assert_eq!(status, StatusCode::OK);
     assert!(without["choices"][0]["logprobs"].is_null());
+}
+
+/// `--speculative`: answers equal the plain server's, streamed or not; the usage counts the
+/// drafts kept and discarded; a request can turn speculation off, and cannot turn it on where
+/// the server has it off.
+#[tokio::test]
+async fn speculative_decoding_gives_the_plain_answers() {
+    let (plain_app, _) = Setup::default().app();
+    let options = SpeculativeOptions { draft_max: 3, adaptive: false, draft_vocab: None, oracle: None };
+    let (app, _) = Setup { speculative: Some(options), ..Setup::default() }.app();
+    let mut body = chat_body("Tell me about deltas", 24);
+    body["logit_bias"] = no_end();
+    let (_, want) = call(&plain_app, post("/v1/chat/completions", &body)).await;
+    let (status, got) = call(&app, post("/v1/chat/completions", &body)).await;
+    assert_eq!(status, StatusCode::OK, "{got}");
+    assert_eq!(got["choices"][0]["message"], want["choices"][0]["message"]);
+    let details = &got["usage"]["completion_tokens_details"];
+    let drafted = details["accepted_prediction_tokens"].as_u64().unwrap()
+        + details["rejected_prediction_tokens"].as_u64().unwrap();
+    assert!(drafted > 0, "the head drafted: {details}");
+    assert_eq!(want["usage"]["completion_tokens_details"]["rejected_prediction_tokens"], 0);
+
+    body["stream"] = json!(true);
+    let (content, _, _, _) = join_deltas(&chunks(&stream(&app, post("/v1/chat/completions", &body)).await));
+    assert_eq!(content, want["choices"][0]["message"]["content"].as_str().unwrap());
+
+    body["stream"] = json!(false);
+    body["speculative"] = json!(false);
+    let (_, off) = call(&app, post("/v1/chat/completions", &body)).await;
+    assert_eq!(off["choices"][0]["message"], want["choices"][0]["message"]);
+    let details = &off["usage"]["completion_tokens_details"];
+    let counts =
+        (details["accepted_prediction_tokens"].as_u64(), details["rejected_prediction_tokens"].as_u64());
+    assert_eq!(counts, (Some(0), Some(0)), "not speculative: {details}");
+
+    body["speculative"] = json!(true);
+    let (status, refused) = call(&plain_app, post("/v1/chat/completions", &body)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(refused["error"]["param"], "speculative", "{refused}");
 }
 
 #[tokio::test]

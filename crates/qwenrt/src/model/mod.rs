@@ -643,6 +643,108 @@ impl Model {
         self.last_rows_batch(states, inputs, BatchOutput::Logits)
     }
 
+    /// [`forward_batch`](Self::forward_batch) for a step in which some sequences verify drafts:
+    /// where `verify[i]` is set, `inputs[i]` is a verification pass as [`verify`](Self::verify)
+    /// makes it (recorded for [`keep_verified`](Self::keep_verified), with logits at every one
+    /// of its positions); the other inputs are fed as by `forward_batch`. Returns the logit rows
+    /// in input order, `[rows, vocab_size]`: `inputs[i].len()` rows for a verified input, one
+    /// (after its last token) for another. An error leaves every state untouched.
+    pub fn verify_batch<'s>(
+        &self,
+        states: &'s mut [&mut SessionState],
+        inputs: &[&[u32]],
+        verify: &[bool],
+    ) -> Result<&'s [f32]> {
+        self.check_head()?;
+        if states.len() != inputs.len() || verify.len() != inputs.len() {
+            return Err(Error::InvalidInput(format!(
+                "{} states, {} inputs and {} verification flags in a batch",
+                states.len(),
+                inputs.len(),
+                verify.len()
+            )));
+        }
+        for (i, (state, input)) in states.iter().zip(inputs).enumerate() {
+            if input.is_empty() || (verify[i] && input.len() > PREFILL_BATCH) {
+                return Err(Error::InvalidInput(format!(
+                    "input {i} of the batch has {} tokens (a verification pass takes 1 to {PREFILL_BATCH})",
+                    input.len()
+                )));
+            }
+            self.check_input(state, input)
+                .map_err(|e| Error::InvalidInput(format!("input {i} of the batch: {e}")))?;
+        }
+        if states.is_empty() {
+            return Ok(&[]);
+        }
+        let (hidden, vocab) = (self.config.text.hidden_size, self.vocab_size());
+        // Where each input's output rows start.
+        let first_row: Vec<usize> = inputs
+            .iter()
+            .zip(verify)
+            .scan(0, |row, (input, &v)| {
+                let first = *row;
+                *row += if v { input.len() } else { 1 };
+                Some(first)
+            })
+            .collect();
+        let out_rows = first_row.last().copied().unwrap_or(0)
+            + if verify[inputs.len() - 1] { inputs[inputs.len() - 1].len() } else { 1 };
+        let starts: Vec<usize> = states.iter().map(|s| s.len).collect();
+        for (state, (input, &v)) in states.iter_mut().zip(inputs.iter().zip(verify)) {
+            // Recorded through every piece below; one-token passes keep everything anyway.
+            state.rollback.recording = v && input.len() > 1;
+        }
+        let mut scratch = std::mem::take(&mut states[0].scratch);
+        let mut out = vec![0.0f32; out_rows * hidden];
+        let mut done = vec![0usize; inputs.len()];
+        loop {
+            // A verification pass goes whole into the first piece (its record covers one
+            // call); the others share the piece budget as in forward_batch.
+            let mut budget = PREFILL_BATCH;
+            let pieces: Vec<&[u32]> = inputs
+                .iter()
+                .enumerate()
+                .map(|(i, input)| {
+                    let left = input.len() - done[i];
+                    let take = if verify[i] { left } else { left.min(budget.max(1)) };
+                    budget = budget.saturating_sub(take);
+                    &input[done[i]..done[i] + take]
+                })
+                .collect();
+            if pieces.iter().all(|p| p.is_empty()) {
+                break;
+            }
+            self.run_layers(states, &pieces, &mut scratch, true, None);
+            let mut row = 0;
+            for (i, piece) in pieces.iter().enumerate() {
+                let rows = row..row + piece.len();
+                row = rows.end;
+                done[i] += piece.len();
+                let to = first_row[i] * hidden;
+                if verify[i] && !piece.is_empty() {
+                    out[to..to + piece.len() * hidden]
+                        .copy_from_slice(&scratch.hidden[rows.start * hidden..rows.end * hidden]);
+                } else if !piece.is_empty() && done[i] == inputs[i].len() {
+                    out[to..to + hidden]
+                        .copy_from_slice(&scratch.hidden[(rows.end - 1) * hidden..rows.end * hidden]);
+                }
+            }
+        }
+        for ((state, input), (&v, &start)) in states.iter_mut().zip(inputs).zip(verify.iter().zip(&starts)) {
+            if v {
+                let rollback = &mut state.rollback;
+                (rollback.recording, rollback.held, rollback.start, rollback.rows) =
+                    (false, true, start, input.len());
+            }
+        }
+        let normed = grow(&mut scratch.normed, out_rows * hidden);
+        rms_norm_rows(&out, &self.norm, self.config.text.rms_norm_eps as f32, normed);
+        self.lm_head().forward(normed, out_rows, grow(&mut scratch.logits, out_rows * vocab));
+        states[0].scratch = scratch;
+        Ok(&states[0].scratch.logits[..out_rows * vocab])
+    }
+
     /// Feeds each input into its (normally fresh) state and returns the final-normed hidden
     /// state of each input's last token, `[states.len(), hidden_size]`: what an embedding
     /// model pools. The whole batch goes through one layer at a time and each attention layer's

@@ -172,6 +172,26 @@ impl Model {
         max: usize,
         pick: &mut dyn FnMut(&[f32]) -> Option<u32>,
     ) -> Result<Vec<u32>> {
+        self.draft_among(state, next, max, self.vocab_size(), pick)
+    }
+
+    /// [`draft`](Self::draft) with the head scoring only the first `candidates` token ids:
+    /// `pick` gets `[candidates]` logits. The LM head is most of a draft step's cost (on the
+    /// 0.8B it is a third of all the weights), and shrinks in proportion.
+    pub fn draft_among(
+        &self,
+        state: &mut super::SessionState,
+        next: u32,
+        max: usize,
+        candidates: usize,
+        pick: &mut dyn FnMut(&[f32]) -> Option<u32>,
+    ) -> Result<Vec<u32>> {
+        let vocab = self.vocab_size();
+        if !(1..=vocab).contains(&candidates) {
+            return Err(Error::InvalidInput(format!(
+                "a draft's candidates must be 1 to {vocab} token ids, not {candidates}"
+            )));
+        }
         let head = self
             .mtp
             .as_ref()
@@ -214,7 +234,6 @@ impl Model {
         // Chain: draft k + 1 pairs the head's own h_mtp of draft k with draft k, one position on.
         let mut position = positions[waiting - 1];
         let mut drafts = Vec::with_capacity(max);
-        let vocab = self.vocab_size();
         let outcome = loop {
             if drafts.len() == max {
                 break Ok(());
@@ -224,8 +243,8 @@ impl Model {
                 h_mtp =
                     self.mtp_rows(head, &mut cache, &h_mtp, &drafts[drafts.len() - 1..], &[position], &mut s);
             }
-            let logits = grow(&mut s.logits, vocab);
-            self.lm_head().forward(&h_mtp, 1, logits);
+            let logits = grow(&mut s.logits, candidates);
+            self.lm_head().forward_rows(&h_mtp, 1, 0..candidates, logits);
             match pick(logits) {
                 None => break Ok(()),
                 Some(token) if token as usize >= vocab => {

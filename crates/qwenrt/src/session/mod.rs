@@ -61,6 +61,7 @@ use crate::prompt_cache::{
     is_prefix, media_before, CacheStats, MediaMark, PromptCache, DEFAULT_PROMPT_CACHE_BYTES,
 };
 use crate::sampling::Sampler;
+use crate::speculative::{SpeculationStats, Speculator};
 use crate::tokenizer::Tokenizer;
 use crate::vision::{EncodedMedia, Prompt};
 
@@ -141,6 +142,8 @@ pub struct Usage {
     pub constraint_time: Duration,
     /// From the first sampled token to the end.
     pub decode_time: Duration,
+    /// What speculative decoding did, for a turn that used it ([`ChatParams::speculative`]).
+    pub speculation: Option<SpeculationStats>,
 }
 
 impl Usage {
@@ -174,11 +177,16 @@ pub struct SessionOptions {
     pub prompt_cache_bytes: usize,
     /// Most tokens the conversation may hold (bounds KV memory); `None` is the model's context.
     pub max_context: Option<usize>,
+    /// Keep, from the first token on, what the checkpoint's MTP head drafts from, so that turns
+    /// can decode speculatively ([`ChatParams::speculative`]). It costs the head's cache (one
+    /// more attention layer, in saved states too) and, at a turn's first draft, a pass of the
+    /// head over the tokens fed since the last one. A model without the head ignores it.
+    pub drafting: bool,
 }
 
 impl Default for SessionOptions {
     fn default() -> Self {
-        SessionOptions { prompt_cache_bytes: DEFAULT_PROMPT_CACHE_BYTES, max_context: None }
+        SessionOptions { prompt_cache_bytes: DEFAULT_PROMPT_CACHE_BYTES, max_context: None, drafting: false }
     }
 }
 
@@ -262,10 +270,14 @@ impl ChatSession {
     }
 
     pub fn with_options(lm: Arc<LanguageModel>, options: SessionOptions) -> Self {
-        let state = match options.max_context {
+        let mut state = match options.max_context {
             Some(n) => lm.model.new_state_with_limit(n),
             None => lm.model.new_state(),
         };
+        if options.drafting && lm.model.has_mtp() {
+            // A fresh state of this model with a head: nothing to refuse.
+            let _ = lm.model.enable_drafting(&mut state);
+        }
         // Encoding these short literals cannot fail with a loaded tokenizer; empty markers would
         // only disable the features that use them.
         let markers = Arc::new(Markers::new(&lm).unwrap_or(Markers {
@@ -626,6 +638,7 @@ impl ChatSession {
                 "token id {id} at position {i} is outside the vocabulary (size {vocab})"
             )));
         }
+        let speculator = params.speculative.clone().map(|options| self.speculator(options)).transpose()?;
         let mut sampler = Sampler::new(params.sampling.clone())?;
         sampler.observe_prompt(prompt);
 
@@ -678,12 +691,28 @@ impl ChatSession {
             stop_string: None,
             finish: None,
             guided: guided.map(|text| Guided { text, active: !thinking }),
+            speculator,
             error: None,
         };
         if thinking && params.max_thinking_tokens == Some(0) {
             turn.close_thought_now(&mut |_| {})?;
         }
         Ok(turn)
+    }
+
+    /// The speculator of a turn that decodes speculatively, if this session can: its state must
+    /// have kept what the head drafts from since its first token.
+    fn speculator(&mut self, options: crate::SpeculativeOptions) -> Result<Speculator> {
+        if self.state.mtp.is_none() {
+            return Err(Error::InvalidInput(if self.lm.model.has_mtp() {
+                "speculative decoding needs a session that keeps the MTP head's state from its first \
+                 token (SessionOptions::drafting)"
+                    .into()
+            } else {
+                "this checkpoint has no MTP head (mtp.* tensors): speculative decoding is unavailable".into()
+            }));
+        }
+        Speculator::new(&self.lm.model, &mut self.state, options)
     }
 
     /// Saves the state if it has just reached the point `turn` saves it at.
@@ -722,6 +751,15 @@ impl ChatSession {
             turn.accept(logits, on_event)?;
             return Ok(true);
         }
+        if let Some(drafts) = turn.drafts(&model.model, &mut self.state)? {
+            let pass = drafts.pass(turn.pending[0]);
+            let rows = model.model.verify(&mut self.state, &pass)?;
+            let (kept, outcome) = turn.accept_verified(rows, &drafts, on_event);
+            model.model.keep_verified(&mut self.state, kept)?;
+            self.state_tokens.extend_from_slice(&pass[..kept]);
+            outcome?;
+            return Ok(true);
+        }
         let n = turn.piece_len(self.state_tokens.len());
         if n < turn.pending.len() {
             model.model.forward(&mut self.state, &turn.pending[..n], Logits::None)?;
@@ -752,7 +790,8 @@ impl ChatSession {
         assert_eq!(sessions.len(), turns.len(), "one turn per session");
         let Some(first) = sessions.first() else { return Ok(0) };
         let lm = first.lm.clone();
-        // Each turn in the batch, with how many of its pending tokens this step feeds.
+        // Each turn in the batch, with how many of its pending tokens this step feeds, or the
+        // drafts it verifies.
         let mut active = Vec::with_capacity(sessions.len());
         let mut alone = 0;
         for (i, (session, turn)) in sessions.iter_mut().zip(turns.iter_mut()).enumerate() {
@@ -768,55 +807,110 @@ impl ChatSession {
                     Err(e) => return Err(e),
                 }
             } else if turn.next_input(session).is_some() {
-                active.push((i, turn.piece_len(session.state_tokens.len())));
+                match turn.drafts(&lm.model, &mut session.state) {
+                    Ok(Some(drafts)) => {
+                        let pass = drafts.pass(turn.pending[0]);
+                        active.push((i, pass.len(), Some((drafts, pass))));
+                    }
+                    Ok(None) => active.push((i, turn.piece_len(session.state_tokens.len()), None)),
+                    // Nothing was fed: the turn ends alone.
+                    Err(e) => {
+                        turn.finish = Some(FinishReason::Cancelled);
+                        turn.error = Some(e);
+                        alone += 1;
+                    }
+                }
             }
         }
         if active.is_empty() {
             return Ok(alone);
         }
         // The tokens are recorded first: the borrows of the states below last as long as the
-        // logits, and a rejected batch is rolled back.
-        for &(i, n) in &active {
-            sessions[i].state_tokens.extend_from_slice(&turns[i].pending[..n]);
+        // logits, and a rejected batch is rolled back. A verification pass records the tokens it
+        // keeps once it knows them.
+        for (i, n, verifying) in &active {
+            if verifying.is_none() {
+                sessions[*i].state_tokens.extend_from_slice(&turns[*i].pending[..*n]);
+            }
         }
         let mut states = Vec::with_capacity(active.len());
         let mut inputs = Vec::with_capacity(active.len());
         let mut rest = &mut sessions[..];
         let mut taken = 0;
-        for &(i, n) in &active {
+        for (i, n, verifying) in &active {
             let (head, tail) = std::mem::take(&mut rest).split_at_mut(i - taken + 1);
             states.push(&mut head[i - taken].state);
-            inputs.push(&turns[i].pending[..n]);
+            inputs.push(match verifying {
+                Some((_, pass)) => pass.as_slice(),
+                None => &turns[*i].pending[..*n],
+            });
             rest = tail;
             taken = i + 1;
         }
-        let logits = match lm.model.forward_batch(&mut states, &inputs) {
+        let verify: Vec<bool> = active.iter().map(|(_, _, v)| v.is_some()).collect();
+        let batch = if verify.contains(&true) {
+            lm.model.verify_batch(&mut states, &inputs, &verify)
+        } else {
+            lm.model.forward_batch(&mut states, &inputs)
+        };
+        let logits = match batch {
             Ok(logits) => logits,
             Err(e) => {
                 drop(states);
-                for &(i, _) in &active {
-                    let held = sessions[i].state.len();
-                    sessions[i].state_tokens.truncate(held);
+                for (i, _, _) in &active {
+                    let held = sessions[*i].state.len();
+                    sessions[*i].state_tokens.truncate(held);
                 }
                 return Err(e);
             }
         };
         // A turn samples after the last piece of its prompt only; the logits after the other
-        // pieces are not needed.
+        // pieces are not needed. A verifying turn has a row per token of its pass.
         let vocab = lm.model.vocab_size();
-        for (row, &(i, n)) in active.iter().enumerate() {
-            let turn = &mut *turns[i];
-            if n < turn.pending.len() {
-                turn.pending.drain(..n);
-            } else if let Err(e) =
-                turn.accept(&logits[row * vocab..(row + 1) * vocab], &mut |e| on_event(i, e))
-            {
+        let mut row = 0;
+        let mut kept = vec![0; active.len()];
+        for (j, (i, n, verifying)) in active.iter().enumerate() {
+            let turn = &mut *turns[*i];
+            let emit = &mut |e: Event<'_>| on_event(*i, e);
+            let outcome = match verifying {
+                Some((drafts, pass)) => {
+                    let rows = &logits[row * vocab..(row + pass.len()) * vocab];
+                    row += pass.len();
+                    let outcome;
+                    (kept[j], outcome) = turn.accept_verified(rows, drafts, emit);
+                    outcome
+                }
+                None if *n < turn.pending.len() => {
+                    row += 1;
+                    turn.pending.drain(..*n);
+                    Ok(())
+                }
+                None => {
+                    row += 1;
+                    turn.accept(&logits[(row - 1) * vocab..row * vocab], emit)
+                }
+            };
+            if let Err(e) = outcome {
                 turn.error = Some(e);
             }
         }
         drop(states);
-        for &(i, _) in &active {
-            sessions[i].save_if_reached(turns[i]);
+        for (j, (i, _, verifying)) in active.iter().enumerate() {
+            if let Some((_, pass)) = verifying {
+                let session = &mut *sessions[*i];
+                if let Err(e) = lm.model.keep_verified(&mut session.state, kept[j]) {
+                    // Cannot happen for a pass just verified; were it to, the state is not to
+                    // be trusted, and the turn must not go on with it.
+                    turns[*i].finish.get_or_insert(FinishReason::Cancelled);
+                    turns[*i].error.get_or_insert(e);
+                    session.state.reset();
+                    session.state_tokens.clear();
+                    session.state_media.clear();
+                    continue;
+                }
+                session.state_tokens.extend_from_slice(&pass[..kept[j]]);
+            }
+            sessions[*i].save_if_reached(turns[*i]);
         }
         Ok(alone + active.len())
     }

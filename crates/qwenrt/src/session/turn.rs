@@ -2,6 +2,7 @@
 //! decides when it is over.
 
 use super::*;
+use crate::speculative::Drafts;
 use crate::tokenizer::Tokenizer;
 
 /// One assistant turn in progress. The session feeds [`pending`](Self::pending) tokens to the
@@ -35,6 +36,8 @@ pub struct Turn {
     pub(super) finish: Option<FinishReason>,
     /// The constraint on the answer, if any; it applies once the thought (if any) is over.
     pub(super) guided: Option<Guided>,
+    /// Drafts and verifies with the MTP head, for a turn that decodes speculatively.
+    pub(super) speculator: Option<Speculator>,
     /// What ended the turn inside a batch step, for the caller to collect.
     pub(super) error: Option<Error>,
 }
@@ -126,30 +129,110 @@ impl Turn {
     /// Samples from the logits that followed the pending tokens and streams the result. The
     /// pending tokens were fed, so a turn that fails here is over: it cannot take the step again.
     pub(super) fn accept(&mut self, logits: &[f32], emit: &mut dyn FnMut(Event<'_>)) -> Result<()> {
-        let result = self.sample_and_stream(logits, emit);
+        let result = self.sample_and_stream(logits, None, emit);
         if result.is_err() {
             self.finish.get_or_insert(FinishReason::Cancelled);
         }
-        result
+        result.map(|_| ())
     }
 
-    fn sample_and_stream(&mut self, logits: &[f32], emit: &mut dyn FnMut(Event<'_>)) -> Result<()> {
-        let lm = self.lm.clone();
-        let next = match self.guided.as_mut().filter(|g| g.active) {
-            Some(guided) => {
-                let allowed = guided.text.mask().and_then(|mask| {
-                    self.sampler.sample_masked(logits, mask.as_slice()).ok_or_else(|| {
-                        Error::InvalidInput(
-                            "the constraint allows no token that the sampling parameters leave possible \
-                             (is every allowed token banned by a logit bias?)"
-                                .into(),
-                        )
-                    })
-                });
-                allowed?
+    /// For a turn that decodes speculatively and has just sampled a token (its only pending
+    /// one): drafts to verify after it, or `None` when this step decodes one token as usual (the
+    /// adaptive count is at zero, or no draft could be used before the turn's token budget or
+    /// the context runs out).
+    pub(super) fn drafts(&mut self, model: &Model, state: &mut SessionState) -> Result<Option<Drafts>> {
+        let Some(speculator) = self.speculator.as_mut() else { return Ok(None) };
+        if self.sampled == 0 || self.finish.is_some() || self.media.is_some() || self.pending.len() != 1 {
+            return Ok(None);
+        }
+        // A pass of 1 + k tokens gives up to k + 1 tokens, and must fit in the context.
+        let room = (self.params.max_tokens.saturating_sub(self.sampled + 1))
+            .min(state.max_len().saturating_sub(state.len() + 1));
+        if room == 0 {
+            return Ok(None);
+        }
+        let produced = self.tokens.len() - 1;
+        let drafts = speculator.draft(model, state, self.pending[0], &mut self.sampler, room, produced)?;
+        Ok((!drafts.is_empty()).then_some(drafts))
+    }
+
+    /// Takes the rows of a verification pass of `drafts` after the pending token (`rows[i]`
+    /// follows the pass's token `i`): samples each row as plain decoding would, keeps a draft
+    /// while it is what was chosen, and stops at the first that is not, or where the turn ends
+    /// or must feed tokens of its own (a thought closed on budget). Returns how many of the
+    /// pass's tokens the state keeps, whatever the outcome: the caller must
+    /// [`keep_verified`](Model::keep_verified) them.
+    pub(super) fn accept_verified(
+        &mut self,
+        rows: &[f32],
+        drafts: &Drafts,
+        emit: &mut dyn FnMut(Event<'_>),
+    ) -> (usize, Result<()>) {
+        let vocab = self.lm.model.vocab_size();
+        let mut kept = 0;
+        let mut outcome = Ok(());
+        for (i, row) in rows.chunks_exact(vocab).enumerate() {
+            kept = i + 1;
+            let token = match self.sample_and_stream(row, Some((drafts, i)), emit) {
+                Ok(token) => token,
+                Err(e) => {
+                    self.finish.get_or_insert(FinishReason::Cancelled);
+                    outcome = Err(e);
+                    break;
+                }
+            };
+            let goes_on = drafts.get(i) == Some(token)
+                && self.finish.is_none()
+                && self.pending == [token]
+                && self.sampled < self.params.max_tokens;
+            if !goes_on {
+                break;
             }
-            None => self.sampler.sample(logits),
+        }
+        if let Some(speculator) = &mut self.speculator {
+            speculator.verified(drafts, kept - 1);
+        }
+        (kept, outcome)
+    }
+
+    /// The next token from `logits`: as plain decoding samples it, or, at draft `i` of a
+    /// speculative step that samples, by the speculative sampling rule (same distribution).
+    fn choose(&mut self, logits: &[f32], draft: Option<(&Drafts, usize)>) -> Result<u32> {
+        let no_token = || {
+            Error::InvalidInput(
+                "the constraint allows no token that the sampling parameters leave possible \
+                 (is every allowed token banned by a logit bias?)"
+                    .into(),
+            )
         };
+        let mask = match self.guided.as_mut().filter(|g| g.active) {
+            Some(guided) => Some(guided.text.mask()?.as_slice()),
+            None => None,
+        };
+        let sampling = self.sampler.params().temperature > 0.0;
+        match (draft.filter(|&(d, i)| sampling && d.get(i).is_some()), mask) {
+            (Some((drafts, i)), mask) => {
+                let p = match mask {
+                    Some(mask) => self.sampler.distribution_masked(logits, mask).ok_or_else(no_token)?,
+                    None => self.sampler.distribution(logits),
+                };
+                Ok(drafts.choose(i, &p, &mut self.sampler))
+            }
+            (None, Some(mask)) => self.sampler.sample_masked(logits, mask).ok_or_else(no_token),
+            (None, None) => Ok(self.sampler.sample(logits)),
+        }
+    }
+
+    /// Chooses the next token (see [`choose`](Self::choose)), then streams it and decides what
+    /// follows; returns the token.
+    fn sample_and_stream(
+        &mut self,
+        logits: &[f32],
+        draft: Option<(&Drafts, usize)>,
+        emit: &mut dyn FnMut(Event<'_>),
+    ) -> Result<u32> {
+        let lm = self.lm.clone();
+        let next = self.choose(logits, draft)?;
         self.first_token_at.get_or_insert_with(Instant::now);
         self.sampled += 1;
         self.tokens.push(next);
@@ -160,7 +243,7 @@ impl Turn {
         }
         if lm.stop_ids().contains(&next) {
             self.finish = Some(FinishReason::Stop);
-            return Ok(());
+            return Ok(next);
         }
         if let Some(guided) = self.guided.as_mut().filter(|g| g.active) {
             guided.text.consume(next)?;
@@ -186,7 +269,7 @@ impl Turn {
             if let Some(stop) = self.out.push_token(tokenizer, next, emit)? {
                 self.stop_string = Some(stop);
                 self.finish = Some(FinishReason::StopString);
-                return Ok(());
+                return Ok(next);
             }
             if self.out.in_thought()
                 && self.params.max_thinking_tokens.is_some_and(|max| self.reasoning_tokens >= max)
@@ -200,7 +283,7 @@ impl Turn {
             // Nothing can follow but a stop token: no need to run the model for it.
             self.finish = Some(FinishReason::Stop);
         }
-        Ok(())
+        Ok(next)
     }
 
     /// Ends the thought on budget: feeds what the template puts between a thought and the answer.
@@ -245,6 +328,7 @@ impl Turn {
                 time_to_first_token: first - self.start,
                 constraint_time: self.guided.as_ref().map_or(Duration::ZERO, |g| g.text.mask_time().0),
                 decode_time: now - first,
+                speculation: self.speculator.as_ref().map(|s| s.stats().clone()),
             },
         };
         on_event(Event::Done(&reply));
