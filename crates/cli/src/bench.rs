@@ -480,7 +480,9 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     let rss = peak_rss();
     if args.n_gen > 0 && !args.ctx.is_empty() && !embedding_model {
         let bandwidth = read_bandwidth();
-        for row in rows.iter_mut().filter(|r| r.test.starts_with("tg")) {
+        for row in
+            rows.iter_mut().filter(|r| r.test.starts_with("tg") && r.extra.get("bytes_per_token").is_some())
+        {
             let bound = bandwidth / row.extra["bytes_per_token"].as_f64().unwrap_or(f64::NAN);
             row.extra["read_bandwidth_bytes_per_second"] = bandwidth.into();
             row.extra["bandwidth_bound_tokens_per_second"] = bound.into();
@@ -575,7 +577,18 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             );
             continue;
         }
+        let (speedup, steps) = (row.extra.get("speedup"), row.extra.get("decode_steps"));
         let note = match row.extra.get("fraction_of_bound") {
+            None if speedup.is_some() => format!(
+                "{:.2}× plain decode; {:.0} % of drafts kept",
+                speedup.and_then(|s| s.as_f64()).unwrap_or(0.0),
+                row.extra["acceptance"].as_f64().unwrap_or(0.0) * 100.0
+            ),
+            None if steps.is_some() => format!(
+                "{:.1} ms = {:.2} decode steps",
+                row.extra["ms"].as_f64().unwrap_or(0.0),
+                steps.and_then(|s| s.as_f64()).unwrap_or(0.0)
+            ),
             Some(f) => format!(
                 "{:.0} % of the {:.1} t/s bandwidth bound ({:.2} GB/token at {:.1} GB/s)",
                 f.as_f64().unwrap_or(0.0) * 100.0,

@@ -133,7 +133,12 @@ impl GenArgs {
         .apply_to(s);
         s.seed = self.seed;
         for entry in &self.logit_bias {
-            s.logit_bias.push(parse_bias(entry)?);
+            let (id, bias) = parse_bias(entry)?;
+            let vocab = lm.model.vocab_size();
+            if id as usize >= vocab {
+                bail!("--logit-bias {entry:?}: token id {id} is outside the vocabulary ({vocab} tokens)");
+            }
+            s.logit_bias.push((id, bias));
         }
         p.stop = self.stop.iter().map(|s| unescape(s)).collect();
         p.enable_thinking = self.enable_thinking();

@@ -53,7 +53,10 @@ pub fn inspect(args: InspectArgs) -> Result<()> {
         *dtypes.entry(info.dtype.clone()).or_default() += n;
     }
     let total: u64 = parts.values().sum();
-    let model = Model::from_store(config.clone(), &store)?;
+    let model = Model::from_store(config, &store)?;
+    // The model's own config: loading finds where the tensors really are (a sentence-transformers
+    // folder has no `model.` prefix whatever its architecture says).
+    let config = model.config();
     let t = &config.text;
     let linear = config.layer_types.iter().filter(|l| **l == LayerType::LinearAttention).count();
     let state = model.new_state();
@@ -84,7 +87,10 @@ pub fn inspect(args: InspectArgs) -> Result<()> {
     }
     let mib = |b: usize| b as f64 / (1024.0 * 1024.0);
     println!("{}", dir.display());
-    println!("  layout            {:?} (tensors under `{}`)", config.layout, config.tensor_prefix());
+    match config.tensor_prefix() {
+        "" => println!("  layout            {:?} (tensors without a prefix)", config.layout),
+        prefix => println!("  layout            {:?} (tensors under `{prefix}`)", config.layout),
+    }
     println!(
         "  decoder           {} layers ({} Gated DeltaNet, {} gated attention), hidden {}, MLP {}",
         t.num_hidden_layers, linear, full, t.hidden_size, t.intermediate_size

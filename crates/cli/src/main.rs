@@ -115,11 +115,24 @@ pub fn read_text(arg: Option<&str>, file: Option<&PathBuf>) -> Result<String> {
     }
 }
 
+/// A size flag in MiB as bytes; an error (naming the flag) where it does not fit.
+pub fn mib_to_bytes(mib: usize, flag: &str) -> Result<usize> {
+    mib.checked_mul(1 << 20).with_context(|| format!("{flag} {mib} is too large"))
+}
+
+/// Most threads `--threads` may ask for per CPU: more only make the pool's spinning helpers
+/// fight over the cores.
+const MAX_THREADS_PER_CPU: usize = 8;
+
 fn main() {
     let cli = Cli::parse();
     if let Some(threads) = cli.threads {
-        if threads == 0 {
-            eprintln!("error: --threads must be at least 1");
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if threads == 0 || threads > cpus * MAX_THREADS_PER_CPU {
+            eprintln!(
+                "error: --threads must be 1 to {} ({cpus} CPUs here), not {threads}",
+                cpus * MAX_THREADS_PER_CPU
+            );
             std::process::exit(2);
         }
         if let Err(e) = qwenrt::set_threads(threads) {

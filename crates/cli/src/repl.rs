@@ -62,7 +62,7 @@ pub fn chat(args: ChatArgs) -> Result<()> {
     let lm = Arc::new(crate::load_lm(&args.model, args.dtype)?);
     let params = args.gen.params(&lm)?;
     let options = SessionOptions {
-        prompt_cache_bytes: args.cache_mib << 20,
+        prompt_cache_bytes: crate::mib_to_bytes(args.cache_mib, "--cache-mib")?,
         max_context: None,
         drafting: params.speculative.is_some(),
     };

@@ -337,3 +337,50 @@ fn run_decodes_speculatively_with_the_same_answer() {
     // Without the flag the folder still runs.
     assert!(qwenrt(&["run", "--model", d, "--max-tokens", "2", "hi"], None).status.success());
 }
+
+/// Flags with absurd values are errors naming the flag (or, for the repetition guard, merely
+/// never fire): no panic, no hang, no size that wraps to zero.
+#[test]
+fn absurd_flags_are_errors_not_panics_or_hangs() {
+    let dir = model_folder();
+    let d = dir.to_str().unwrap();
+    let cases: &[(&[&str], &str)] = &[
+        (&["--threads", "10000", "inspect", "--model", d], "--threads must be 1 to"),
+        (&["run", "--model", d, "--logit-bias", "999999999=1", "hi"], "outside the vocabulary"),
+        (
+            &["serve", "--model", d, "--max-body-mib", "18446744073709551615"],
+            "--max-body-mib 18446744073709551615 is too large",
+        ),
+        (
+            &["serve", "--model", d, "--cache-mib", "18446744073709551615"],
+            "--cache-mib 18446744073709551615 is too large",
+        ),
+        (&["serve", "--model", d, "--api-key", ""], "--api-key (or QWENRT_API_KEY) is empty"),
+        (
+            &["chat", "--model", d, "--cache-mib", "18446744073709551615"],
+            "--cache-mib 18446744073709551615 is too large",
+        ),
+    ];
+    for (args, want) in cases {
+        let out = qwenrt(args, None);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(stderr.contains(want), "{args:?}: stderr {stderr:?} lacks {want:?}");
+        assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
+    }
+    let guard =
+        ["run", "--model", d, "--max-tokens", "8", "--repetition-guard", "18446744073709551615", "hi"];
+    let out = qwenrt(&guard, None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A sentence-transformers folder is described as it is stored: no `model.` prefix.
+#[test]
+fn inspect_names_the_layout_the_tensors_have() {
+    let dir = common::embed_model_folder();
+    let out = qwenrt(&["inspect", "--model", dir.to_str().unwrap()], None);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("Bare (tensors without a prefix)"), "{text}");
+    let json = ok_json(&qwenrt(&["inspect", "--model", dir.to_str().unwrap(), "--json"], None));
+    assert_eq!(json["layout"], "Bare");
+}

@@ -59,15 +59,17 @@ const NO_TASKS: &(dyn Fn(usize) + Sync) = &|_| {};
 /// first parallel call; returns an error message afterwards.
 pub fn set_threads(threads: usize) -> Result<(), String> {
     let threads = threads.max(1);
-    let mut created = false;
+    let mut outcome = None;
     POOL.get_or_init(|| {
-        created = true;
-        Pool::new(threads)
+        let (pool, failure) = Pool::new(threads);
+        outcome = Some(failure);
+        pool
     });
-    if created {
-        Ok(())
-    } else {
-        Err(format!("the thread pool already runs {} threads", threads_in_use()))
+    match outcome {
+        Some(None) => Ok(()),
+        // The pool runs with the helpers that did start.
+        Some(Some(failure)) => Err(failure),
+        None => Err(format!("the thread pool already runs {} threads", threads_in_use())),
     }
 }
 
@@ -77,7 +79,7 @@ pub fn threads_in_use() -> usize {
 }
 
 fn pool() -> &'static Pool {
-    POOL.get_or_init(|| Pool::new(std::thread::available_parallelism().map_or(1, |n| n.get())))
+    POOL.get_or_init(|| Pool::new(std::thread::available_parallelism().map_or(1, |n| n.get())).0)
 }
 
 /// Runs `f(0)`, …, `f(tasks - 1)` on the pool's threads (the caller included) and returns when
@@ -137,7 +139,9 @@ unsafe impl<T: Send> Sync for SendPtr<T> {}
 unsafe impl<T: Send> Send for SendPtr<T> {}
 
 impl Pool {
-    fn new(threads: usize) -> Pool {
+    /// A pool of `threads - 1` helpers, or of as many as could be started, with the reason the
+    /// next one could not.
+    fn new(threads: usize) -> (Pool, Option<String>) {
         let shared = Arc::new(Shared {
             generation: AtomicU64::new(0),
             job: UnsafeCell::new(Job { run: NO_TASKS, tasks: 0 }),
@@ -148,15 +152,20 @@ impl Pool {
             sleepers: AtomicUsize::new(0),
             wake: (Mutex::new(()), Condvar::new()),
         });
-        let helpers = threads - 1;
-        for i in 0..helpers {
+        let mut helpers = 0;
+        let mut failure = None;
+        while helpers + 1 < threads {
             let shared = Arc::clone(&shared);
-            std::thread::Builder::new()
-                .name(format!("qwenrt-worker-{}", i + 1))
-                .spawn(move || helper(&shared))
-                .expect("cannot start a worker thread");
+            let started = std::thread::Builder::new()
+                .name(format!("qwenrt-worker-{}", helpers + 1))
+                .spawn(move || helper(&shared));
+            if let Err(e) = started {
+                failure = Some(format!("started {} of {threads} threads: {e}", helpers + 1));
+                break;
+            }
+            helpers += 1;
         }
-        Pool { shared, helpers }
+        (Pool { shared, helpers }, failure)
     }
 
     fn run(&self, tasks: usize, f: &(dyn Fn(usize) + Sync)) {

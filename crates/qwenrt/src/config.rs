@@ -12,6 +12,13 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 
+/// Most decoder layers a config may declare (checked before anything per layer is built).
+const MAX_LAYERS: usize = 1024;
+/// Most attention heads (query, key/value, DeltaNet) a config may declare.
+const MAX_HEADS: usize = 1024;
+/// Largest head dimension: the kernels keep a head's row in a fixed buffer of this size.
+const MAX_HEAD_DIM: usize = crate::model::deltanet::MAX_HEAD_DIM;
+
 /// Which kind of token mixer a decoder layer uses (`layer_types` in the config).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LayerType {
@@ -223,11 +230,19 @@ struct TopLevel {
     tie_word_embeddings: Option<bool>,
 }
 
+fn check_layer_count(n: usize, path: &Path) -> Result<()> {
+    if (1..=MAX_LAYERS).contains(&n) {
+        Ok(())
+    } else {
+        Err(Error::config(path, format!("num_hidden_layers is {n}; it must be 1 to {MAX_LAYERS}")))
+    }
+}
+
 impl ModelConfig {
     /// Reads and validates `config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text =
-            std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.to_owned(), source })?;
+        let text = crate::files::read_to_string(path, crate::files::CONFIG_LIMIT)
+            .map_err(|source| Error::Io { path: path.to_owned(), source })?;
         Self::from_json_str(&text, path)
     }
 
@@ -275,6 +290,7 @@ impl ModelConfig {
     /// the Qwen3.5 M-RoPE with every frequency on the text axis).
     fn validate_qwen3(mut text: TextConfig, path: &Path) -> Result<Self> {
         let fail = |msg: String| Err(Error::config(path, msg));
+        check_layer_count(text.num_hidden_layers, path)?;
         if text.use_sliding_window {
             return fail("use_sliding_window = true is not supported".into());
         }
@@ -311,6 +327,7 @@ impl ModelConfig {
     ) -> Result<Self> {
         let fail = |msg: String| Err(Error::config(path, msg));
         let n = text.num_hidden_layers;
+        check_layer_count(n, path)?;
         let layer_types = match &text.layer_types {
             Some(names) => {
                 if names.len() != n {
@@ -383,15 +400,15 @@ impl ModelConfig {
             _ => text.tie_word_embeddings,
         }
         .unwrap_or(false);
-        for (key, value) in [
-            ("linear_conv_kernel_dim", text.linear_conv_kernel_dim),
-            ("linear_key_head_dim", text.linear_key_head_dim),
-            ("linear_value_head_dim", text.linear_value_head_dim),
-            ("linear_num_key_heads", text.linear_num_key_heads),
-            ("linear_num_value_heads", text.linear_num_value_heads),
+        for (key, value, max) in [
+            ("linear_conv_kernel_dim", text.linear_conv_kernel_dim, 64),
+            ("linear_key_head_dim", text.linear_key_head_dim, MAX_HEAD_DIM),
+            ("linear_value_head_dim", text.linear_value_head_dim, MAX_HEAD_DIM),
+            ("linear_num_key_heads", text.linear_num_key_heads, MAX_HEADS),
+            ("linear_num_value_heads", text.linear_num_value_heads, MAX_HEADS),
         ] {
-            if value == 0 {
-                return fail(format!("{key} must be positive"));
+            if !(1..=max).contains(&value) {
+                return fail(format!("{key} is {value}; it must be 1 to {max}"));
             }
         }
         if !text.linear_num_value_heads.is_multiple_of(text.linear_num_key_heads) {
@@ -422,17 +439,30 @@ impl ModelConfig {
             ));
         }
 
-        for (key, value) in [
-            ("vocab_size", text.vocab_size),
-            ("hidden_size", text.hidden_size),
-            ("intermediate_size", text.intermediate_size),
-            ("num_hidden_layers", n),
-            ("num_attention_heads", text.num_attention_heads),
-            ("num_key_value_heads", text.num_key_value_heads),
+        // The upper bounds are far above any Qwen model's; a value past them is a corrupt file,
+        // and fails here with its key instead of as a huge allocation or a buffer overrun.
+        for (key, value, max) in [
+            ("vocab_size", text.vocab_size, 1 << 22),
+            ("hidden_size", text.hidden_size, 1 << 16),
+            ("intermediate_size", text.intermediate_size, 1 << 18),
+            ("num_hidden_layers", n, MAX_LAYERS),
+            ("num_attention_heads", text.num_attention_heads, MAX_HEADS),
+            ("num_key_value_heads", text.num_key_value_heads, MAX_HEADS),
+            ("max_position_embeddings", text.max_position_embeddings, 1 << 24),
         ] {
-            if value == 0 {
-                return fail(format!("{key} must be positive"));
+            if !(1..=max).contains(&value) {
+                return fail(format!("{key} is {value}; it must be 1 to {max}"));
             }
+        }
+        if !(text.rms_norm_eps.is_finite() && text.rms_norm_eps > 0.0) {
+            return fail(format!("rms_norm_eps {} must be a positive number", text.rms_norm_eps));
+        }
+        if !(rope.rope_theta.is_finite() && rope.rope_theta > 0.0) {
+            return fail(format!("rope_theta {} must be a positive number", rope.rope_theta));
+        }
+        let factor = rope.partial_rotary_factor;
+        if !(factor.is_finite() && factor > 0.0 && factor <= 1.0) {
+            return fail(format!("partial_rotary_factor {factor} must be in (0, 1]"));
         }
         if text.hidden_act != "silu" {
             return fail(format!("hidden_act \"{}\" is not supported (only \"silu\")", text.hidden_act));
@@ -450,8 +480,8 @@ impl ModelConfig {
             ));
         }
         let head_dim = text.head_dim.unwrap_or(text.hidden_size / text.num_attention_heads);
-        if head_dim == 0 {
-            return fail("head_dim must be positive".into());
+        if !(1..=MAX_HEAD_DIM).contains(&head_dim) {
+            return fail(format!("head_dim is {head_dim}; it must be 1 to {MAX_HEAD_DIM}"));
         }
         let rotary_dim = (head_dim as f64 * rope.partial_rotary_factor) as usize;
         if rotary_dim == 0 || !rotary_dim.is_multiple_of(2) || rotary_dim > head_dim {
@@ -461,7 +491,8 @@ impl ModelConfig {
                 rope.partial_rotary_factor
             ));
         }
-        if rope.mrope_section.len() != 3 || rope.mrope_section.iter().sum::<usize>() != rotary_dim / 2 {
+        let section_sum = rope.mrope_section.iter().try_fold(0usize, |sum, &s| sum.checked_add(s));
+        if rope.mrope_section.len() != 3 || section_sum != Some(rotary_dim / 2) {
             return fail(format!(
                 "rope_parameters.mrope_section {:?} must have 3 entries summing to rotary_dim/2 = {}",
                 rope.mrope_section,

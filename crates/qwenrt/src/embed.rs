@@ -295,7 +295,7 @@ impl Embedder {
 /// and whether a Normalize module follows.
 fn read_modules(dir: &Path) -> Result<(std::path::PathBuf, Pooling, bool)> {
     let path = dir.join("modules.json");
-    if !path.exists() {
+    if !exists(&path)? {
         return Ok((dir.to_owned(), Pooling::LastToken, true));
     }
     let modules: Vec<ModuleEntry> = read_json(&path)?;
@@ -345,12 +345,17 @@ fn read_pooling(path: &Path) -> Result<Pooling> {
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.to_owned(), source })?;
+    let text = crate::files::read_to_string(path, crate::files::CONFIG_LIMIT)
+        .map_err(|source| Error::Io { path: path.to_owned(), source })?;
     serde_json::from_str(&text).map_err(|source| Error::Json { path: path.to_owned(), source })
 }
 
+fn exists(path: &Path) -> Result<bool> {
+    crate::files::exists(path).map_err(|source| Error::Io { path: path.to_owned(), source })
+}
+
 fn read_optional_json<T: serde::de::DeserializeOwned + Default>(path: &Path) -> Result<T> {
-    if path.exists() {
+    if exists(path)? {
         read_json(path)
     } else {
         Ok(T::default())

@@ -31,6 +31,13 @@ pub enum Error {
     #[error("{}: tensor `{name}` has dtype {dtype}; supported: BF16, F16, F32", file.display())]
     UnsupportedDtype { file: PathBuf, name: String, dtype: String },
 
+    #[error("{}: tensor `{name}` holds a non-finite value (NaN or infinity): the file is corrupt", file.display())]
+    NonFiniteWeights { file: PathBuf, name: String },
+
+    /// The model computed a NaN or infinite logit: its weights or config are broken.
+    #[error("the model produced a non-finite logit (NaN or infinity); its weights or config are broken")]
+    NonFiniteLogits,
+
     #[error(transparent)]
     Tokenizer(#[from] TokenizerError),
 

@@ -43,7 +43,7 @@ impl GenerationConfig {
     /// Reads `generation_config.json` from a model folder; a missing file is an empty config.
     pub fn from_dir(dir: &Path) -> Result<Self> {
         let path = dir.join("generation_config.json");
-        match std::fs::read_to_string(&path) {
+        match crate::files::read_to_string(&path, crate::files::CONFIG_LIMIT) {
             Ok(text) => serde_json::from_str(&text).map_err(|source| Error::Json { path, source }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
             Err(source) => Err(Error::Io { path, source }),
@@ -144,7 +144,7 @@ pub fn generate(
         if tokens.len() == options.max_tokens || state.len() >= state.max_len() {
             break FinishReason::Length;
         }
-        next = sampler.sample(model.forward(state, &[next], Logits::Last)?);
+        next = sampler.sample(finite(model.forward(state, &[next], Logits::Last)?)?);
     };
     Ok(Generation {
         tokens,
@@ -155,6 +155,15 @@ pub fn generate(
     })
 }
 
+/// `logits` if every one is a number: broken weights show up as NaN or infinite logits, which
+/// would otherwise sample as garbage (greedy picks the first id, `!`).
+pub fn finite(logits: &[f32]) -> Result<&[f32]> {
+    if logits.iter().all(|l| l.is_finite()) {
+        Ok(logits)
+    } else {
+        Err(Error::NonFiniteLogits)
+    }
+}
 
 /// Feeds the prompt and chooses the first token: the sampler (which has seen the prompt), the
 /// token, and the time it took.
@@ -170,7 +179,7 @@ fn prefill(
     let mut sampler = Sampler::new(options.sampling.clone())?;
     sampler.observe_prompt(prompt);
     let start = Instant::now();
-    let next = sampler.sample(model.forward(state, prompt, Logits::Last)?);
+    let next = sampler.sample(finite(model.forward(state, prompt, Logits::Last)?)?);
     Ok((sampler, next, start.elapsed()))
 }
 

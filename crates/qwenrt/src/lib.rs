@@ -30,6 +30,7 @@ pub mod config;
 pub mod constraint;
 pub mod embed;
 mod error;
+mod files;
 pub mod generate;
 pub mod linear;
 mod lm;

@@ -136,18 +136,25 @@ impl Linear {
         dtype: WeightDtype,
     ) -> Result<Self> {
         let t = store.get(name, &[out_features, in_features])?;
-        Ok(Self::from_tensor(&t, out_features, in_features, dtype))
+        Self::from_tensor(&t, out_features, in_features, dtype)
     }
 
-    fn from_tensor(t: &TensorRef, out_features: usize, in_features: usize, dtype: WeightDtype) -> Self {
+    /// Values the loader touches (quantizing, converting) are checked to be finite; weights kept
+    /// as mapped are not read here (a non-finite one shows up as a non-finite logit).
+    fn from_tensor(
+        t: &TensorRef,
+        out_features: usize,
+        in_features: usize,
+        dtype: WeightDtype,
+    ) -> Result<Self> {
         let stored = stored_format(t.dtype);
         let quantizable = in_features.is_multiple_of(QK);
         let storage = match dtype {
             WeightDtype::Int8 | WeightDtype::Int4 if !quantizable => {
                 Storage::Float(Bytes::Mapped(t.mapped()), stored)
             }
-            WeightDtype::Int8 => Storage::Q8(quantize_rows(t, in_features, quant::quantize_q8_into).into()),
-            WeightDtype::Int4 => Storage::Q4(quantize_rows(t, in_features, quant::quantize_q4_into).into()),
+            WeightDtype::Int8 => Storage::Q8(quantize_rows(t, in_features, quant::quantize_q8_into)?.into()),
+            WeightDtype::Int4 => Storage::Q4(quantize_rows(t, in_features, quant::quantize_q4_into)?.into()),
             float => {
                 let want = match float {
                     WeightDtype::F32 => FloatFormat::F32,
@@ -157,13 +164,13 @@ impl Linear {
                 if want == stored {
                     Storage::Float(Bytes::Mapped(t.mapped()), stored)
                 } else {
-                    let converted = encode(&t.to_f32(), want);
+                    let converted = encode(&t.to_finite_f32()?, want);
                     t.mapped().release_pages();
                     Storage::Float(Bytes::Owned(converted), want)
                 }
             }
         };
-        Linear { out_features, in_features, storage }
+        Ok(Linear { out_features, in_features, storage })
     }
 
     pub fn from_f32(data: Vec<f32>, out_features: usize, in_features: usize) -> Self {
@@ -261,7 +268,7 @@ fn quantize_rows<B: Send + Clone + Default, E: std::fmt::Debug>(
     t: &TensorRef,
     k: usize,
     quantize: impl Fn(&[f32], &mut [B]) -> std::result::Result<(), E> + Sync,
-) -> Vec<B> {
+) -> Result<Vec<B>> {
     const PIECE_BYTES: usize = 16 << 20;
     let row_bytes = k * t.element_bytes();
     let rows = t.bytes.len() / row_bytes;
@@ -269,21 +276,28 @@ fn quantize_rows<B: Send + Clone + Default, E: std::fmt::Debug>(
     let mut blocks = vec![B::default(); rows * (k / QK)];
     let pieces = blocks.chunks_mut(rows_per_piece * (k / QK)).zip(t.bytes.chunks(rows_per_piece * row_bytes));
     let mapped = t.mapped();
+    let finite = std::sync::atomic::AtomicBool::new(true);
     for (i, (out, bytes)) in pieces.enumerate() {
         out.par_chunks_mut(k / QK).zip(bytes.par_chunks(row_bytes)).for_each_init(
             || vec![0.0f32; k],
             |row, (out, bytes)| {
                 widen(t.dtype, bytes, row);
+                if !row.iter().all(|v| v.is_finite()) {
+                    finite.store(false, std::sync::atomic::Ordering::Relaxed);
+                }
                 quantize(row, out).expect("k is a multiple of the block size");
             },
         );
         let start = i * rows_per_piece * row_bytes;
         mapped.release_pages_of(start..start + bytes.len());
+        if !finite.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(t.non_finite());
+        }
     }
-    blocks
+    Ok(blocks)
 }
 
 /// Loads a 1-D f32 vector (norm weights, biases, per-head scalars), checking its length.
 pub fn load_vector(store: &WeightStore, name: &str, len: usize) -> Result<Vec<f32>> {
-    Ok(store.get(name, &[len])?.to_f32())
+    store.get(name, &[len])?.to_finite_f32()
 }

@@ -24,13 +24,16 @@ impl Default for RepetitionGuard {
 impl RepetitionGuard {
     /// Whether `tokens` ends in a loop.
     pub fn is_looping(&self, tokens: &[u32]) -> bool {
-        (1..=self.max_ngram).any(|n| {
+        // An n-gram repeated at least twice fits only for n <= len / 2: the bound keeps an
+        // absurd max_ngram from looping for ever.
+        (1..=self.max_ngram.min(tokens.len() / 2)).any(|n| {
             let repeats = self.min_repeats.max(self.min_tokens.div_ceil(n)).max(2);
-            let span = n * repeats;
-            span <= tokens.len() && {
-                let tail = &tokens[tokens.len() - span..];
-                (n..span).all(|i| tail[i] == tail[i - n])
-            }
+            n.checked_mul(repeats).is_some_and(|span| {
+                span <= tokens.len() && {
+                    let tail = &tokens[tokens.len() - span..];
+                    (n..span).all(|i| tail[i] == tail[i - n])
+                }
+            })
         })
     }
 }

@@ -17,9 +17,9 @@
 //! et al. 2023, Chen et al. 2023), and greedy output is plain greedy output token for token. The
 //! decoder's caches then return to the kept prefix ([`Model::keep_verified`]).
 //!
-//! How many drafts to make adapts to how many were kept: a step that keeps all of them asks for
-//! one more next time (up to `draft_max`), one that keeps none for one fewer, and at zero a single
-//! draft is tried again every [`PROBE_EVERY`] steps. Low acceptance thus costs at most one draft
+//! How many drafts to make adapts to how many were kept: it starts at one, a step that keeps all
+//! of them asks for one more next time (up to `draft_max`), one that keeps none for one fewer, and
+//! at zero a single draft is tried again every [`PROBE_EVERY`] steps. Low acceptance thus costs at most one draft
 //! per step while it lasts, and nothing between probes.
 
 use std::time::{Duration, Instant};
@@ -187,7 +187,9 @@ impl Speculator {
         model.enable_drafting(state)?;
         let seed = options.oracle.as_ref().map_or(0, |o| o.seed);
         Ok(Speculator {
-            k: options.draft_max,
+            // Adaptive: start at one draft and grow while they are kept, so that a head that is
+            // never right costs one draft, not a ramp down from the most.
+            k: if options.adaptive { 1 } else { options.draft_max },
             idle: 0,
             oracle_rng: ChaCha8Rng::seed_from_u64(seed),
             options,
@@ -219,6 +221,7 @@ impl Speculator {
         let rows = model.verify(state, &drafts.pass(next))?;
         let mut out = Vec::with_capacity(drafts.len() + 1);
         for (i, row) in rows.chunks_exact(model.vocab_size()).enumerate() {
+            let row = crate::generate::finite(row)?;
             let token = match drafts.get(i) {
                 Some(_) if sampler.params().temperature > 0.0 => {
                     let p = sampler.distribution(row);

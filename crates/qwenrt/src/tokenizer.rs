@@ -66,7 +66,7 @@ impl Tokenizer {
     /// words with combining marks (Devanagari, Thai, …) differently from
     /// [`QWEN3_5_PRETOKENIZE_REGEX`].
     pub fn from_file(path: &Path, pretokenizer: Option<&str>) -> Result<Self, TokenizerError> {
-        let json = std::fs::read_to_string(path).map_err(|source| {
+        let json = crate::files::read_to_string(path, crate::files::TOKENIZER_LIMIT).map_err(|source| {
             if source.kind() == std::io::ErrorKind::NotFound {
                 TokenizerError::Missing { path: path.to_owned() }
             } else {

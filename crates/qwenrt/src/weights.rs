@@ -3,7 +3,6 @@
 //! against the shape the config implies before any model code sees them.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -55,6 +54,21 @@ impl TensorRef<'_> {
         let mut out = vec![0.0; self.numel()];
         widen(self.dtype, self.bytes, &mut out);
         out
+    }
+
+    /// [`to_f32`](Self::to_f32), refusing a NaN or an infinity (a corrupt file).
+    pub fn to_finite_f32(&self) -> Result<Vec<f32>> {
+        let values = self.to_f32();
+        if values.iter().all(|v| v.is_finite()) {
+            Ok(values)
+        } else {
+            Err(self.non_finite())
+        }
+    }
+
+    /// The error for a tensor found to hold a NaN or an infinity.
+    pub fn non_finite(&self) -> Error {
+        Error::NonFiniteWeights { file: self.file.to_owned(), name: self.name.clone() }
     }
 
     /// Bytes per stored element.
@@ -132,15 +146,26 @@ pub struct WeightStore {
     index: HashMap<String, usize>,
 }
 
+/// A name that joined to a folder stays inside it: relative, one or more normal components
+/// (shards in subfolders are allowed), no `..`.
+fn is_plain_file_name(name: &str) -> bool {
+    let path = Path::new(name);
+    !name.is_empty() && path.components().all(|c| matches!(c, std::path::Component::Normal(_)))
+}
+
 impl WeightStore {
     /// Opens the safetensors files of a model folder: the index's shards when
     /// `model.safetensors.index.json` exists, else `model.safetensors` (as transformers does; other
     /// `*.safetensors` files in the folder, such as adapters, are not the model).
     pub fn open_dir(dir: &Path) -> Result<Self> {
         let index_path = dir.join("model.safetensors.index.json");
-        let files: Vec<PathBuf> = if index_path.exists() {
-            let text = std::fs::read_to_string(&index_path)
-                .map_err(|source| Error::Io { path: index_path.clone(), source })?;
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |source| Error::Io { path, source }
+        };
+        let files: Vec<PathBuf> = if crate::files::exists(&index_path).map_err(io(&index_path))? {
+            let text = crate::files::read_to_string(&index_path, crate::files::CONFIG_LIMIT)
+                .map_err(io(&index_path))?;
             #[derive(serde::Deserialize)]
             struct Index {
                 weight_map: BTreeMap<String, String>,
@@ -150,8 +175,16 @@ impl WeightStore {
             let mut names: Vec<&String> = index.weight_map.values().collect();
             names.sort();
             names.dedup();
+            // A shard is a file of this folder: `../x` or `/etc/passwd` is not opened. (Links
+            // are followed, as the Hugging Face cache links each file to its blob.)
+            if let Some(bad) = names.iter().find(|n| !is_plain_file_name(n)) {
+                return Err(Error::Safetensors {
+                    path: index_path,
+                    message: format!("shard {bad:?} is not a file name inside the model folder"),
+                });
+            }
             names.into_iter().map(|n| dir.join(n)).collect()
-        } else if dir.join("model.safetensors").exists() {
+        } else if crate::files::exists(&dir.join("model.safetensors")).map_err(io(dir))? {
             vec![dir.join("model.safetensors")]
         } else {
             return Err(Error::Io {
@@ -169,7 +202,7 @@ impl WeightStore {
         let mut shards = Vec::with_capacity(files.len());
         let mut index = HashMap::new();
         for path in files {
-            let file = File::open(path).map_err(|source| Error::Io { path: path.clone(), source })?;
+            let file = crate::files::open(path).map_err(|source| Error::Io { path: path.clone(), source })?;
             // SAFETY: the mapping is read-only. Like every mmap-based loader we rely on the file
             // not being truncated underneath us while the model is alive.
             let mmap =

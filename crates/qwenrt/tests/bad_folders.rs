@@ -182,3 +182,136 @@ fn missing_tokenizer_is_reported_by_the_full_loader() {
     };
     assert!(e.contains("model folder not found"), "{e}");
 }
+
+/// Numbers that would abort, wrap or compute garbage are refused with their key.
+#[test]
+fn absurd_config_numbers_name_their_key() {
+    type Edit = Box<dyn Fn(&mut serde_json::Value)>;
+    let cases: Vec<(&str, Edit, &str)> = vec![
+        (
+            "layers",
+            Box::new(|v| {
+                v["num_hidden_layers"] = 1_000_000_000u64.into();
+                v.as_object_mut().unwrap().remove("layer_types");
+            }),
+            "num_hidden_layers is 1000000000; it must be 1 to 1024",
+        ),
+        ("vocab", Box::new(|v| v["vocab_size"] = (1u64 << 40).into()), "vocab_size is 1099511627776"),
+        ("head-dim", Box::new(|v| v["head_dim"] = 4096.into()), "head_dim is 4096; it must be 1 to 512"),
+        (
+            "linear-head-dim",
+            Box::new(|v| v["linear_value_head_dim"] = 100_000.into()),
+            "linear_value_head_dim is 100000",
+        ),
+        // The sum wraps to 4, the value the check wants.
+        (
+            "mrope",
+            Box::new(|v| v["rope_parameters"]["mrope_section"] = serde_json::json!([u64::MAX, 1, 4])),
+            "mrope_section",
+        ),
+        ("eps", Box::new(|v| v["rms_norm_eps"] = 0.0.into()), "rms_norm_eps 0 must be a positive number"),
+        ("eps-negative", Box::new(|v| v["rms_norm_eps"] = (-1e-6).into()), "rms_norm_eps"),
+        ("theta", Box::new(|v| v["rope_parameters"]["rope_theta"] = (-1.0).into()), "rope_theta -1 must be"),
+        (
+            "rotary-factor",
+            Box::new(|v| v["rope_parameters"]["partial_rotary_factor"] = 2.0.into()),
+            "partial_rotary_factor 2 must be in (0, 1]",
+        ),
+    ];
+    for (tag, edit, want) in cases {
+        let dir = fresh(&format!("config-{tag}"));
+        edit_config(&dir, edit);
+        let e = load_err(&dir);
+        assert!(e.contains("config.json") && e.contains(want), "{tag}: {e}");
+    }
+}
+
+/// Only regular files are read: a FIFO or a device named as a config fails at once (opening a
+/// FIFO would block), and a link loop is not taken for a missing file.
+#[cfg(unix)]
+#[test]
+fn special_files_are_refused_not_read() {
+    let dir = fresh("fifo-config");
+    std::fs::remove_file(dir.join("config.json")).unwrap();
+    assert!(std::process::Command::new("mkfifo").arg(dir.join("config.json")).status().unwrap().success());
+    let e = load_err(&dir);
+    assert!(e.contains("config.json") && e.contains("a FIFO, not a regular file"), "{e}");
+
+    let dir = fresh("device-config");
+    std::fs::remove_file(dir.join("config.json")).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", dir.join("config.json")).unwrap();
+    let e = load_err(&dir);
+    assert!(e.contains("a device, not a regular file"), "{e}");
+
+    let dir = fresh("device-weights");
+    std::fs::remove_file(dir.join("model.safetensors")).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", dir.join("model.safetensors")).unwrap();
+    let e = load_err(&dir);
+    assert!(e.contains("model.safetensors") && e.contains("a device"), "{e}");
+
+    let dir = qwenrt_test_support::tiny_vl_folder("loop-generation-config");
+    let link = dir.join("generation_config.json");
+    std::fs::remove_file(&link).unwrap();
+    std::os::unix::fs::symlink(&link, &link).unwrap();
+    let e = match LanguageModel::load(&dir) {
+        Ok(_) => panic!("loaded with a looping generation_config.json"),
+        Err(e) => e.to_string(),
+    };
+    assert!(e.contains("generation_config.json") && !e.contains("No such file"), "{e}");
+}
+
+/// A shard named in the index is a file of the folder: nothing outside it is opened.
+#[test]
+fn shard_paths_stay_inside_the_folder() {
+    for shard in ["../model.safetensors", "/etc/passwd", "sub/../../x.safetensors"] {
+        let dir = fresh("shard-escape");
+        let index = serde_json::json!({"weight_map": {"model.norm.weight": shard}});
+        std::fs::write(dir.join("model.safetensors.index.json"), index.to_string()).unwrap();
+        let e = load_err(&dir);
+        assert!(e.contains("is not a file name inside the model folder"), "{shard}: {e}");
+    }
+}
+
+/// NaN or infinite weights are found where loading touches the values: norms always, matrices
+/// when they are quantized or converted.
+#[test]
+fn non_finite_weights_are_refused() {
+    use qwenrt::linear::{LoadOptions, WeightDtype};
+    let poison = |target: &'static str| {
+        move |name: &str, d: Dtype, s: Vec<usize>, mut b: Vec<u8>| {
+            if name == target {
+                assert_eq!(d, Dtype::F32);
+                b[4..8].copy_from_slice(&f32::NAN.to_le_bytes());
+            }
+            Some((d, s, b))
+        }
+    };
+    let dir = fresh("nan-norm");
+    rewrite_weights(&dir, poison("model.layers.2.input_layernorm.weight"));
+    let e = load_err(&dir);
+    assert!(e.contains("`model.layers.2.input_layernorm.weight` holds a non-finite value"), "{e}");
+
+    let dir = fresh("nan-matrix");
+    rewrite_weights(&dir, poison("model.layers.3.mlp.down_proj.weight"));
+    for dtype in [WeightDtype::Int8, WeightDtype::Int4, WeightDtype::Bf16] {
+        let e = match Model::load_with(&dir, &LoadOptions::with_dtype(dtype)) {
+            Ok(_) => panic!("{dtype:?}: loaded NaN weights"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            e.contains("`model.layers.3.mlp.down_proj.weight` holds a non-finite value"),
+            "{dtype:?}: {e}"
+        );
+    }
+    // Kept as stored (f32 here), the matrix is not scanned: the NaN reaches the logits, and
+    // generation refuses them.
+    let model = Model::load(&dir).unwrap();
+    let mut state = model.new_state();
+    let options = qwenrt::GenerateOptions {
+        max_tokens: 4,
+        sampling: qwenrt::SamplingParams::greedy(),
+        stop_ids: vec![],
+    };
+    let e = qwenrt::generate(&model, &mut state, &[1, 2, 3], &options, |_| true).unwrap_err().to_string();
+    assert!(e.contains("non-finite logit"), "{e}");
+}

@@ -179,6 +179,13 @@ fn embed(embedder: &Embedder, inputs: &Inputs, options: &EmbedOptions) -> Result
         qwenrt::Error::InvalidInput(message) => ApiError::invalid_request(message).with_param("input"),
         other => ApiError::internal(other.to_string()),
     };
+    if let Some(d) = options.dimensions.filter(|&d| d > embedder.hidden_size()) {
+        return Err(ApiError::invalid_request(format!(
+            "dimensions must be between 1 and {}, got {d}",
+            embedder.hidden_size()
+        ))
+        .with_param("dimensions"));
+    }
     match inputs {
         Inputs::Texts(texts) => embedder.embed(texts, options).map_err(invalid),
         Inputs::Tokens(ids) => {
@@ -199,15 +206,7 @@ fn embed(embedder: &Embedder, inputs: &Inputs, options: &EmbedOptions) -> Result
                     .with_param("input"));
                 }
             }
-            let dims = options.dimensions;
-            if let Some(d) = dims.filter(|&d| d > embedder.hidden_size()) {
-                return Err(ApiError::invalid_request(format!(
-                    "dimensions must be between 1 and {}, got {d}",
-                    embedder.hidden_size()
-                ))
-                .with_param("dimensions"));
-            }
-            embedder.embed_tokens(ids, dims).map_err(invalid)
+            embedder.embed_tokens(ids, options.dimensions).map_err(invalid)
         }
     }
 }

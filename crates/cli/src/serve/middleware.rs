@@ -28,7 +28,7 @@ pub async fn require_api_key(State(state): State<Arc<AppState>>, req: Request, n
                 .headers()
                 .get(header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
+                .and_then(bearer_token)
                 .unwrap_or("");
             // Constant time, so the response time does not tell how much of a guess was right
             // (only whether its length was).
@@ -38,6 +38,13 @@ pub async fn require_api_key(State(state): State<Arc<AppState>>, req: Request, n
         }
     }
     next.run(req).await
+}
+
+/// The credentials of an `Authorization: Bearer TOKEN` header; the scheme is case-insensitive
+/// (RFC 9110, 11.1).
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim_start())
 }
 
 /// Token counts of a request, filled in by its handler (or its stream, which outlives it).

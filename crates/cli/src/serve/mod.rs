@@ -135,6 +135,11 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     if args.prefill_chunk == 0 {
         bail!("--prefill-chunk must be at least 1");
     }
+    if args.api_key.as_deref().is_some_and(|k| k.trim().is_empty()) {
+        bail!("--api-key (or QWENRT_API_KEY) is empty: give a key, or leave it out to serve without one");
+    }
+    let cache_bytes = crate::mib_to_bytes(args.cache_mib, "--cache-mib")?;
+    let body_limit = crate::mib_to_bytes(args.max_body_mib, "--max-body-mib")?;
     let lm = Arc::new(crate::load_lm(&args.model, args.dtype)?);
     let speculative =
         crate::gen_args::speculative_options(&lm, args.speculative, args.draft_max, args.draft_vocab)?;
@@ -154,7 +159,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
             slots: args.parallel,
             queue_capacity: args.queue,
             max_context,
-            prompt_cache_bytes: args.cache_mib << 20,
+            prompt_cache_bytes: cache_bytes,
             prefill_chunk: args.prefill_chunk,
             drafting: speculative.is_some(),
         },
@@ -174,9 +179,9 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         lm,
         engine,
         model_id,
-        api_key: args.api_key.clone().filter(|k| !k.is_empty()),
+        api_key: args.api_key.clone(),
         max_context,
-        body_limit: args.max_body_mib << 20,
+        body_limit,
         started: output::unix_time(),
         embeddings,
         speculative,

@@ -498,8 +498,14 @@ fn load_media(source: &str, is_image: bool, name: &str, policy: MediaPolicy) -> 
         return decoded.map_err(|e| e.to_string());
     }
     let path = match source.strip_prefix("file://") {
-        // file:///abs/path, or file://localhost/abs/path
-        Some(rest) => percent_decode(rest.strip_prefix("localhost").unwrap_or(rest))?,
+        // file:///abs/path, or file://localhost/abs/path; another host is another machine.
+        Some(rest) => {
+            let rest = rest.strip_prefix("localhost").unwrap_or(rest);
+            if !rest.starts_with('/') {
+                return Err("a file: URL names a file of this machine: file:///path (no host)".into());
+            }
+            percent_decode(rest)?
+        }
         None if source.contains("://") => {
             return Err("remote URLs are not fetched: send the picture in a data: URL".into());
         }
@@ -510,13 +516,18 @@ fn load_media(source: &str, is_image: bool, name: &str, policy: MediaPolicy) -> 
                     send the picture in a data: URL"
             .into());
     }
-    let path = std::path::Path::new(&path);
+    let file = std::path::Path::new(&path);
     let loaded = if is_image {
-        ImageInput::open(path).map(ContentPart::image)
+        ImageInput::open(file).map(ContentPart::image)
     } else {
-        VideoInput::open(path, FOLDER_VIDEO_FPS).map(ContentPart::video)
+        VideoInput::open(file, FOLDER_VIDEO_FPS).map(ContentPart::video)
     };
-    loaded.map_err(|e| e.to_string())
+    // One answer for every failure: a client must not learn which paths exist, what kind of
+    // file they are, or what a folder holds.
+    loaded.map_err(|_| {
+        let what = if is_image { "an image" } else { "a video (a GIF or a folder of frames)" };
+        format!("{path:?} cannot be read as {what} (missing, not a readable file, or not a picture)")
+    })
 }
 
 /// `%XX` escapes of a `file://` URL's path.
@@ -842,6 +853,16 @@ mod tests {
         assert!(err("data:image/png;base64,AAAA", closed).contains("not a PNG"));
         let open = MediaPolicy { allow_local_files: true };
         assert!(err("file:///no/such%20file.png", open).contains("/no/such file.png"));
+        assert!(err("file://other-host/etc/hostname", open).contains("no host"));
+        // Missing, a folder, a device, not an image: the same answer, naming nothing else.
+        let text = std::env::temp_dir().join(format!("qwenrt-not-an-image-{}.png", std::process::id()));
+        std::fs::write(&text, "plain text").unwrap();
+        let missing = err("/no/such/file.png", open).replace("/no/such/file.png", "P");
+        let folder = std::env::temp_dir();
+        for path in [folder.to_str().unwrap(), "/dev/zero", text.to_str().unwrap()] {
+            assert_eq!(err(path, open).replace(path, "P"), missing, "{path}");
+        }
+        std::fs::remove_file(&text).unwrap();
         assert_eq!(percent_decode("/a%2Fb%20c").unwrap(), "/a/b c");
         assert!(percent_decode("/a%zz").is_err());
     }

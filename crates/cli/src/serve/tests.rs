@@ -787,12 +787,23 @@ async fn api_key_is_required_except_for_health() {
         }
         request.body(Body::empty()).unwrap()
     };
-    for key in [None, Some("Bearer wrong"), Some("Bearer s3cre"), Some("s3cret"), Some("Bearer s3cret2")] {
+    let wrong = [
+        None,
+        Some("Bearer wrong"),
+        Some("Bearer s3cre"),
+        Some("s3cret"),
+        Some("Bearer s3cret2"),
+        Some("Basic s3cret"),
+    ];
+    for key in wrong {
         let (status, body) = call(&app, with_key(key)).await;
         assert_error(status, &body, StatusCode::UNAUTHORIZED, None);
         assert_eq!(body["error"]["code"], "invalid_api_key");
     }
-    assert_eq!(call(&app, with_key(Some("Bearer s3cret"))).await.0, StatusCode::OK);
+    // The scheme is case-insensitive (RFC 9110).
+    for key in ["Bearer s3cret", "bearer s3cret", "BEARER  s3cret"] {
+        assert_eq!(call(&app, with_key(Some(key))).await.0, StatusCode::OK, "{key}");
+    }
     assert_eq!(call(&app, get("/health")).await.0, StatusCode::OK);
 }
 
@@ -912,7 +923,7 @@ async fn embeddings_float_and_base64() {
     assert_eq!(short["data"][0]["embedding"].as_array().unwrap().len(), 8);
     let (status, err) =
         call(&app, post("/v1/embeddings", &json!({"input": "hello", "dimensions": 100000}))).await;
-    assert_error(status, &err, StatusCode::BAD_REQUEST, None);
+    assert_error(status, &err, StatusCode::BAD_REQUEST, Some("dimensions"));
     let (status, err) = call(&app, post("/v1/embeddings", &json!({"input": {"text": "x"}}))).await;
     assert_error(status, &err, StatusCode::BAD_REQUEST, Some("input"));
 }

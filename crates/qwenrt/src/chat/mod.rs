@@ -41,6 +41,10 @@ pub enum ChatTemplateError {
     #[error("chat template rejected the conversation: {0}")]
     Raised(String),
 
+    /// The rendering ran past a limit: too many steps, or too much output.
+    #[error("chat template stopped: {0}")]
+    Limit(String),
+
     /// Rendering failed for another reason (undefined attribute, type error, ...).
     #[error("chat template failed to render: {0:#}")]
     Render(#[source] minijinja::Error),
@@ -116,6 +120,25 @@ mod tests {
         assert_eq!(py::split_whitespace("\x1fa\x1cb", None), ["a", "b"]);
         assert!(py::split_whitespace(" \t ", None).is_empty());
         assert_eq!(py::strip("\x1f x \x1c", None, py::Side::Both).unwrap(), "x");
+    }
+
+    /// Hostile templates stop with an error naming the limit instead of hanging or exhausting
+    /// memory.
+    #[test]
+    fn templates_run_within_limits() {
+        let render = |source: &str| {
+            let template = ChatTemplate::new(source).unwrap();
+            template.render(&RenderRequest::new(&[Message::user("hi")])).map_err(|e| e.to_string())
+        };
+        assert_eq!(render("{{ messages[0].content }}").unwrap(), "hi");
+        let e = render("{% for a in range(100000) %}{% for b in range(100000) %}{% for c in range(100000) %}{% endfor %}{% endfor %}{% endfor %}").unwrap_err();
+        assert!(e.contains("steps"), "{e}");
+        let e = render("{{ messages | tojson(indent=10**12) }}").unwrap_err();
+        assert!(e.contains("indent"), "{e}");
+        let e = render("{% for i in range(100000) %}{{ 'x' * 1000 }}{% endfor %}").unwrap_err();
+        assert!(e.contains("MiB"), "{e}");
+        let e = render("{{ 'x' * 10**12 }}").unwrap_err();
+        assert!(!e.is_empty());
     }
 
     #[test]

@@ -3,8 +3,17 @@
 
 use super::*;
 
+/// Steps (template instructions) one rendering may take: the published templates take a few
+/// thousand per message, so this allows conversations far longer than any context, and stops a
+/// template that loops for ever or nests huge ranges.
+pub(super) const TEMPLATE_FUEL: u64 = 50_000_000;
+
+/// Most spaces of a `tojson` indent: a larger one is a hostile template.
+const MAX_INDENT: usize = 1024;
+
 pub(super) fn build_environment() -> Environment<'static> {
     let mut env = Environment::new();
+    env.set_fuel(Some(TEMPLATE_FUEL));
     env.set_syntax(
         SyntaxConfig::builder()
             .trim_blocks(true)
@@ -312,8 +321,14 @@ pub(super) mod py {
                     // json.dumps repeats a space `indent` times (`True` counting as 1, negatives as 0).
                     None if v.kind() == ValueKind::Bool => if v.is_true() { " " } else { "" }.to_owned(),
                     None if v.is_integer() => {
-                        let n = i64::try_from(v.clone())?;
-                        " ".repeat(usize::try_from(n).unwrap_or(0))
+                        let n = usize::try_from(i64::try_from(v.clone())?).unwrap_or(0);
+                        if n > MAX_INDENT {
+                            return Err(Error::new(
+                                ErrorKind::InvalidOperation,
+                                format!("tojson indent {n} is larger than {MAX_INDENT}"),
+                            ));
+                        }
+                        " ".repeat(n)
                     }
                     None => {
                         return Err(Error::new(

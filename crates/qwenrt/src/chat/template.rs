@@ -24,6 +24,30 @@ impl<'a> RenderRequest<'a> {
     }
 }
 
+/// Most bytes a rendered prompt may have: a 262k-token context holds about 1 MB of text.
+const MAX_PROMPT_BYTES: usize = 64 << 20;
+
+/// Collects a rendering, refusing to grow past [`MAX_PROMPT_BYTES`].
+struct CappedWriter {
+    bytes: Vec<u8>,
+    full: bool,
+}
+
+impl std::io::Write for CappedWriter {
+    fn write(&mut self, piece: &[u8]) -> std::io::Result<usize> {
+        if self.bytes.len() + piece.len() > MAX_PROMPT_BYTES {
+            self.full = true;
+            return Err(std::io::Error::other("the rendered prompt is too large"));
+        }
+        self.bytes.extend_from_slice(piece);
+        Ok(piece.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// A compiled chat template (or the set of named templates a model ships), ready to render many times.
 pub struct ChatTemplate {
     env: Environment<'static>,
@@ -55,7 +79,7 @@ impl ChatTemplate {
     /// (`eos_token`, `pad_token`, ...) in `tokenizer_config.json` become template variables.
     pub fn from_model_dir(dir: &Path) -> Result<Self, ChatTemplateError> {
         let config_path = dir.join("tokenizer_config.json");
-        let config = match std::fs::read_to_string(&config_path) {
+        let config = match crate::files::read_to_string(&config_path, crate::files::CONFIG_LIMIT) {
             Ok(text) => match serde_json::from_str::<serde_json::Value>(&text) {
                 Ok(serde_json::Value::Object(map)) => Some(map),
                 Ok(_) => {
@@ -127,10 +151,27 @@ impl ChatTemplate {
         let name = self.pick_template(req.tools.is_some())?;
         let template = self.env.get_template(name).map_err(ChatTemplateError::Render)?;
         let context = Value::from(Serde(self.context(req)?));
-        template.render(context).map_err(|err| match raised_message(&err) {
-            Some(message) => ChatTemplateError::Raised(message),
-            None => ChatTemplateError::Render(err),
-        })
+        let mut out = CappedWriter { bytes: Vec::new(), full: false };
+        let rendered = template.render_captured_to(context, &mut out).map(drop);
+        if out.full {
+            return Err(ChatTemplateError::Limit(format!(
+                "its output passed {} MiB (far more than any context holds)",
+                MAX_PROMPT_BYTES >> 20
+            )));
+        }
+        if let Err(err) = rendered {
+            return Err(match raised_message(&err) {
+                Some(message) => ChatTemplateError::Raised(message),
+                None if err.kind() == minijinja::ErrorKind::OutOfFuel => ChatTemplateError::Limit(format!(
+                    "it ran more than {} steps (an endless or enormous loop?)",
+                    super::python::TEMPLATE_FUEL
+                )),
+                None => ChatTemplateError::Render(err),
+            });
+        }
+        // Every piece written came from a Rust string.
+        String::from_utf8(out.bytes)
+            .map_err(|e| ChatTemplateError::Limit(format!("its output is not UTF-8: {e}")))
     }
 
     /// Same choice as transformers' `get_chat_template`: `tool_use` when tools are passed, else `default`.
@@ -192,7 +233,7 @@ pub(super) fn alias_reasoning(message: serde_json::Value) -> serde_json::Value {
 
 /// Python's `open(path, encoding="utf-8").read()` translates `\r\n` and `\r` to `\n`.
 pub(super) fn read_template_file(path: &Path) -> Result<String, ChatTemplateError> {
-    let text = std::fs::read_to_string(path)
+    let text = crate::files::read_to_string(path, crate::files::CONFIG_LIMIT)
         .map_err(|source| ChatTemplateError::Io { path: path.to_path_buf(), source })?;
     Ok(if text.contains('\r') { text.replace("\r\n", "\n").replace('\r', "\n") } else { text })
 }

@@ -124,7 +124,7 @@ impl GatedDeltaNet {
         };
         let p = |name: &str| format!("{}linear_attn.{name}", w.prefix);
         // Stored [channels, 1, K]; the kernel wants the taps of all channels side by side.
-        let conv = w.store.get(&p("conv1d.weight"), &[d.conv_dim(), 1, d.kernel])?.to_f32();
+        let conv = w.store.get(&p("conv1d.weight"), &[d.conv_dim(), 1, d.kernel])?.to_finite_f32()?;
         let mut conv_weight = vec![0.0; conv.len()];
         k::transpose(&conv, d.conv_dim(), d.kernel, &mut conv_weight);
         let a_log = load_vector(w.store, &p("A_log"), d.hv)?;

@@ -929,6 +929,11 @@ mod tests {
         assert!(!g.is_looping(&[1, 2, 3, 1, 2, 3, 1, 2, 4]));
         assert!(!g.is_looping(&[1, 2, 3, 4, 5, 1, 2, 3, 4, 5, 1, 2, 3, 4, 5]), "period 5 > max_ngram");
         assert!(!g.is_looping(&[]));
+        // Absurd bounds end at once instead of looping for ever.
+        let huge = RepetitionGuard { max_ngram: usize::MAX, min_repeats: usize::MAX, min_tokens: usize::MAX };
+        assert!(!huge.is_looping(&[1; 64]), "no n-gram fits usize::MAX repeats");
+        let wide = RepetitionGuard { max_ngram: usize::MAX, ..g };
+        assert!(wide.is_looping(&[1, 2, 3, 1, 2, 3, 1, 2, 3]));
     }
 
     #[test]

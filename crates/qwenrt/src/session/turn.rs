@@ -198,6 +198,7 @@ impl Turn {
     /// The next token from `logits`: as plain decoding samples it, or, at draft `i` of a
     /// speculative step that samples, by the speculative sampling rule (same distribution).
     fn choose(&mut self, logits: &[f32], draft: Option<(&Drafts, usize)>) -> Result<u32> {
+        let logits = crate::generate::finite(logits)?;
         let no_token = || {
             Error::InvalidInput(
                 "the constraint allows no token that the sampling parameters leave possible \

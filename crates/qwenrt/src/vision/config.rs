@@ -89,19 +89,20 @@ impl VisionConfig {
 
     /// Checks what the tower relies on; the message names the key.
     pub fn validate(&self) -> Result<()> {
-        let positive = [
-            ("depth", self.depth),
-            ("hidden_size", self.hidden_size),
-            ("intermediate_size", self.intermediate_size),
-            ("num_heads", self.num_heads),
-            ("patch_size", self.patch_size),
-            ("spatial_merge_size", self.spatial_merge_size),
-            ("temporal_patch_size", self.temporal_patch_size),
-            ("out_hidden_size", self.out_hidden_size),
-            ("num_position_embeddings", self.num_position_embeddings),
+        // Far above the published tower's sizes: a larger value is a corrupt file.
+        let bounded = [
+            ("depth", self.depth, 1024),
+            ("hidden_size", self.hidden_size, 1 << 16),
+            ("intermediate_size", self.intermediate_size, 1 << 18),
+            ("num_heads", self.num_heads, 1024),
+            ("patch_size", self.patch_size, 1024),
+            ("spatial_merge_size", self.spatial_merge_size, 64),
+            ("temporal_patch_size", self.temporal_patch_size, 64),
+            ("out_hidden_size", self.out_hidden_size, 1 << 16),
+            ("num_position_embeddings", self.num_position_embeddings, 1 << 20),
         ];
-        if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
-            return Err(invalid(format!("vision_config.{key} must be positive")));
+        if let Some((key, value, max)) = bounded.iter().find(|(_, v, max)| !(1..=*max).contains(v)) {
+            return Err(invalid(format!("vision_config.{key} is {value}; it must be 1 to {max}")));
         }
         if self.in_channels != 3 {
             return Err(invalid(format!(
@@ -292,7 +293,7 @@ impl ImagePreprocessorConfig {
     /// `preprocessor_config.json` in `dir`, or [`Self::qwen3_5`] when the folder has none.
     pub fn from_dir(dir: &Path) -> Result<Self> {
         let path = dir.join("preprocessor_config.json");
-        if path.exists() {
+        if crate::files::exists(&path).map_err(|source| Error::Io { path: path.clone(), source })? {
             Self::from_file(&path)
         } else {
             Ok(Self::qwen3_5())
@@ -302,7 +303,13 @@ impl ImagePreprocessorConfig {
     pub fn from_file(path: &Path) -> Result<Self> {
         let config: Self = serde_json::from_str(&read(path)?)
             .map_err(|source| Error::Json { path: path.to_owned(), source })?;
-        check_geometry(path, config.patch_size, config.merge_size, config.temporal_patch_size)?;
+        check_processor(
+            path,
+            [config.patch_size, config.merge_size, config.temporal_patch_size],
+            config.pixel_bounds(),
+            [config.image_mean, config.image_std],
+            config.rescale_factor,
+        )?;
         Ok(config)
     }
 
@@ -338,7 +345,7 @@ impl VideoPreprocessorConfig {
     /// `video_preprocessor_config.json` in `dir`, or [`Self::qwen3_5`] when the folder has none.
     pub fn from_dir(dir: &Path) -> Result<Self> {
         let path = dir.join("video_preprocessor_config.json");
-        if path.exists() {
+        if crate::files::exists(&path).map_err(|source| Error::Io { path: path.clone(), source })? {
             Self::from_file(&path)
         } else {
             Ok(Self::qwen3_5())
@@ -348,7 +355,13 @@ impl VideoPreprocessorConfig {
     pub fn from_file(path: &Path) -> Result<Self> {
         let config: Self = serde_json::from_str(&read(path)?)
             .map_err(|source| Error::Json { path: path.to_owned(), source })?;
-        check_geometry(path, config.patch_size, config.merge_size, config.temporal_patch_size)?;
+        check_processor(
+            path,
+            [config.patch_size, config.merge_size, config.temporal_patch_size],
+            (config.size.shortest_edge, config.size.longest_edge),
+            [config.image_mean, config.image_std],
+            config.rescale_factor,
+        )?;
         let fps_ok = config.fps.is_finite() && config.fps > 0.0;
         if !fps_ok || config.min_frames == 0 || config.max_frames < config.min_frames {
             return Err(Error::config(
@@ -363,20 +376,48 @@ impl VideoPreprocessorConfig {
     }
 }
 
-fn check_geometry(path: &Path, patch: usize, merge: usize, temporal: usize) -> Result<()> {
-    if patch == 0 || merge == 0 || temporal == 0 {
-        return Err(Error::config(
-            path,
-            format!(
-                "patch_size {patch}, merge_size {merge}, temporal_patch_size {temporal} must be positive"
-            ),
+/// Most pixels a processor config may resize an image (or a video frame) to: four times the
+/// published video bound. A larger bound would let one picture take gigabytes.
+pub const MAX_PIXELS_BOUND: u64 = 1 << 27;
+
+/// What a processor config must hold for preprocessing to be bounded and finite; the message
+/// names the key.
+fn check_processor(
+    path: &Path,
+    [patch, merge, temporal]: [usize; 3],
+    (min_pixels, max_pixels): (u64, u64),
+    [mean, std]: [[f64; 3]; 2],
+    rescale_factor: f64,
+) -> Result<()> {
+    let fail = |message: String| Err(Error::config(path, message));
+    for (key, value, max) in
+        [("patch_size", patch, 1024), ("merge_size", merge, 64), ("temporal_patch_size", temporal, 64)]
+    {
+        if !(1..=max).contains(&value) {
+            return fail(format!("{key} is {value}; it must be 1 to {max}"));
+        }
+    }
+    if min_pixels > max_pixels || max_pixels > MAX_PIXELS_BOUND {
+        return fail(format!(
+            "the pixel bounds (size.shortest_edge / min_pixels {min_pixels}, size.longest_edge / \
+             max_pixels {max_pixels}) must satisfy min <= max <= {MAX_PIXELS_BOUND}"
         ));
+    }
+    if !mean.iter().all(|m| m.is_finite()) {
+        return fail(format!("image_mean {mean:?} must be finite"));
+    }
+    if !std.iter().all(|s| s.is_finite() && *s > 0.0) {
+        return fail(format!("image_std {std:?} must be positive (it divides every pixel)"));
+    }
+    if !(rescale_factor.is_finite() && rescale_factor > 0.0) {
+        return fail(format!("rescale_factor {rescale_factor} must be a positive number"));
     }
     Ok(())
 }
 
 fn read(path: &Path) -> Result<String> {
-    std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.to_owned(), source })
+    crate::files::read_to_string(path, crate::files::CONFIG_LIMIT)
+        .map_err(|source| Error::Io { path: path.to_owned(), source })
 }
 
 fn invalid(message: String) -> Error {

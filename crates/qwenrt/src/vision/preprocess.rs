@@ -86,7 +86,8 @@ pub fn decode_image(bytes: &[u8], name: &str, max_input_pixels: u64) -> Result<R
 
 /// Reads and decodes an image file (see [`decode_image`]).
 pub fn load_image(path: &Path, max_input_pixels: u64) -> Result<RgbImage> {
-    let bytes = std::fs::read(path).map_err(|source| Error::Io { path: path.to_owned(), source })?;
+    let bytes = crate::files::read(path, crate::files::MEDIA_LIMIT)
+        .map_err(|source| Error::Io { path: path.to_owned(), source })?;
     decode_image(&bytes, &path.display().to_string(), max_input_pixels)
 }
 
@@ -542,7 +543,7 @@ pub fn load_video(path: &Path, folder_fps: f64, max_input_pixels: u64) -> Result
         let frames = files.iter().map(|f| load_image(f, max_input_pixels)).collect::<Result<Vec<_>>>()?;
         return Ok(VideoFrames { frames, fps: folder_fps });
     }
-    let bytes = std::fs::read(path).map_err(io_error)?;
+    let bytes = crate::files::read(path, crate::files::MEDIA_LIMIT).map_err(io_error)?;
     decode_gif_video(&bytes, &path.display().to_string(), max_input_pixels)
 }
 

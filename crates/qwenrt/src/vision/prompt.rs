@@ -64,8 +64,8 @@ impl Vision {
         text_hidden: usize,
     ) -> Result<std::result::Result<Self, String>> {
         let path = dir.join("config.json");
-        let text =
-            std::fs::read_to_string(&path).map_err(|source| Error::Io { path: path.clone(), source })?;
+        let text = crate::files::read_to_string(&path, crate::files::CONFIG_LIMIT)
+            .map_err(|source| Error::Io { path: path.clone(), source })?;
         let has_vision = serde_json::from_str::<serde_json::Value>(&text)
             .map_err(|source| Error::Json { path: path.clone(), source })?
             .get("vision_config")

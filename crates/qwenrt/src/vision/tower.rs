@@ -152,10 +152,11 @@ impl VisionTower {
         let conv = store
             .get(&conv_name, &[hidden, c.in_channels, c.temporal_patch_size, c.patch_size, c.patch_size])?;
         let patch_embed = Affine {
-            weight: Linear::from_f32(conv.to_f32(), hidden, c.patch_row_len()),
+            weight: Linear::from_f32(conv.to_finite_f32()?, hidden, c.patch_row_len()),
             bias: load_vector(store, &p("patch_embed.proj.bias"), hidden)?,
         };
-        let pos_embed = store.get(&p("pos_embed.weight"), &[c.num_position_embeddings, hidden])?.to_f32();
+        let pos_embed =
+            store.get(&p("pos_embed.weight"), &[c.num_position_embeddings, hidden])?.to_finite_f32()?;
 
         let blocks = (0..c.depth)
             .map(|i| {
