@@ -230,3 +230,20 @@ fn bad_flags_are_refused() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("nonexistent-model-folder"));
 }
+
+/// A body declared larger than `--max-body-mib` is refused at once: the client that asked
+/// `Expect: 100-continue` gets the 413 instead of a go-ahead, and nothing is read.
+#[test]
+fn an_oversized_body_is_refused_before_it_is_sent() {
+    let server = Server::start(&["--max-body-mib", "1"]);
+    let mut stream = TcpStream::connect(&server.address).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    write!(
+        stream,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1073741824\r\nExpect: 100-continue\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 413", "{}", String::from_utf8_lossy(&head));
+}

@@ -478,3 +478,29 @@ fn std_dev(x: &[f32]) -> f64 {
     let mean = x.iter().map(|&v| v as f64).sum::<f64>() / n;
     (x.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n).sqrt()
 }
+
+/// A GIF whose frames together pass the video pixel budget is refused while it is decoded, at
+/// the frame that passes it, not after every frame sits in memory.
+#[test]
+fn a_video_with_too_many_pixels_is_refused_while_decoding() {
+    use image::codecs::gif::GifEncoder;
+    use image::{Delay, Frame, RgbaImage};
+    let gif = |frames: usize| {
+        let mut bytes = Vec::new();
+        {
+            let mut encoder = GifEncoder::new(&mut bytes);
+            for i in 0..frames {
+                let canvas = RgbaImage::from_pixel(64, 64, image::Rgba([i as u8, 0, 0, 255]));
+                encoder
+                    .encode_frame(Frame::from_parts(canvas, 0, 0, Delay::from_numer_denom_ms(100, 1)))
+                    .unwrap();
+            }
+        }
+        bytes
+    };
+    // Ten 64×64 frames per image limit: a video may hold twenty.
+    let limit = 64 * 64 * 10;
+    assert_eq!(decode_gif_video(&gif(20), "ok.gif", limit).unwrap().frames.len(), 20);
+    let e = decode_gif_video(&gif(200), "big.gif", limit).unwrap_err().to_string();
+    assert!(e.contains("big.gif") && e.contains("more than 81920 pixels"), "{e}");
+}

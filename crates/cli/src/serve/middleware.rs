@@ -97,7 +97,15 @@ pub async fn log_requests(State(state): State<Arc<AppState>>, mut req: Request, 
     };
     req.extensions_mut().insert(log);
     req.extensions_mut().insert(BodyLimit(state.body_limit));
-    let response = next.run(req).await;
+    // A declared length over the limit is refused before a byte of the body is read (and so
+    // before hyper answers `Expect: 100-continue`).
+    let declared =
+        req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
+    let response = if declared.is_some_and(|n| n > state.body_limit as u64) {
+        ApiError::payload_too_large(state.body_limit).into_response()
+    } else {
+        next.run(req).await
+    };
     let (parts, body) = response.into_parts();
     line.status = Some(parts.status);
     // hyper never polls a body that is empty from the start.

@@ -41,6 +41,10 @@ pub type GridThw = (usize, usize, usize);
 /// 200 MB of RGB). [`ImagePreprocessor::max_input_pixels`] changes it.
 pub const DEFAULT_MAX_INPUT_PIXELS: u64 = 64 << 20;
 
+/// A video's frames together may hold this many times an image's pixel limit before they are
+/// sampled (128 Mpx by default, about 400 MB of RGB): decoding stops at the frame that passes it.
+pub const VIDEO_PIXELS_PER_IMAGE_LIMIT: u64 = 2;
+
 /// `smart_resize` refuses images whose long side exceeds 200 times the short side.
 pub const MAX_ASPECT_RATIO: f64 = 200.0;
 
@@ -540,7 +544,14 @@ pub fn load_video(path: &Path, folder_fps: f64, max_input_pixels: u64) -> Result
                 path.display()
             )));
         }
-        let frames = files.iter().map(|f| load_image(f, max_input_pixels)).collect::<Result<Vec<_>>>()?;
+        let name = path.display().to_string();
+        let mut budget = VideoBudget::new(&name, max_input_pixels);
+        let mut frames = Vec::with_capacity(files.len());
+        for file in &files {
+            let frame = load_image(file, max_input_pixels)?;
+            budget.spend(frame.width as u64 * frame.height as u64)?;
+            frames.push(frame);
+        }
         return Ok(VideoFrames { frames, fps: folder_fps });
     }
     let bytes = crate::files::read(path, crate::files::MEDIA_LIMIT).map_err(io_error)?;
@@ -559,7 +570,10 @@ pub fn decode_gif_video(bytes: &[u8], name: &str, max_input_pixels: u64) -> Resu
     check_input_size(name, width as u64, height as u64, max_input_pixels)?;
     let mut frames = Vec::new();
     let mut total_ms = 0.0;
+    let mut budget = VideoBudget::new(name, max_input_pixels);
     for frame in decoder.into_frames() {
+        // Every frame is composited on the whole canvas.
+        budget.spend(width as u64 * height as u64)?;
         let frame = frame.map_err(|e| invalid(format!("{name}: cannot decode the GIF: {e}")))?;
         let (numer, denom) = frame.delay().numer_denom_ms();
         let ms = numer as f64 / denom.max(1) as f64;
@@ -571,6 +585,30 @@ pub fn decode_gif_video(bytes: &[u8], name: &str, max_input_pixels: u64) -> Resu
     }
     let fps = frames.len() as f64 / (total_ms / 1000.0);
     Ok(VideoFrames { frames, fps })
+}
+
+/// Counts the pixels of a video's frames as they are decoded.
+struct VideoBudget<'a> {
+    name: &'a str,
+    spent: u64,
+    limit: u64,
+}
+
+impl<'a> VideoBudget<'a> {
+    fn new(name: &'a str, max_input_pixels: u64) -> Self {
+        VideoBudget { name, spent: 0, limit: max_input_pixels.saturating_mul(VIDEO_PIXELS_PER_IMAGE_LIMIT) }
+    }
+
+    fn spend(&mut self, pixels: u64) -> Result<()> {
+        self.spent = self.spent.saturating_add(pixels);
+        if self.spent > self.limit {
+            return Err(invalid(format!(
+                "{}: the video's frames hold more than {} pixels (the limit for one video)",
+                self.name, self.limit
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// One video ready for the tower, with what its prompt needs.
