@@ -247,3 +247,63 @@ fn an_oversized_body_is_refused_before_it_is_sent() {
     stream.read_exact(&mut head).unwrap();
     assert_eq!(&head, b"HTTP/1.1 413", "{}", String::from_utf8_lossy(&head));
 }
+
+/// Reads from `stream` until the server closes it (or 10 s pass); what it sent, or None if it
+/// kept the connection open.
+fn read_until_closed(stream: &mut TcpStream) -> Option<String> {
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 1024];
+    loop {
+        match stream.read(&mut buffer) {
+            Ok(0) => return Some(String::from_utf8_lossy(&received).into_owned()),
+            Ok(n) => received.extend_from_slice(&buffer[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return Some(String::from_utf8_lossy(&received).into_owned())
+            }
+            Err(_) => return None,
+        }
+    }
+}
+
+/// Half-sent requests (slowloris) hold a connection for `--read-timeout` only; past
+/// `--max-connections` a connection is closed unread, and the server answers again once the
+/// slow ones are gone. An idle keep-alive connection and a body that stops half-way end too.
+#[test]
+fn slow_and_idle_connections_are_bounded() {
+    let server = Server::start(&["--read-timeout", "1", "--max-connections", "4"]);
+    let started = Instant::now();
+    let mut slow: Vec<TcpStream> = (0..4)
+        .map(|_| {
+            let mut stream = TcpStream::connect(&server.address).unwrap();
+            write!(stream, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n").unwrap();
+            stream
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut extra = TcpStream::connect(&server.address).unwrap();
+    let _ = write!(extra, "GET /health HTTP/1.1\r\nHost: x\r\n\r\n");
+    let answer = read_until_closed(&mut extra).expect("the connection over the limit is closed");
+    assert!(!answer.contains("200"), "served past the limit: {answer:?}");
+    for stream in &mut slow {
+        assert!(read_until_closed(stream).is_some(), "a half-sent request kept its connection");
+    }
+    assert!(started.elapsed() < Duration::from_secs(8), "closed after {:?}", started.elapsed());
+    assert_eq!(server.request("GET", "/health", None).0, 200);
+
+    // Keep-alive: answered, then closed once idle for the timeout.
+    let mut idle = TcpStream::connect(&server.address).unwrap();
+    write!(idle, "GET /health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let answer = read_until_closed(&mut idle).expect("an idle connection is closed");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+
+    // A body that stops half-way: 408 after the timeout.
+    let mut partial = TcpStream::connect(&server.address).unwrap();
+    write!(
+        partial,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"messages\""
+    )
+    .unwrap();
+    let answer = read_until_closed(&mut partial).expect("a stalled body ends its request");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+}

@@ -52,6 +52,15 @@ impl ApiError {
         Self::new(StatusCode::METHOD_NOT_ALLOWED, "invalid_request_error", message)
     }
 
+    pub fn request_timeout(timeout: std::time::Duration) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "invalid_request_error",
+            format!("the request body did not arrive within {} s", timeout.as_secs_f64()),
+        )
+        .with_code("request_timeout")
+    }
+
     pub fn payload_too_large(limit: usize) -> Self {
         Self::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -121,7 +130,15 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         let limit = req.extensions().get::<BodyLimit>().map_or(usize::MAX, |l| l.0);
-        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+        let timeout = req.extensions().get::<ReadTimeout>().map(|t| t.0);
+        let read = Bytes::from_request(req, state);
+        let read = match timeout {
+            Some(timeout) => {
+                tokio::time::timeout(timeout, read).await.map_err(|_| ApiError::request_timeout(timeout))?
+            }
+            None => read.await,
+        };
+        let bytes = read.map_err(|rejection| {
             if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::payload_too_large(limit)
             } else {
@@ -139,6 +156,10 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
 /// The body size limit in force, put in the request's extensions so the extractor can name it.
 #[derive(Debug, Clone, Copy)]
 pub struct BodyLimit(pub usize);
+
+/// How long the body may take to arrive (`--read-timeout`), likewise.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadTimeout(pub std::time::Duration);
 
 /// Reads the fields `T` knows from a JSON body; fields it does not know are ignored (clients send
 /// many: `user`, `metadata`, `store`, …). A field of the wrong type is a 400 naming the field.

@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use subtle::ConstantTimeEq;
 
-use super::errors::{ApiError, BodyLimit};
+use super::errors::{ApiError, BodyLimit, ReadTimeout};
 use super::state::AppState;
 
 /// Paths that answer without an API key: a load balancer's probe has none.
@@ -97,6 +97,7 @@ pub async fn log_requests(State(state): State<Arc<AppState>>, mut req: Request, 
     };
     req.extensions_mut().insert(log);
     req.extensions_mut().insert(BodyLimit(state.body_limit));
+    req.extensions_mut().insert(ReadTimeout(state.read_timeout));
     // A declared length over the limit is refused before a byte of the body is read (and so
     // before hyper answers `Expect: 100-continue`).
     let declared =

@@ -30,6 +30,7 @@
 //! sse.rs         streamed answers (Server-Sent Events)
 //! errors.rs      OpenAI-shaped errors and the JSON body extractor
 //! middleware.rs  API key check, one log line per request
+//! listener.rs    connections: how many at once, how long a request head may take
 //! state.rs       what the handlers and middleware share (below both)
 //! engine.rs      the job queue and the worker thread that drives the library's scheduler
 //! embeddings.rs  /v1/embeddings on its own worker thread
@@ -40,6 +41,7 @@
 mod embeddings;
 mod engine;
 mod errors;
+mod listener;
 mod middleware;
 mod openai;
 mod output;
@@ -62,6 +64,7 @@ use crate::Dtype;
 use axum::Extension;
 use embeddings::EmbeddingService;
 use engine::{Engine, EngineOptions};
+use listener::ConnectionLimits;
 use openai::MediaPolicy;
 use routes::AppState;
 
@@ -103,6 +106,14 @@ pub struct ServeArgs {
     /// Largest request body accepted, in MiB.
     #[arg(long, default_value_t = 16, value_name = "MIB")]
     max_body_mib: usize,
+    /// Connections open at once; more are closed unread (streams count while they last).
+    #[arg(long, default_value_t = 256, value_name = "N")]
+    max_connections: usize,
+    /// Seconds a request's head may take to arrive (and an idle keep-alive connection may wait
+    /// for the next one), and then its body: the connection is closed, or the request answered
+    /// 408, after that.
+    #[arg(long, default_value_t = 30.0, value_name = "SECS")]
+    read_timeout: f64,
     /// Name the model is served as (default: the model folder's name).
     #[arg(long)]
     alias: Option<String>,
@@ -135,6 +146,13 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     if args.prefill_chunk == 0 {
         bail!("--prefill-chunk must be at least 1");
     }
+    if args.max_connections == 0 {
+        bail!("--max-connections must be at least 1");
+    }
+    if !(args.read_timeout > 0.0 && args.read_timeout <= 3600.0) {
+        bail!("--read-timeout must be more than 0 and at most 3600 seconds");
+    }
+    let read_timeout = Duration::from_secs_f64(args.read_timeout);
     if args.api_key.as_deref().is_some_and(|k| k.trim().is_empty()) {
         bail!("--api-key (or QWENRT_API_KEY) is empty: give a key, or leave it out to serve without one");
     }
@@ -182,6 +200,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         api_key: args.api_key.clone(),
         max_context,
         body_limit,
+        read_timeout,
         started: output::unix_time(),
         embeddings,
         speculative,
@@ -194,10 +213,17 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         .build()
         .context("starting the async runtime")?;
     let media = MediaPolicy { allow_local_files: args.allow_local_files };
-    runtime.block_on(run(state, media, &args.host, args.port))
+    let limits = ConnectionLimits { max_connections: args.max_connections, header_timeout: read_timeout };
+    runtime.block_on(run(state, media, limits, &args.host, args.port))
 }
 
-async fn run(state: Arc<AppState>, media: MediaPolicy, host: &str, port: u16) -> Result<()> {
+async fn run(
+    state: Arc<AppState>,
+    media: MediaPolicy,
+    limits: ConnectionLimits,
+    host: &str,
+    port: u16,
+) -> Result<()> {
     let listener = tokio::net::TcpListener::bind((host, port))
         .await
         .with_context(|| format!("cannot listen on {host}:{port}"))?;
@@ -224,8 +250,7 @@ async fn run(state: Arc<AppState>, media: MediaPolicy, host: &str, port: u16) ->
 
     // The policy rides as an extension: routes without it (the in-process tests) read no files.
     let app = routes::router(state.clone()).layer(Extension(media));
-    let (stopping_tx, stopping_rx) = tokio::sync::watch::channel(false);
-    let server = axum::serve(listener, app).with_graceful_shutdown({
+    let shutdown = {
         let state = state.clone();
         async move {
             shutdown_signal().await;
@@ -233,18 +258,9 @@ async fn run(state: Arc<AppState>, media: MediaPolicy, host: &str, port: u16) ->
             // Answers in progress end now (with an error event for streams) instead of running
             // to their token limit.
             state.engine.shutdown();
-            let _ = stopping_tx.send(true);
         }
-    });
-    let mut stopping = stopping_rx;
-    tokio::select! {
-        result = server => result.context("serving HTTP")?,
-        _ = async {
-            // Connections that do not close within the grace period are dropped.
-            let _ = stopping.wait_for(|&s| s).await;
-            tokio::time::sleep(SHUTDOWN_GRACE).await;
-        } => eprintln!("some connections did not close in time"),
-    }
+    };
+    listener::serve(listener, app, limits, shutdown, SHUTDOWN_GRACE).await;
     Ok(())
 }
 

@@ -18,6 +18,8 @@ pub struct AppState {
     pub max_context: usize,
     /// Largest request body accepted, in bytes.
     pub body_limit: usize,
+    /// How long a request body may take to arrive.
+    pub read_timeout: std::time::Duration,
     /// When the server started (the models' `created`).
     pub started: u64,
     /// The embedding model, with `--embedding-model`.

@@ -97,6 +97,7 @@ impl Setup {
             api_key: self.api_key.map(str::to_owned),
             max_context: self.max_context,
             body_limit: self.body_limit,
+            read_timeout: std::time::Duration::from_secs(30),
             started: 1,
             embeddings,
             speculative: self.speculative,
