@@ -358,3 +358,30 @@ fn serve_reads_data_urls_and_local_files_only_when_allowed() {
     assert_eq!(status, 400, "{body}");
     assert!(body["error"]["message"].as_str().unwrap().contains("nowhere.png"), "{body}");
 }
+
+/// One request's pictures share a pixel budget (`--max-media-mpx`): a picture whose header says
+/// it would pass what is left is refused before it is decoded, naming the limit.
+#[test]
+fn serve_caps_the_pixels_of_one_request() {
+    use base64::Engine as _;
+    let mut png = Vec::new();
+    image::RgbImage::from_pixel(800, 800, image::Rgb([200, 30, 30]))
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .unwrap();
+    let url = format!("data:image/png;base64,{}", base64::engine::general_purpose::STANDARD.encode(&png));
+    let part = serde_json::json!({"type": "image_url", "image_url": {"url": url}});
+    let request = |images: usize| {
+        let mut content = vec![part.clone(); images];
+        content.push(serde_json::json!({"type": "text", "text": "Compare."}));
+        serde_json::json!({"messages": [{"role": "user", "content": content}], "max_tokens": 1})
+    };
+    let dir = model_folder();
+    // 1 Mpx: one 800×800 picture (0.61 Mpx) fits, a second does not.
+    let server = Server::start(&dir, &["--max-media-mpx", "1"]);
+    let (status, body) = server.chat(&request(1));
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = server.chat(&request(2));
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["param"], "messages[0].content[1]", "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("--max-media-mpx"), "{body}");
+}

@@ -106,6 +106,10 @@ pub struct ServeArgs {
     /// Largest request body accepted, in MiB.
     #[arg(long, default_value_t = 16, value_name = "MIB")]
     max_body_mib: usize,
+    /// Millions of pixels (2^20) that one request's images and video frames may hold together,
+    /// as decoded; a picture's size is checked from its header before it is decoded.
+    #[arg(long, default_value_t = 128, value_name = "MPX")]
+    max_media_mpx: u64,
     /// Connections open at once; more are closed unread (streams count while they last).
     #[arg(long, default_value_t = 256, value_name = "N")]
     max_connections: usize,
@@ -145,6 +149,9 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     }
     if args.prefill_chunk == 0 {
         bail!("--prefill-chunk must be at least 1");
+    }
+    if args.max_media_mpx == 0 {
+        bail!("--max-media-mpx must be at least 1");
     }
     if args.max_connections == 0 {
         bail!("--max-connections must be at least 1");
@@ -212,7 +219,10 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let media = MediaPolicy { allow_local_files: args.allow_local_files };
+    let media = MediaPolicy {
+        allow_local_files: args.allow_local_files,
+        request_pixels: args.max_media_mpx.saturating_mul(1 << 20),
+    };
     let limits = ConnectionLimits { max_connections: args.max_connections, header_timeout: read_timeout };
     runtime.block_on(run(state, media, limits, &args.host, args.port))
 }

@@ -416,11 +416,23 @@ impl ChatFields {
     }
 }
 
-/// Where the server may take pictures from.
-#[derive(Debug, Clone, Copy, Default)]
+/// Pixels one request's pictures may hold together by default (two images at the largest input
+/// size; a video counts all its frames).
+pub const DEFAULT_REQUEST_PIXELS: u64 = 2 * DEFAULT_MAX_INPUT_PIXELS;
+
+/// Where the server may take pictures from, and how many pixels.
+#[derive(Debug, Clone, Copy)]
 pub struct MediaPolicy {
     /// Local paths and `file://` URLs (`--allow-local-files`); `data:` URLs are always accepted.
     pub allow_local_files: bool,
+    /// Pixels of all the images and video frames of one request, as decoded (`--max-media-mpx`).
+    pub request_pixels: u64,
+}
+
+impl Default for MediaPolicy {
+    fn default() -> Self {
+        MediaPolicy { allow_local_files: false, request_pixels: DEFAULT_REQUEST_PIXELS }
+    }
 }
 
 /// Frame rate assumed for a video given as a local folder of frames.
@@ -433,6 +445,7 @@ pub fn resolve_media(
     lm: &LanguageModel,
     policy: MediaPolicy,
 ) -> Result<(), ApiError> {
+    let mut pixels_left = policy.request_pixels;
     for (i, message) in messages.iter_mut().enumerate() {
         let MessageContent::Parts(parts) = &mut message.content else { continue };
         for (j, part) in parts.iter_mut().enumerate() {
@@ -448,7 +461,20 @@ pub fn resolve_media(
                         .to_owned(),
                 )
             })?;
-            *part = load_media(&source, is_image, &name, policy).map_err(fail)?;
+            // Each picture may use what the request has left: its header is checked against that
+            // before it is decoded.
+            let loaded = load_media(&source, is_image, &name, policy, pixels_left).map_err(|e| {
+                if pixels_left < DEFAULT_MAX_INPUT_PIXELS && e.contains("exceeds the limit") {
+                    fail(format!(
+                        "{e}: the request's pictures may hold {} pixels together (--max-media-mpx)",
+                        policy.request_pixels
+                    ))
+                } else {
+                    fail(e)
+                }
+            })?;
+            pixels_left = pixels_left.saturating_sub(media_pixels(&loaded));
+            *part = loaded;
         }
     }
     Ok(())
@@ -477,7 +503,29 @@ fn media_source(raw: &Map<String, Value>) -> Option<(bool, Option<String>)> {
     }
 }
 
-fn load_media(source: &str, is_image: bool, name: &str, policy: MediaPolicy) -> Result<ContentPart, String> {
+/// Pixels a decoded picture holds (every frame of a video).
+fn media_pixels(part: &ContentPart) -> u64 {
+    match part {
+        ContentPart::Image(image) => image.width() as u64 * image.height() as u64,
+        ContentPart::Video(video) => {
+            video.video().frames.iter().map(|f| f.width as u64 * f.height as u64).sum()
+        }
+        _ => 0,
+    }
+}
+
+/// Decodes one picture of at most `budget` pixels (a video: all its frames together).
+fn load_media(
+    source: &str,
+    is_image: bool,
+    name: &str,
+    policy: MediaPolicy,
+    budget: u64,
+) -> Result<ContentPart, String> {
+    let image_limit = DEFAULT_MAX_INPUT_PIXELS.min(budget);
+    // A video's frames may hold twice a frame's limit.
+    let frame_limit =
+        DEFAULT_MAX_INPUT_PIXELS.min(budget / qwenrt::vision::preprocess::VIDEO_PIXELS_PER_IMAGE_LIMIT);
     if let Some(data) = source.strip_prefix("data:") {
         let (header, payload) =
             data.split_once(',').ok_or_else(|| "a data: URL needs a comma before its payload".to_owned())?;
@@ -491,9 +539,9 @@ fn load_media(source: &str, is_image: bool, name: &str, policy: MediaPolicy) -> 
             .decode(payload.trim())
             .map_err(|e| format!("the data: URL is not valid base64: {e}"))?;
         let decoded = if is_image {
-            ImageInput::decode(&bytes, name, DEFAULT_MAX_INPUT_PIXELS).map(ContentPart::image)
+            ImageInput::decode(&bytes, name, image_limit).map(ContentPart::image)
         } else {
-            VideoInput::decode_gif(&bytes, name, DEFAULT_MAX_INPUT_PIXELS).map(ContentPart::video)
+            VideoInput::decode_gif(&bytes, name, frame_limit).map(ContentPart::video)
         };
         return decoded.map_err(|e| e.to_string());
     }
@@ -518,9 +566,9 @@ fn load_media(source: &str, is_image: bool, name: &str, policy: MediaPolicy) -> 
     }
     let file = std::path::Path::new(&path);
     let loaded = if is_image {
-        ImageInput::open(file).map(ContentPart::image)
+        ImageInput::open_with_limit(file, image_limit).map(ContentPart::image)
     } else {
-        VideoInput::open(file, FOLDER_VIDEO_FPS).map(ContentPart::video)
+        VideoInput::open_with_limit(file, FOLDER_VIDEO_FPS, frame_limit).map(ContentPart::video)
     };
     // One answer for every failure: a client must not learn which paths exist, what kind of
     // file they are, or what a folder holds.
@@ -843,7 +891,7 @@ mod tests {
         assert_eq!(source(json!({"type": "text", "text": "x", "extra": 1})), None);
 
         let closed = MediaPolicy::default();
-        let err = |s: &str, policy| load_media(s, true, "p", policy).unwrap_err();
+        let err = |s: &str, policy| load_media(s, true, "p", policy, DEFAULT_REQUEST_PIXELS).unwrap_err();
         assert!(err("https://example.com/a.png", closed).contains("not fetched"));
         assert!(err("/etc/hostname", closed).contains("--allow-local-files"));
         assert!(err("file:///etc/hostname", closed).contains("--allow-local-files"));
@@ -851,7 +899,7 @@ mod tests {
         assert!(err("data:text/plain;base64,AAAA", closed).contains("image/png"));
         assert!(err("data:image/png;base64,!!", closed).contains("not valid base64"));
         assert!(err("data:image/png;base64,AAAA", closed).contains("not a PNG"));
-        let open = MediaPolicy { allow_local_files: true };
+        let open = MediaPolicy { allow_local_files: true, ..MediaPolicy::default() };
         assert!(err("file:///no/such%20file.png", open).contains("/no/such file.png"));
         assert!(err("file://other-host/etc/hostname", open).contains("no host"));
         // Missing, a folder, a device, not an image: the same answer, naming nothing else.

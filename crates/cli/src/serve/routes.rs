@@ -62,10 +62,17 @@ fn submit(engine: &Engine, job: Job) -> Result<JobHandle, ApiError> {
     })
 }
 
-/// Runs CPU work (template rendering, tokenization) off the async workers.
+/// Runs CPU work (template rendering, tokenization, pictures) off the async workers, one piece
+/// per core at a time: a preparation can hold several times its request's size, so concurrent
+/// huge requests wait their turn here (holding only their bodies) instead of all expanding at once.
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
+    static SLOTS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    let slots = SLOTS.get_or_init(|| {
+        tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(1, |n| n.get()))
+    });
+    let _slot = slots.acquire().await.map_err(|_| ApiError::shutting_down())?;
     tokio::task::spawn_blocking(work)
         .await
         .unwrap_or_else(|e| Err(ApiError::internal(format!("request preparation failed: {e}"))))
