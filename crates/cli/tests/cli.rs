@@ -13,6 +13,18 @@ fn qwenrt(args: &[&str], stdin: Option<&str>) -> Output {
     qwenrt_output(args, stdin.unwrap_or(""))
 }
 
+/// Runs each command line, which must fail before any output with a message containing its
+/// text, without a panic.
+fn assert_each_fails(cases: &[(&[&str], &str)]) {
+    for (args, want) in cases {
+        let out = qwenrt(args, None);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && out.stdout.is_empty(), "{args:?} succeeded");
+        assert!(stderr.contains(want), "{args:?}: stderr {stderr:?} lacks {want:?}");
+        assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
+    }
+}
+
 fn ok_json(out: &Output) -> serde_json::Value {
     assert!(out.status.success(), "failed: {}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout)
@@ -202,13 +214,7 @@ fn bad_input_gives_a_clear_error_and_exit_code() {
         ),
         (&["run", "--model", dir.to_str().unwrap(), "--dtype", "int3", "hi"], "invalid value 'int3'"),
     ];
-    for (args, want) in cases {
-        let out = qwenrt(args, None);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{args:?} succeeded");
-        assert!(stderr.contains(want), "{args:?}: stderr {stderr:?} lacks {want:?}");
-        assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
-    }
+    assert_each_fails(cases);
 }
 
 /// `qwenrt run --json` on the tiny model with these extra flags.
@@ -327,13 +333,7 @@ fn run_decodes_speculatively_with_the_same_answer() {
         ),
         (&["run", "--model", d, "--draft-max", "2", "hi"], "--speculative"),
     ];
-    for (args, want) in cases {
-        let out = qwenrt(args, None);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success() && out.stdout.is_empty(), "{args:?} succeeded");
-        assert!(stderr.contains(want), "{args:?}: stderr {stderr:?} lacks {want:?}");
-        assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
-    }
+    assert_each_fails(cases);
     // Without the flag the folder still runs.
     assert!(qwenrt(&["run", "--model", d, "--max-tokens", "2", "hi"], None).status.success());
 }
@@ -361,13 +361,7 @@ fn absurd_flags_are_errors_not_panics_or_hangs() {
             "--cache-mib 18446744073709551615 is too large",
         ),
     ];
-    for (args, want) in cases {
-        let out = qwenrt(args, None);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{args:?} succeeded");
-        assert!(stderr.contains(want), "{args:?}: stderr {stderr:?} lacks {want:?}");
-        assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
-    }
+    assert_each_fails(cases);
     let guard =
         ["run", "--model", d, "--max-tokens", "8", "--repetition-guard", "18446744073709551615", "hi"];
     let out = qwenrt(&guard, None);

@@ -292,17 +292,11 @@ impl ImagePreprocessorConfig {
 
     /// `preprocessor_config.json` in `dir`, or [`Self::qwen3_5`] when the folder has none.
     pub fn from_dir(dir: &Path) -> Result<Self> {
-        let path = dir.join("preprocessor_config.json");
-        if crate::files::exists(&path).map_err(|source| Error::Io { path: path.clone(), source })? {
-            Self::from_file(&path)
-        } else {
-            Ok(Self::qwen3_5())
-        }
+        optional_file(&dir.join("preprocessor_config.json"), Self::from_file, Self::qwen3_5)
     }
 
     pub fn from_file(path: &Path) -> Result<Self> {
-        let config: Self = serde_json::from_str(&read(path)?)
-            .map_err(|source| Error::Json { path: path.to_owned(), source })?;
+        let config: Self = parse(path)?;
         check_processor(
             path,
             [config.patch_size, config.merge_size, config.temporal_patch_size],
@@ -344,17 +338,11 @@ impl VideoPreprocessorConfig {
 
     /// `video_preprocessor_config.json` in `dir`, or [`Self::qwen3_5`] when the folder has none.
     pub fn from_dir(dir: &Path) -> Result<Self> {
-        let path = dir.join("video_preprocessor_config.json");
-        if crate::files::exists(&path).map_err(|source| Error::Io { path: path.clone(), source })? {
-            Self::from_file(&path)
-        } else {
-            Ok(Self::qwen3_5())
-        }
+        optional_file(&dir.join("video_preprocessor_config.json"), Self::from_file, Self::qwen3_5)
     }
 
     pub fn from_file(path: &Path) -> Result<Self> {
-        let config: Self = serde_json::from_str(&read(path)?)
-            .map_err(|source| Error::Json { path: path.to_owned(), source })?;
+        let config: Self = parse(path)?;
         check_processor(
             path,
             [config.patch_size, config.merge_size, config.temporal_patch_size],
@@ -413,6 +401,19 @@ fn check_processor(
         return fail(format!("rescale_factor {rescale_factor} must be a positive number"));
     }
     Ok(())
+}
+
+/// `path` through `from_file` if it exists, else `default()`.
+fn optional_file<T>(path: &Path, from_file: fn(&Path) -> Result<T>, default: fn() -> T) -> Result<T> {
+    if crate::files::exists(path).map_err(|source| Error::Io { path: path.to_owned(), source })? {
+        from_file(path)
+    } else {
+        Ok(default())
+    }
+}
+
+fn parse<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    serde_json::from_str(&read(path)?).map_err(|source| Error::Json { path: path.to_owned(), source })
 }
 
 fn read(path: &Path) -> Result<String> {
