@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use qwenrt::vision::positions::{expand_prompt_ids, expand_prompt_text, rope_index, VideoPlaceholder};
-use qwenrt::vision::preprocess::{decode_gif_video, load_image, load_video, RgbImage};
+use qwenrt::vision::preprocess::{decode_gif_video, decode_image, load_image, load_video, RgbImage};
 use qwenrt::vision::{GridThw, ImagePreprocessor, VideoPreprocessor, VisionModelConfig, VisionTower};
 use qwenrt::WeightDtype;
 use safetensors::tensor::Dtype;
@@ -503,4 +503,20 @@ fn a_video_with_too_many_pixels_is_refused_while_decoding() {
     assert_eq!(decode_gif_video(&gif(20), "ok.gif", limit).unwrap().frames.len(), 20);
     let e = decode_gif_video(&gif(200), "big.gif", limit).unwrap_err().to_string();
     assert!(e.contains("big.gif") && e.contains("more than 81920 pixels"), "{e}");
+}
+
+/// Found by fuzzing: a 90×60 GIF whose frame declares itself far larger than the picture made
+/// the decoder allocate gigabytes. The frame is refused instead.
+#[test]
+fn a_gif_frame_larger_than_its_picture_is_refused() {
+    let bytes = std::fs::read(root().join("fixtures/fuzz/gif-frame-larger-than-screen.gif")).unwrap();
+    // Before the fix both calls allocated the frame (gigabytes); now the decoder's cap stops it.
+    let limit = 1 << 20;
+    for result in [
+        decode_image(&bytes, "f.gif", limit).map(|i| i.width * i.height),
+        decode_gif_video(&bytes, "f.gif", limit).map(|v| v.frames.len()),
+    ] {
+        let e = result.expect_err("the oversized frame is refused").to_string();
+        assert!(e.contains("f.gif") && e.contains("Memory limit exceeded"), "{e}");
+    }
 }

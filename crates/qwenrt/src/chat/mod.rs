@@ -145,5 +145,10 @@ mod tests {
     fn generation_tags_become_transparent_blocks() {
         let src = "a{% generation %}b{%- endgeneration -%}c{% if x %}{% endif %}";
         assert_eq!(rewrite_generation_tags(src), "a{% if true %}b{%- endif -%}c{% if x %}{% endif %}");
+        // Found by fuzzing: a `%}` overlapping its `{%` sliced backwards; an unclosed tag was
+        // copied twice.
+        assert_eq!(rewrite_generation_tags("x{%}y"), "x{%}y");
+        assert_eq!(rewrite_generation_tags("a{% generation %}b{% if"), "a{% if true %}b{% if");
+        assert!(ChatTemplate::new("{%}%- endif %}").is_err());
     }
 }

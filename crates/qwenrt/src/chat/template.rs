@@ -288,7 +288,11 @@ pub(super) fn rewrite_generation_tags(source: &str) -> String {
     while let Some(start) = rest.find("{%") {
         out.push_str(&rest[..start]);
         let tag = &rest[start..];
-        let Some(end) = tag.find("%}") else { break };
+        // The close is searched after the open: in `{%}` the `%}` overlaps it.
+        let Some(end) = tag[2..].find("%}").map(|i| i + 2) else {
+            rest = tag;
+            break;
+        };
         let inner = &tag[2..end];
         let (open_mark, body) = split_marker_start(inner);
         let (body, close_mark) = split_marker_end(body);

@@ -76,7 +76,7 @@ impl RgbImage {
 /// as transformers' loader does. Alpha is dropped, not composited (torchvision's
 /// `ImageReadMode.RGB`). `name` only labels error messages.
 pub fn decode_image(bytes: &[u8], name: &str, max_input_pixels: u64) -> Result<RgbImage> {
-    let reader = reader(bytes, name)?;
+    let reader = reader(bytes, name, max_input_pixels)?;
     let mut decoder =
         reader.into_decoder().map_err(|e| invalid(format!("{name}: cannot decode the image: {e}")))?;
     let (width, height) = decoder.dimensions();
@@ -95,7 +95,7 @@ pub fn load_image(path: &Path, max_input_pixels: u64) -> Result<RgbImage> {
     decode_image(&bytes, &path.display().to_string(), max_input_pixels)
 }
 
-fn reader<'a>(bytes: &'a [u8], name: &str) -> Result<ImageReader<Cursor<&'a [u8]>>> {
+fn reader<'a>(bytes: &'a [u8], name: &str, max_input_pixels: u64) -> Result<ImageReader<Cursor<&'a [u8]>>> {
     let mut reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| invalid(format!("{name}: {e}")))?;
@@ -106,12 +106,18 @@ fn reader<'a>(bytes: &'a [u8], name: &str) -> Result<ImageReader<Cursor<&'a [u8]
         }
         None => return Err(invalid(format!("{name}: not a PNG, JPEG, WebP or GIF image"))),
     }
-    // Sizes are checked against our own limit before decoding; the crate's allocation cap (512 MiB
-    // by default) must not refuse what that limit allows.
-    let mut limits = Limits::default();
-    limits.max_alloc = None;
-    reader.limits(limits);
+    reader.limits(decoder_limits(max_input_pixels));
     Ok(reader)
+}
+
+/// What a decoder may allocate: a picture within the pixel limit at 16-bit RGBA (8 bytes a pixel),
+/// the most any decoder buffers for one frame. The header's size is checked against the limit
+/// before decoding, but a GIF frame declares its own size, which may be far larger than the
+/// picture's: this cap refuses that frame instead of allocating it.
+fn decoder_limits(max_input_pixels: u64) -> Limits {
+    let mut limits = Limits::default();
+    limits.max_alloc = Some(max_input_pixels.saturating_mul(8));
+    limits
 }
 
 fn check_input_size(name: &str, width: u64, height: u64, max_input_pixels: u64) -> Result<()> {
@@ -560,11 +566,14 @@ pub fn load_video(path: &Path, folder_fps: f64, max_input_pixels: u64) -> Result
 
 /// All frames of an animated GIF.
 pub fn decode_gif_video(bytes: &[u8], name: &str, max_input_pixels: u64) -> Result<VideoFrames> {
-    let reader = reader(bytes, name)?;
+    let reader = reader(bytes, name, max_input_pixels)?;
     if reader.format() != Some(ImageFormat::Gif) {
         return Err(invalid(format!("{name}: a video is a folder of frames or an animated GIF")));
     }
-    let decoder = image::codecs::gif::GifDecoder::new(Cursor::new(bytes))
+    let mut decoder = image::codecs::gif::GifDecoder::new(Cursor::new(bytes))
+        .map_err(|e| invalid(format!("{name}: cannot decode the GIF: {e}")))?;
+    decoder
+        .set_limits(decoder_limits(max_input_pixels))
         .map_err(|e| invalid(format!("{name}: cannot decode the GIF: {e}")))?;
     let (width, height) = decoder.dimensions();
     check_input_size(name, width as u64, height as u64, max_input_pixels)?;
