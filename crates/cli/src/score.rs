@@ -36,8 +36,8 @@ pub fn score(args: ScoreArgs) -> Result<()> {
     let lm = crate::load_lm(&args.model, args.dtype)?;
     let text = if args.raw { text } else { lm.render_chat(&[Message::user(text)], false, None)? };
     let tokens = lm.encode(&text)?;
-    if tokens.len() < 2 {
-        bail!("the text has {} token(s); scoring needs at least 2", tokens.len());
+    if tokens.is_empty() {
+        bail!("the text is empty: there is nothing to score");
     }
     let mut state = lm.model.new_state();
     let start = std::time::Instant::now();
@@ -48,8 +48,10 @@ pub fn score(args: ScoreArgs) -> Result<()> {
         }
     })?;
     let elapsed = start.elapsed();
-    let nll = -logprobs.iter().sum::<f64>() / logprobs.len() as f64;
-    let perplexity = nll.exp();
+    // One token predicts nothing: transformers then gives no log-probabilities, and the mean
+    // (and so the perplexity) is undefined, reported as null.
+    let nll = (!logprobs.is_empty()).then(|| -logprobs.iter().sum::<f64>() / logprobs.len() as f64);
+    let perplexity = nll.map(f64::exp);
     let mut out = std::io::stdout().lock();
     if args.json {
         let json = serde_json::json!({
@@ -60,12 +62,14 @@ pub fn score(args: ScoreArgs) -> Result<()> {
             "tokens_per_second": tokens.len() as f64 / elapsed.as_secs_f64().max(1e-9),
         });
         writeln!(out, "{json}")?;
-    } else {
+    } else if let (Some(nll), Some(perplexity)) = (nll, perplexity) {
         writeln!(
             out,
             "perplexity {perplexity:.4} (mean NLL {nll:.4} nats over {} predicted tokens)",
             logprobs.len()
         )?;
+    } else {
+        writeln!(out, "perplexity undefined: the text is one token, so no token is predicted")?;
     }
     Ok(())
 }

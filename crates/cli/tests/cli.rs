@@ -173,6 +173,19 @@ fn score_log_probabilities_match_transformers() {
     assert!(String::from_utf8_lossy(&plain.stdout).starts_with("perplexity "));
 }
 
+/// As transformers does, one token gives no log-probabilities rather than an error.
+#[test]
+fn score_of_one_token_predicts_nothing() {
+    let dir = model_folder();
+    let json = ok_json(&qwenrt(&["score", "--model", dir.to_str().unwrap(), "--raw", "--json", "a"], None));
+    assert_eq!(json["tokens"].as_array().unwrap().len(), 1);
+    assert_eq!(json["logprobs"], serde_json::json!([]));
+    assert!(json["perplexity"].is_null() && json["mean_nll"].is_null(), "{json}");
+    let plain = qwenrt(&["score", "--model", dir.to_str().unwrap(), "--raw", "a"], None);
+    assert!(plain.status.success());
+    assert!(String::from_utf8_lossy(&plain.stdout).starts_with("perplexity undefined"));
+}
+
 #[test]
 fn inspect_counts_parameters_by_part() {
     let dir = model_folder();
@@ -207,7 +220,7 @@ fn bad_input_gives_a_clear_error_and_exit_code() {
         (&["run", "--model", "/nonexistent/model", "hi"], "model folder not found"),
         (&["run", "--model", dir.to_str().unwrap(), "--top-p", "0", "hi"], "top_p must be in (0, 1]"),
         (&["run", "--model", dir.to_str().unwrap(), "--temperature=-1", "hi"], "temperature must be"),
-        (&["score", "--model", dir.to_str().unwrap(), "--raw", "a"], "scoring needs at least 2"),
+        (&["score", "--model", dir.to_str().unwrap(), "--raw", ""], "the text is empty"),
         (
             &["score", "--model", dir.to_str().unwrap(), "--file", "/nonexistent/file.txt"],
             "/nonexistent/file.txt",

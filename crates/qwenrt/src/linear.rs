@@ -139,8 +139,8 @@ impl Linear {
         Self::from_tensor(&t, out_features, in_features, dtype)
     }
 
-    /// Values the loader touches (quantizing, converting) are checked to be finite; weights kept
-    /// as mapped are not read here (a non-finite one shows up as a non-finite logit).
+    /// Every value is checked to be finite: while quantizing or converting, or by a scan of the
+    /// stored bits for weights used in place from the mapping.
     fn from_tensor(
         t: &TensorRef,
         out_features: usize,
@@ -151,6 +151,7 @@ impl Linear {
         let quantizable = in_features.is_multiple_of(QK);
         let storage = match dtype {
             WeightDtype::Int8 | WeightDtype::Int4 if !quantizable => {
+                t.check_finite()?;
                 Storage::Float(Bytes::Mapped(t.mapped()), stored)
             }
             WeightDtype::Int8 => Storage::Q8(quantize_rows(t, in_features, quant::quantize_q8_into)?.into()),
@@ -162,6 +163,7 @@ impl Linear {
                     _ => FloatFormat::F16,
                 };
                 if want == stored {
+                    t.check_finite()?;
                     Storage::Float(Bytes::Mapped(t.mapped()), stored)
                 } else {
                     let converted = encode(&t.to_finite_f32()?, want);

@@ -146,6 +146,12 @@ impl LanguageModel {
         Ok(self.tokenizer.encode(text)?)
     }
 
+    /// [`encode`](Self::encode), refusing a text of more than `limit` tokens as soon as that is
+    /// known (see [`Tokenizer::encode_within`](crate::tokenizer::Tokenizer::encode_within)).
+    pub fn encode_within(&self, text: &str, limit: usize) -> Result<Vec<u32>> {
+        Ok(self.tokenizer.encode_within(text, limit)?)
+    }
+
     /// The vision side of a multimodal checkpoint; an error saying why for a text-only one.
     pub fn vision(&self) -> Result<&Vision> {
         self.vision.as_ref().map_err(|reason| Error::InvalidInput(reason.clone()))
@@ -174,7 +180,19 @@ impl LanguageModel {
     /// writes them, in the order of `images` and `videos`. Without attachments this is
     /// [`encode`](Self::encode).
     pub fn encode_prompt(&self, text: &str, images: &[ImageInput], videos: &[VideoInput]) -> Result<Prompt> {
-        let ids = self.encode(text)?;
+        self.encode_prompt_within(text, images, videos, usize::MAX)
+    }
+
+    /// [`encode_prompt`](Self::encode_prompt), refusing a text of more than `limit` tokens
+    /// before the pictures' tokens are added.
+    pub fn encode_prompt_within(
+        &self,
+        text: &str,
+        images: &[ImageInput],
+        videos: &[VideoInput],
+        limit: usize,
+    ) -> Result<Prompt> {
+        let ids = self.encode_within(text, limit)?;
         if images.is_empty() && videos.is_empty() {
             return Ok(Prompt::text(ids));
         }

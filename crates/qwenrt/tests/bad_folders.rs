@@ -272,40 +272,64 @@ fn shard_paths_stay_inside_the_folder() {
     }
 }
 
-/// NaN or infinite weights are found where loading touches the values: norms always, matrices
-/// when they are quantized or converted.
+/// NaN or infinite weights are refused at load: norms and matrices that are quantized or
+/// converted while their values are read, matrices used in place by a scan of their bits.
 #[test]
 fn non_finite_weights_are_refused() {
     use qwenrt::linear::{LoadOptions, WeightDtype};
-    let poison = |target: &'static str| {
+    let poison = |target: &'static str, value: f32| {
         move |name: &str, d: Dtype, s: Vec<usize>, mut b: Vec<u8>| {
             if name == target {
                 assert_eq!(d, Dtype::F32);
-                b[4..8].copy_from_slice(&f32::NAN.to_le_bytes());
+                b[4..8].copy_from_slice(&value.to_le_bytes());
             }
             Some((d, s, b))
         }
     };
     let dir = fresh("nan-norm");
-    rewrite_weights(&dir, poison("model.layers.2.input_layernorm.weight"));
+    rewrite_weights(&dir, poison("model.layers.2.input_layernorm.weight", f32::NAN));
     let e = load_err(&dir);
     assert!(e.contains("`model.layers.2.input_layernorm.weight` holds a non-finite value"), "{e}");
 
+    let matrix = "model.layers.3.mlp.down_proj.weight";
     let dir = fresh("nan-matrix");
-    rewrite_weights(&dir, poison("model.layers.3.mlp.down_proj.weight"));
-    for dtype in [WeightDtype::Int8, WeightDtype::Int4, WeightDtype::Bf16] {
+    rewrite_weights(&dir, poison(matrix, f32::NAN));
+    // F32 is the stored type: used in place, found by the scan.
+    for dtype in [WeightDtype::Int8, WeightDtype::Int4, WeightDtype::Bf16, WeightDtype::F32] {
         let e = match Model::load_with(&dir, &LoadOptions::with_dtype(dtype)) {
             Ok(_) => panic!("{dtype:?}: loaded NaN weights"),
             Err(e) => e.to_string(),
         };
-        assert!(
-            e.contains("`model.layers.3.mlp.down_proj.weight` holds a non-finite value"),
-            "{dtype:?}: {e}"
-        );
+        assert!(e.contains(&format!("`{matrix}` holds a non-finite value")), "{dtype:?}: {e}");
     }
-    // Kept as stored (f32 here), the matrix is not scanned: the NaN reaches the logits, and
-    // generation refuses them.
-    let model = Model::load(&dir).unwrap();
+
+    // Stored as bf16 and used in place: an infinity (exponent all ones, mantissa zero).
+    let dir = fresh("inf-bf16-matrix");
+    rewrite_weights(&dir, |name, d, s, b| {
+        if name != matrix {
+            return Some((d, s, b));
+        }
+        let mut bf16: Vec<u8> = b
+            .chunks_exact(4)
+            .flat_map(|v| half::bf16::from_f32(f32::from_le_bytes([v[0], v[1], v[2], v[3]])).to_le_bytes())
+            .collect();
+        bf16[6..8].copy_from_slice(&half::bf16::INFINITY.to_le_bytes());
+        Some((Dtype::BF16, s, bf16))
+    });
+    let e = match Model::load_with(&dir, &LoadOptions::with_dtype(WeightDtype::Bf16)) {
+        Ok(_) => panic!("loaded an infinite bf16 weight"),
+        Err(e) => e.to_string(),
+    };
+    assert!(e.contains(&format!("`{matrix}` holds a non-finite value")), "{e}");
+
+    // Finite weights can still overflow: generation refuses the non-finite logits that result.
+    let dir = fresh("huge-matrix");
+    rewrite_weights(&dir, |name, d, s, b| {
+        let b =
+            if name == matrix { b.chunks_exact(4).flat_map(|_| f32::MAX.to_le_bytes()).collect() } else { b };
+        Some((d, s, b))
+    });
+    let model = Model::load_with(&dir, &LoadOptions::with_dtype(WeightDtype::F32)).unwrap();
     let mut state = model.new_state();
     let options = qwenrt::GenerateOptions {
         max_tokens: 4,

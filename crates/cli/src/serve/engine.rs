@@ -2,8 +2,10 @@
 //! worker thread (never on the async runtime) by the library's continuous-batching
 //! [`Scheduler`].
 //!
-//! Routes see only [`Engine::submit`], the [`JobHandle`] it returns (events through a channel;
-//! dropping it cancels the job) and [`Engine::status`]. Behind them, the worker admits waiting
+//! Routes see only [`Engine::admit`], which takes a place before the request is prepared (so
+//! that preparing, which can hold several times a request's size, is bounded by the same
+//! `--parallel` + `--queue` as waiting), [`Admission::submit`], the [`JobHandle`] it returns
+//! (events through a channel; dropping it cancels the job) and [`Engine::status`]. Behind them, the worker admits waiting
 //! jobs into the scheduler's free slots, calls its `step` (one pass over the weights for every
 //! running job) and forwards what each job streams; slot choice, the shared prefill budget and
 //! batching are the scheduler's (see `qwenrt::scheduler`).
@@ -17,6 +19,8 @@ use std::thread::JoinHandle;
 use qwenrt::scheduler::{RequestId, Scheduler, SchedulerOptions};
 use qwenrt::{ChatParams, Event, FinishReason, LanguageModel, Prompt, Reply, TokenLogprob, Usage};
 use tokio::sync::mpsc;
+
+use super::middleware::RequestLog;
 
 pub use qwenrt::scheduler::{Failure as JobError, DEFAULT_PREFILL_CHUNK};
 
@@ -45,6 +49,9 @@ pub struct EngineOptions {
 pub struct Job {
     pub prompt: Prompt,
     pub params: ChatParams,
+    /// Where the job's token counts go when it ends, however it ends (a client that left
+    /// included): the request's log line waits for them.
+    pub log: RequestLog,
 }
 
 /// What a job streams back, in order; `Done` or `Failed` comes last.
@@ -82,6 +89,8 @@ pub struct EngineStatus {
     pub busy: usize,
     /// Jobs waiting for a slot.
     pub queued: usize,
+    /// Requests admitted and still being prepared (template, tokens, pictures).
+    pub preparing: usize,
     pub queue_capacity: usize,
 }
 
@@ -164,7 +173,18 @@ struct Queue {
     waiting: VecDeque<Queued>,
     /// Jobs the worker has taken.
     running: Vec<Arc<JobControl>>,
+    /// Admissions not yet submitted.
+    preparing: usize,
     shutting_down: bool,
+}
+
+impl Queue {
+    /// Requests holding a place: running, waiting (but for those whose client left) or being
+    /// prepared.
+    fn in_flight(&self) -> usize {
+        let waiting = self.waiting.iter().filter(|q| !q.control.is_cancelled()).count();
+        self.running.len() + waiting + self.preparing
+    }
 }
 
 struct Queued {
@@ -198,21 +218,25 @@ impl Engine {
         Ok(Engine { shared, worker: Mutex::new(Some(worker)) })
     }
 
-    /// Queues a job. Refused when `queue_capacity` jobs are already waiting for the worker.
-    pub fn submit(&self, job: Job) -> Result<JobHandle, SubmitError> {
+    /// Takes a place for a request about to be prepared, refused while `slots + queue_capacity`
+    /// requests are running, waiting or being prepared. Dropping the admission unused gives the
+    /// place back.
+    pub fn admit(&self) -> Result<Admission, SubmitError> {
         let mut queue = self.shared.lock();
         if queue.shutting_down {
             return Err(SubmitError::ShuttingDown);
         }
-        if queue.waiting.len() >= self.shared.capacity {
+        if queue.in_flight() >= self.shared.slots + self.shared.capacity {
             return Err(SubmitError::QueueFull { capacity: self.shared.capacity });
         }
-        let (events, receiver) = mpsc::unbounded_channel();
-        let control = Arc::new(JobControl::default());
-        queue.waiting.push_back(Queued { job, control: control.clone(), events });
-        drop(queue);
-        self.shared.wake.notify_one();
-        Ok(JobHandle { events: receiver, control })
+        queue.preparing += 1;
+        Ok(Admission { shared: self.shared.clone(), held: true })
+    }
+
+    /// Admits and queues a job at once.
+    #[cfg(test)]
+    pub fn submit(&self, job: Job) -> Result<JobHandle, SubmitError> {
+        self.admit()?.submit(job)
     }
 
     pub fn status(&self) -> EngineStatus {
@@ -223,6 +247,7 @@ impl Engine {
             slots: self.shared.slots,
             busy: queue.running.len(),
             queued,
+            preparing: queue.preparing,
             queue_capacity: self.shared.capacity,
         }
     }
@@ -238,6 +263,40 @@ impl Engine {
         }
         drop(queue);
         self.shared.wake.notify_all();
+    }
+}
+
+/// A place taken by [`Engine::admit`] for a request being prepared.
+pub struct Admission {
+    shared: Arc<Shared>,
+    /// Still counted as preparing (until submitted).
+    held: bool,
+}
+
+impl Admission {
+    /// Queues the prepared job in the place this admission holds.
+    pub fn submit(mut self, job: Job) -> Result<JobHandle, SubmitError> {
+        let mut queue = self.shared.lock();
+        if queue.shutting_down {
+            return Err(SubmitError::ShuttingDown);
+        }
+        let (events, receiver) = mpsc::unbounded_channel();
+        let control = Arc::new(JobControl::default());
+        queue.waiting.push_back(Queued { job, control: control.clone(), events });
+        // The place passes to the queued job in the same step, so it is never counted twice.
+        queue.preparing -= 1;
+        self.held = false;
+        drop(queue);
+        self.shared.wake.notify_one();
+        Ok(JobHandle { events: receiver, control })
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        if self.held {
+            self.shared.lock().preparing -= 1;
+        }
     }
 }
 
@@ -265,12 +324,21 @@ struct Running {
     id: JobId,
     control: Arc<JobControl>,
     events: mpsc::UnboundedSender<JobEvent>,
+    log: RequestLog,
 }
 
 impl Running {
     /// A send fails only when the client has gone, which the job notices as a cancellation.
     fn send(&self, event: JobEvent) {
         drop(self.events.send(event));
+    }
+
+    /// Logs how the job ended and sends that as its last event (to no one if its client left).
+    fn end(&self, end: Result<Completion, JobError>) {
+        if let Ok(completion) = &end {
+            self.log.usage(&completion.usage);
+        }
+        self.send(end.map_or_else(JobEvent::Failed, JobEvent::Done));
     }
 }
 
@@ -287,8 +355,7 @@ fn work(shared: &Shared, mut backend: impl Backend) {
                 if queue.shutting_down {
                     drop(queue);
                     for job in running.drain(..) {
-                        let end = backend.cancel(job.id);
-                        job.send(end.map_or_else(JobEvent::Failed, JobEvent::Done));
+                        job.end(backend.cancel(job.id));
                     }
                     shared.lock().running.clear();
                     return;
@@ -312,7 +379,8 @@ fn work(shared: &Shared, mut backend: impl Backend) {
         };
         for queued in admitted {
             next_id += 1;
-            let job = Running { id: next_id, control: queued.control, events: queued.events };
+            let log = queued.job.log.clone();
+            let job = Running { id: next_id, control: queued.control, events: queued.events, log };
             match catch_unwind(AssertUnwindSafe(|| backend.start(job.id, &queued.job))) {
                 Ok(Ok(())) => running.push(job),
                 Ok(Err(error)) => {
@@ -333,7 +401,7 @@ fn work(shared: &Shared, mut backend: impl Backend) {
             if !job.control.is_cancelled() {
                 return true;
             }
-            let _ = backend.cancel(job.id);
+            job.end(backend.cancel(job.id));
             retire(shared, job);
             false
         });
@@ -352,7 +420,7 @@ fn work(shared: &Shared, mut backend: impl Backend) {
                 for (id, end) in ended {
                     if let Some(at) = running.iter().position(|j| j.id == id) {
                         let job = running.swap_remove(at);
-                        job.send(end.map_or_else(JobEvent::Failed, JobEvent::Done));
+                        job.end(end);
                         retire(shared, &job);
                     }
                 }
@@ -523,7 +591,7 @@ mod tests {
     use super::*;
 
     fn job() -> Job {
-        Job { prompt: Prompt::text(vec![1, 2, 3]), params: ChatParams::default() }
+        Job { prompt: Prompt::text(vec![1, 2, 3]), params: ChatParams::default(), log: RequestLog::default() }
     }
 
     fn scripted(pieces: &[&str], gate: Option<std::sync::mpsc::Receiver<()>>) -> Scripted {
@@ -560,7 +628,10 @@ mod tests {
         let first = engine.submit(job()).unwrap();
         let _second = engine.submit(job()).unwrap();
         assert_eq!(engine.submit(job()).unwrap_err(), SubmitError::QueueFull { capacity: 2 });
-        assert_eq!(engine.status(), EngineStatus { slots: 1, busy: 1, queued: 2, queue_capacity: 2 });
+        assert_eq!(
+            engine.status(),
+            EngineStatus { slots: 1, busy: 1, queued: 2, preparing: 0, queue_capacity: 2 }
+        );
         drop(first);
         assert_eq!(engine.status().queued, 1, "a cancelled job no longer counts");
         open.send(()).unwrap();
@@ -568,6 +639,64 @@ mod tests {
         assert!(matches!(running.next().await, Some(JobEvent::Content(_))));
         engine.shutdown();
         assert_eq!(engine.submit(job()).unwrap_err(), SubmitError::ShuttingDown);
+    }
+
+    #[tokio::test]
+    async fn requests_being_prepared_hold_their_place() {
+        let (open, gate) = std::sync::mpsc::channel();
+        let engine = Engine::with_backend(scripted(&["x"], Some(gate)), 1, 1).unwrap();
+        let first = engine.admit().unwrap();
+        let second = engine.admit().unwrap();
+        assert_eq!(engine.status().preparing, 2);
+        assert!(
+            matches!(engine.admit(), Err(SubmitError::QueueFull { capacity: 1 })),
+            "one slot and one waiting place, both taken by preparations"
+        );
+        drop(second);
+        let third = engine.admit().expect("a preparation that gave up frees its place");
+        let _running = first.submit(job()).unwrap();
+        while engine.status().busy == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        assert_eq!(engine.status().preparing, 1);
+        assert!(engine.admit().is_err(), "running + preparing fill slot and queue");
+        let _waiting = third.submit(job()).unwrap();
+        assert_eq!(
+            engine.status(),
+            EngineStatus { slots: 1, busy: 1, queued: 1, preparing: 0, queue_capacity: 1 }
+        );
+        assert!(engine.admit().is_err());
+        open.send(()).unwrap();
+        open.send(()).unwrap();
+    }
+
+    #[tokio::test]
+    async fn without_a_queue_a_free_slot_still_takes_a_job() {
+        let engine = Engine::with_backend(scripted(&["x"], None), 1, 0).unwrap();
+        let mut handle = engine.submit(job()).unwrap();
+        while let Some(event) = handle.next().await {
+            if matches!(event, JobEvent::Done(_)) {
+                return;
+            }
+        }
+        panic!("the job did not end");
+    }
+
+    #[tokio::test]
+    async fn a_job_whose_client_left_logs_the_tokens_it_made() {
+        let (open, gate) = std::sync::mpsc::channel();
+        let engine = Engine::with_backend(scripted(&["a", "b", "c", "d"], Some(gate)), 1, 1).unwrap();
+        let log = RequestLog::default();
+        let mut handle = engine.submit(Job { log: log.clone(), ..job() }).unwrap();
+        open.send(()).unwrap();
+        assert!(matches!(handle.next().await, Some(JobEvent::Content(_))));
+        drop(handle);
+        while engine.status().busy > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        let (prompt, _, completion) = log.counts();
+        assert_eq!(prompt, 3);
+        assert!(completion >= 1, "the cancelled job's tokens are logged, not 0");
     }
 
     #[tokio::test]

@@ -654,12 +654,17 @@ pub fn check_context(prompt_len: usize, max_context: usize, param: &str) -> Resu
     if prompt_len < max_context {
         return Ok(());
     }
-    Err(ApiError::invalid_request(format!(
-        "this model's maximum context length is {max_context} tokens, but the prompt has {prompt_len} tokens \
+    Err(context_exceeded(max_context, &prompt_len.to_string(), param))
+}
+
+/// The error for a prompt of `tokens` tokens (a count, or "more than N") that leaves no room.
+pub fn context_exceeded(max_context: usize, tokens: &str, param: &str) -> ApiError {
+    ApiError::invalid_request(format!(
+        "this model's maximum context length is {max_context} tokens, but the prompt has {tokens} tokens \
          (and the answer needs at least one more); shorten the prompt"
     ))
     .with_code("context_length_exceeded")
-    .with_param(param))
+    .with_param(param)
 }
 
 /// OpenAI's `finish_reason`.

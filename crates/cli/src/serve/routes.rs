@@ -16,13 +16,13 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::embeddings::EmbeddingFields;
-use super::engine::{Completion, Engine, Job, JobEvent, JobHandle, SubmitError};
+use super::engine::{Admission, Completion, Engine, Job, JobEvent, JobHandle, SubmitError};
 use super::errors::{parse_fields, ApiError, JsonBody};
 use super::middleware::{log_requests, require_api_key, RequestLog};
 use super::openai::{
-    check_constraint, check_context, finish_reason, resolve_media, ChatFields, ChatLogprobs,
-    CompletionFields, CompletionLogprobs, ConstraintFields, GenerationFields, MediaPolicy, PromptInput,
-    UsageBody,
+    check_constraint, check_context, context_exceeded, finish_reason, resolve_media, ChatFields,
+    ChatLogprobs, CompletionFields, CompletionLogprobs, ConstraintFields, GenerationFields, MediaPolicy,
+    PromptInput, UsageBody,
 };
 use super::output::{new_id, unix_time, ChatAnswer, ChatTranslator, CompletionText};
 use super::sse::{chat_stream, completion_stream, AnswerMeta};
@@ -31,6 +31,8 @@ pub use super::state::AppState;
 /// The whole API: routes, API key check, request log and body limit.
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
+        .route("/", get(chat_page))
+        .route("/props", get(props))
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
         .route("/v1/embeddings", post(embeddings))
@@ -55,11 +57,21 @@ async fn wrong_method(method: Method, uri: Uri) -> ApiError {
     ApiError::method_not_allowed(format!("{method} is not allowed on {}", uri.path()))
 }
 
-fn submit(engine: &Engine, job: Job) -> Result<JobHandle, ApiError> {
-    engine.submit(job).map_err(|e| match e {
+fn refused(e: SubmitError) -> ApiError {
+    match e {
         SubmitError::QueueFull { .. } => ApiError::unavailable(e.to_string(), "queue_full"),
         SubmitError::ShuttingDown => ApiError::shutting_down(),
-    })
+    }
+}
+
+/// A place for a request about to be prepared: a server that is full refuses it before any
+/// work is spent on it.
+fn admit(engine: &Engine) -> Result<Admission, ApiError> {
+    engine.admit().map_err(refused)
+}
+
+fn submit(admission: Admission, job: Job) -> Result<JobHandle, ApiError> {
+    admission.submit(job).map_err(refused)
 }
 
 /// Runs CPU work (template rendering, tokenization, pictures) off the async workers, one piece
@@ -98,13 +110,15 @@ async fn wait_for_completion(
 }
 
 /// The conversation as the model's chat template renders it, tokenized, with its images and
-/// videos (already decoded by [`resolve_media`]) expanded.
+/// videos (already decoded by [`resolve_media`]) expanded. Tokenizing stops once the text is
+/// known not to fit in `max_context`.
 fn render_chat(
     lm: &LanguageModel,
     messages: &[Message],
     tools: Option<&[Value]>,
     enable_thinking: Option<bool>,
     extra: Map<String, Value>,
+    max_context: usize,
 ) -> Result<Prompt, ApiError> {
     let template = lm.chat_template.as_ref().ok_or_else(|| {
         ApiError::invalid_request("this model has no chat template: use /v1/completions with a raw prompt")
@@ -119,13 +133,19 @@ fn render_chat(
         .map_err(|e| ApiError::invalid_request(e.to_string()).with_param("messages"))?;
     let (images, videos) = message_media(messages)
         .map_err(|e| ApiError::invalid_request(e.to_string()).with_param("messages"))?;
-    if images.is_empty() && videos.is_empty() {
-        let ids = lm.encode(&text).map_err(|e| ApiError::internal(format!("tokenizing the prompt: {e}")))?;
-        return Ok(Prompt::text(ids));
-    }
     // e.g. an <|image_pad|> typed in a message's text: placeholders and pictures disagree.
-    lm.encode_prompt(&text, &images, &videos)
-        .map_err(|e| ApiError::invalid_request(e.to_string()).with_param("messages"))
+    lm.encode_prompt_within(&text, &images, &videos, max_context.saturating_sub(1))
+        .map_err(|e| prompt_error(e, max_context, "messages"))
+}
+
+/// A prompt that could not be tokenized: too long for the context, or not valid for the model.
+fn prompt_error(error: qwenrt::Error, max_context: usize, param: &str) -> ApiError {
+    match error {
+        qwenrt::Error::Tokenizer(qwenrt::tokenizer::TokenizerError::TooLong { .. }) => {
+            context_exceeded(max_context, &format!("at least {max_context}"), param)
+        }
+        e => ApiError::invalid_request(e.to_string()).with_param(param),
+    }
 }
 
 async fn chat_completions(
@@ -150,16 +170,18 @@ async fn chat_completions(
     let max_thinking_tokens = chat.thinking_budget()?;
     let logprobs = chat.logprobs()?;
 
+    let admission = admit(&state.engine)?;
     let (prompt, constraint) = {
         let lm = state.lm.clone();
         let tools = tools.clone();
+        let max_context = state.max_context;
         blocking(move || {
             // Compiling a schema and decoding pictures are CPU work too.
             if let Some((constraint, field)) = &constraint {
                 check_constraint(&lm, constraint, field)?;
             }
             resolve_media(&mut messages, &lm, media_policy)?;
-            let prompt = render_chat(&lm, &messages, tools.as_deref(), enable_thinking, extra)?;
+            let prompt = render_chat(&lm, &messages, tools.as_deref(), enable_thinking, extra, max_context)?;
             Ok((prompt, constraint.map(|(constraint, _)| constraint)))
         })
         .await?
@@ -171,7 +193,7 @@ async fn chat_completions(
     params.logprobs = logprobs;
     params.constraint = constraint;
     log.prompt(prompt.len(), 0);
-    let mut handle = submit(&state.engine, Job { prompt, params })?;
+    let mut handle = submit(admission, Job { prompt, params, log: log.clone() })?;
 
     let meta = AnswerMeta {
         id: new_id("chatcmpl"),
@@ -181,7 +203,7 @@ async fn chat_completions(
     };
     let mut translator = ChatTranslator::new(tools.as_deref());
     if fields.stream() {
-        return Ok(chat_stream(handle, translator, meta, log));
+        return Ok(chat_stream(handle, translator, meta));
     }
 
     let mut answer = ChatAnswer::default();
@@ -194,8 +216,6 @@ async fn chat_completions(
     for delta in translator.finish() {
         answer.push(delta);
     }
-    log.prompt(completion.usage.prompt_tokens, completion.usage.cached_prompt_tokens);
-    log.completion(completion.usage.completion_tokens);
 
     // The template separates text from a call with a blank line; what is left around calls is
     // only that.
@@ -239,6 +259,7 @@ async fn completions(
     fields.check_supported()?;
     completion_fields.check_supported()?;
     let logprobs = completion_fields.logprobs()?;
+    let admission = admit(&state.engine)?;
     let constraint = match constraint_fields.constraint()? {
         Some((constraint, field)) => {
             let lm = state.lm.clone();
@@ -261,8 +282,10 @@ async fn completions(
         }
         PromptInput::Text(text) => {
             let lm = state.lm.clone();
+            let max_context = state.max_context;
             blocking(move || {
-                lm.encode(&text).map_err(|e| ApiError::internal(format!("tokenizing the prompt: {e}")))
+                lm.encode_within(&text, max_context.saturating_sub(1))
+                    .map_err(|e| prompt_error(e, max_context, "prompt"))
             })
             .await?
         }
@@ -275,7 +298,7 @@ async fn completions(
     params.logprobs = logprobs;
     params.constraint = constraint;
     log.prompt(prompt.len(), 0);
-    let mut handle = submit(&state.engine, Job { prompt: Prompt::text(prompt), params })?;
+    let mut handle = submit(admission, Job { prompt: Prompt::text(prompt), params, log: log.clone() })?;
 
     let meta = AnswerMeta {
         id: new_id("cmpl"),
@@ -284,7 +307,7 @@ async fn completions(
         include_usage: fields.include_usage(),
     };
     if fields.stream() {
-        return Ok(completion_stream(handle, meta, log, logprobs.is_some()));
+        return Ok(completion_stream(handle, meta, logprobs.is_some()));
     }
 
     let mut text = String::new();
@@ -301,8 +324,6 @@ async fn completions(
         }
     })
     .await?;
-    log.prompt(completion.usage.prompt_tokens, completion.usage.cached_prompt_tokens);
-    log.completion(completion.usage.completion_tokens);
     Ok(Json(json!({
         "id": meta.id,
         "object": "text_completion",
@@ -363,6 +384,37 @@ async fn get_model(
     })
 }
 
+/// The built-in chat page: one self-contained file (no CDN, so it works offline), in the binary.
+async fn chat_page() -> Response {
+    const PAGE: &str = include_str!("../../web/chat.html");
+    (
+        [
+            (axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            // The page talks only to this server and runs only its own inline code.
+            (
+                axum::http::header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+                 img-src data: blob:; connect-src 'self'; base-uri 'none'; form-action 'none'",
+            ),
+        ],
+        PAGE,
+    )
+        .into_response()
+}
+
+/// What a client (the chat page) needs to know of the server, as llama.cpp's `/props` says it.
+async fn props(State(state): State<Arc<AppState>>) -> Json<Value> {
+    let status = state.engine.status();
+    Json(json!({
+        "model": state.model_id,
+        "modalities": {"vision": state.lm.has_vision()},
+        "n_ctx": state.max_context,
+        "total_slots": status.slots,
+        "speculative": state.speculative.is_some(),
+        "embedding_model": state.embeddings.as_ref().map(|e| e.model_id.clone()),
+    }))
+}
+
 async fn health(State(state): State<Arc<AppState>>) -> Json<Value> {
     let status = state.engine.status();
     Json(json!({
@@ -370,6 +422,7 @@ async fn health(State(state): State<Arc<AppState>>) -> Json<Value> {
         "slots_idle": status.slots - status.busy.min(status.slots),
         "slots_processing": status.busy,
         "requests_waiting": status.queued,
+        "requests_preparing": status.preparing,
         "queue_capacity": status.queue_capacity,
     }))
 }
@@ -389,6 +442,8 @@ async fn tokenize(
 ) -> Result<Json<Value>, ApiError> {
     let fields: TokenizeFields = parse_fields(&body)?;
     let lm = state.lm.clone();
+    // Tokenizing costs what preparing a prompt does, so it takes a place the same way.
+    let _admission = admit(&state.engine)?;
     blocking(move || {
         let ids = lm.encode(&fields.content).map_err(|e| ApiError::internal(format!("tokenizing: {e}")))?;
         if !fields.with_pieces {

@@ -13,7 +13,6 @@ use serde_json::{json, Value};
 
 use super::engine::{Completion, JobEvent, JobHandle};
 use super::errors::ApiError;
-use super::middleware::RequestLog;
 use super::openai::{finish_reason, ChatLogprobs, TokenLogprobBody, ToolCallBody, UsageBody};
 use super::output::{ChatDelta, ChatTranslator, CompletionText};
 
@@ -83,14 +82,8 @@ where
 }
 
 /// A streamed chat completion.
-pub fn chat_stream(
-    handle: JobHandle,
-    translator: ChatTranslator,
-    meta: AnswerMeta,
-    log: RequestLog,
-) -> Response {
-    let state =
-        ChatStream { handle, translator, meta, log, logprobs: Vec::new(), started: false, over: false };
+pub fn chat_stream(handle: JobHandle, translator: ChatTranslator, meta: AnswerMeta) -> Response {
+    let state = ChatStream { handle, translator, meta, logprobs: Vec::new(), started: false, over: false };
     sse_response(stream::unfold(state, |mut state| async move {
         let events = state.step().await?;
         Some((events, state))
@@ -101,7 +94,6 @@ struct ChatStream {
     handle: JobHandle,
     translator: ChatTranslator,
     meta: AnswerMeta,
-    log: RequestLog,
     /// Log-probs of tokens whose text has not been sent yet: they go with the next chunk.
     logprobs: Vec<TokenLogprobBody>,
     started: bool,
@@ -160,8 +152,6 @@ impl ChatStream {
             out.push(done());
             return;
         }
-        self.log.prompt(completion.usage.prompt_tokens, completion.usage.cached_prompt_tokens);
-        self.log.completion(completion.usage.completion_tokens);
         let reason = finish_reason(completion.finish_reason, self.translator.called_tools());
         out.push(self.chunk(Delta::default(), Some(reason)));
         if self.meta.include_usage {
@@ -199,11 +189,10 @@ impl ChatStream {
 }
 
 /// A streamed `/v1/completions` answer.
-pub fn completion_stream(handle: JobHandle, meta: AnswerMeta, log: RequestLog, logprobs: bool) -> Response {
+pub fn completion_stream(handle: JobHandle, meta: AnswerMeta, logprobs: bool) -> Response {
     let state = CompletionStream {
         handle,
         meta,
-        log,
         text: CompletionText::default(),
         logprobs: logprobs.then(Vec::new),
         offset: 0,
@@ -218,7 +207,6 @@ pub fn completion_stream(handle: JobHandle, meta: AnswerMeta, log: RequestLog, l
 struct CompletionStream {
     handle: JobHandle,
     meta: AnswerMeta,
-    log: RequestLog,
     text: CompletionText,
     /// Tokens waiting for their text, when log-probs were asked for.
     logprobs: Option<Vec<qwenrt::TokenLogprob>>,
@@ -244,8 +232,6 @@ impl CompletionStream {
                 if completion.finish_reason == qwenrt::FinishReason::Cancelled {
                     out.push(error_event(&ApiError::shutting_down()));
                 } else {
-                    self.log.prompt(completion.usage.prompt_tokens, completion.usage.cached_prompt_tokens);
-                    self.log.completion(completion.usage.completion_tokens);
                     out.push(self.chunk(String::new(), Some(finish_reason(completion.finish_reason, false))));
                     if self.meta.include_usage {
                         out.push(data(&json!({

@@ -828,6 +828,11 @@ async fn a_full_queue_answers_503() {
     let (status, err) = call(&app, post("/v1/chat/completions", &body)).await;
     assert_error(status, &err, StatusCode::SERVICE_UNAVAILABLE, None);
     assert_eq!(err["error"]["code"], "queue_full");
+    // Refused before it is prepared: a picture that would fail to decode (a 400) is not looked at.
+    let picture = json!({"messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]});
+    let (status, err) = call(&app, post("/v1/chat/completions", &picture)).await;
+    assert_error(status, &err, StatusCode::SERVICE_UNAVAILABLE, None);
     open.send(()).unwrap();
     open.send(()).unwrap();
     assert_eq!(first.await.unwrap().0, StatusCode::OK);
