@@ -512,7 +512,7 @@ impl Backend for Batching {
     }
 }
 
-#[cfg(test)]
+#[cfg(any(test, feature = "fuzzing"))]
 pub(crate) mod testing {
     //! A backend that plays back a script instead of running a model, for route tests.
 

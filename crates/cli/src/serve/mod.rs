@@ -41,6 +41,8 @@
 mod embeddings;
 mod engine;
 mod errors;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod listener;
 mod middleware;
 mod openai;
