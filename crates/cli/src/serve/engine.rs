@@ -75,8 +75,10 @@ pub struct Completion {
 /// Why a job was not accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum SubmitError {
-    #[error("the server is busy: {capacity} requests are already waiting for a slot; retry later")]
-    QueueFull { capacity: usize },
+    #[error(
+        "the server is busy: its {slots} slot(s) and {capacity} queue place(s) are all taken; retry later"
+    )]
+    QueueFull { slots: usize, capacity: usize },
     #[error("the server is shutting down")]
     ShuttingDown,
 }
@@ -227,7 +229,7 @@ impl Engine {
             return Err(SubmitError::ShuttingDown);
         }
         if queue.in_flight() >= self.shared.slots + self.shared.capacity {
-            return Err(SubmitError::QueueFull { capacity: self.shared.capacity });
+            return Err(SubmitError::QueueFull { slots: self.shared.slots, capacity: self.shared.capacity });
         }
         queue.preparing += 1;
         Ok(Admission { shared: self.shared.clone(), held: true })
@@ -627,7 +629,7 @@ mod tests {
         }
         let first = engine.submit(job()).unwrap();
         let _second = engine.submit(job()).unwrap();
-        assert_eq!(engine.submit(job()).unwrap_err(), SubmitError::QueueFull { capacity: 2 });
+        assert_eq!(engine.submit(job()).unwrap_err(), SubmitError::QueueFull { slots: 1, capacity: 2 });
         assert_eq!(
             engine.status(),
             EngineStatus { slots: 1, busy: 1, queued: 2, preparing: 0, queue_capacity: 2 }
@@ -649,7 +651,7 @@ mod tests {
         let second = engine.admit().unwrap();
         assert_eq!(engine.status().preparing, 2);
         assert!(
-            matches!(engine.admit(), Err(SubmitError::QueueFull { capacity: 1 })),
+            matches!(engine.admit(), Err(SubmitError::QueueFull { slots: 1, capacity: 1 })),
             "one slot and one waiting place, both taken by preparations"
         );
         drop(second);

@@ -85,9 +85,24 @@ async fn blocking<T: Send + 'static>(
         tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(1, |n| n.get()))
     });
     let _slot = slots.acquire().await.map_err(|_| ApiError::shutting_down())?;
-    tokio::task::spawn_blocking(work)
-        .await
-        .unwrap_or_else(|e| Err(ApiError::internal(format!("request preparation failed: {e}"))))
+    let prepared = tokio::task::spawn_blocking(|| {
+        let prepared = work();
+        return_free_memory();
+        prepared
+    })
+    .await;
+    prepared.unwrap_or_else(|e| Err(ApiError::internal(format!("request preparation failed: {e}"))))
+}
+
+/// Hands the allocator's free pages back to the system. A large request's preparation frees
+/// hundreds of MB in pieces that glibc's malloc would otherwise keep (measured: 300 MB kept
+/// after four 16 MiB prompts); trimming after each preparation costs well under a millisecond.
+fn return_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Waits for the end of a job, handing every other event to `on_event`.

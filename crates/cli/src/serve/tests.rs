@@ -778,6 +778,24 @@ async fn bad_requests_get_openai_errors() {
     assert_eq!(long["error"]["code"], "context_length_exceeded");
 }
 
+/// A prompt far over the context is refused once tokenizing has passed the context, not after
+/// reading all of it (which takes tens of bytes per byte of text).
+#[tokio::test]
+async fn a_prompt_far_over_the_context_is_refused_early() {
+    let (app, _) = Setup { max_context: 4096, body_limit: 8 << 20, ..Setup::default() }.app();
+    let text = "word, ".repeat(600_000);
+    for (path, body, param) in [
+        ("/v1/chat/completions", json!({"messages": [{"role": "user", "content": text}]}), "messages"),
+        ("/v1/completions", json!({"prompt": text}), "prompt"),
+    ] {
+        let (status, error) = call(&app, post(path, &body)).await;
+        assert_error(status, &error, StatusCode::BAD_REQUEST, Some(param));
+        assert_eq!(error["error"]["code"], "context_length_exceeded");
+        let message = error["error"]["message"].as_str().unwrap();
+        assert!(message.contains("the prompt has at least 4096 tokens"), "{message}");
+    }
+}
+
 #[tokio::test]
 async fn api_key_is_required_except_for_health() {
     let (app, _) = Setup { api_key: Some("s3cret"), ..Setup::default() }.app();
