@@ -339,3 +339,31 @@ fn non_finite_weights_are_refused() {
     let e = qwenrt::generate(&model, &mut state, &[1, 2, 3], &options, |_| true).unwrap_err().to_string();
     assert!(e.contains("non-finite logit"), "{e}");
 }
+
+/// Processor configs that would divide by zero, resize a picture to terapixels or loop over a
+/// zero-sized patch are refused at load, naming the key.
+#[test]
+fn absurd_processor_configs_are_refused() {
+    let cases = [
+        ("preprocessor_config.json", r#"{"image_std": [0.0, 0.5, 0.5]}"#, "image_std"),
+        ("preprocessor_config.json", r#"{"image_mean": [1e400, 0, 0]}"#, "preprocessor_config.json"),
+        (
+            "preprocessor_config.json",
+            r#"{"size": {"shortest_edge": 10000000000000, "longest_edge": 100000000000000}}"#,
+            "pixel bounds",
+        ),
+        ("preprocessor_config.json", r#"{"patch_size": 0}"#, "patch_size is 0"),
+        ("preprocessor_config.json", r#"{"rescale_factor": -1}"#, "rescale_factor"),
+        ("video_preprocessor_config.json", r#"{"merge_size": 100000}"#, "merge_size is 100000"),
+        ("video_preprocessor_config.json", r#"{"image_std": [0.5, 0.5, 0]}"#, "image_std"),
+    ];
+    for (file, json, wanted) in cases {
+        let dir = qwenrt_test_support::tiny_vl_folder("absurd-processor");
+        std::fs::write(dir.join(file), json).unwrap();
+        let e = match LanguageModel::load(&dir) {
+            Ok(_) => panic!("{file} {json} loaded"),
+            Err(e) => e.to_string(),
+        };
+        assert!(e.contains(file) && e.contains(wanted), "{file} {json}: {e}");
+    }
+}
