@@ -18,7 +18,8 @@ use crate::{load_options, Dtype};
 
 #[derive(Args)]
 pub struct BenchArgs {
-    /// Hugging Face model folder to measure.
+    /// A Hugging Face model folder (config.json, *.safetensors, tokenizer.json, …) or a hub id
+    /// (`Qwen/Qwen3.5-0.8B[@revision]`), downloaded into the Hugging Face cache if need be.
     #[arg(long, required_unless_present = "synthetic", conflicts_with = "synthetic")]
     model: Option<PathBuf>,
     /// Measure a random-weight model of this geometry instead (written once to a cache folder).
@@ -352,7 +353,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         bail!("--reps and --batch must be at least 1");
     }
     let dir = match (&args.model, &args.synthetic) {
-        (Some(dir), _) => dir.clone(),
+        (Some(spec), _) => crate::locate_model(spec)?,
         (None, Some(preset)) => synthetic_folder(preset)?,
         (None, None) => unreachable!("clap requires one"),
     };

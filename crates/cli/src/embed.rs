@@ -12,7 +12,7 @@ use crate::Dtype;
 
 #[derive(Args)]
 pub struct EmbedArgs {
-    /// Embedding model folder (sentence-transformers layout, e.g. Qwen3-Embedding-0.6B).
+    /// Embedding model folder (sentence-transformers layout, e.g. Qwen3-Embedding-0.6B) or hub id.
     #[arg(long)]
     model: PathBuf,
     /// Texts to embed; or use --file.
@@ -54,8 +54,9 @@ pub fn embed(args: EmbedArgs) -> Result<()> {
     if texts.is_empty() {
         bail!("no texts given: pass them as arguments or with --file");
     }
-    let embedder = Embedder::load_with(&args.model, &crate::load_options(args.dtype))
-        .with_context(|| format!("loading {}", args.model.display()))?;
+    let dir = crate::locate_model(&args.model)?;
+    let embedder = Embedder::load_with(&dir, &crate::load_options(args.dtype))
+        .with_context(|| format!("loading {}", dir.display()))?;
     let query_kind = match &args.instruct {
         Some(task) => EmbedKind::Instruct(task.clone()),
         None => EmbedKind::Query,

@@ -11,7 +11,8 @@ use qwenrt::{Model, ModelConfig};
 
 #[derive(Args)]
 pub struct InspectArgs {
-    /// Hugging Face model folder.
+    /// A Hugging Face model folder (config.json, *.safetensors, tokenizer.json, …) or a hub id
+    /// (`Qwen/Qwen3.5-0.8B[@revision]`), downloaded into the Hugging Face cache if need be.
     #[arg(long)]
     model: PathBuf,
     /// Print JSON instead of a table.
@@ -41,7 +42,7 @@ fn part_of(name: &str) -> &'static str {
 }
 
 pub fn inspect(args: InspectArgs) -> Result<()> {
-    let dir = &args.model;
+    let dir = &crate::locate_model(&args.model)?;
     let config = ModelConfig::from_file(&dir.join("config.json"))?;
     let store =
         WeightStore::open_dir(dir).with_context(|| format!("opening weights in {}", dir.display()))?;

@@ -5,6 +5,7 @@
 mod bench;
 mod embed;
 mod gen_args;
+mod hub;
 mod inspect;
 mod repl;
 mod run;
@@ -46,6 +47,10 @@ enum Command {
     Synth(bench::SynthArgs),
     /// Serve a model over an OpenAI-compatible HTTP API.
     Serve(serve::ServeArgs),
+    /// Download a model from the Hugging Face hub into its cache, without running it.
+    Pull(hub::PullArgs),
+    /// List the models in the Hugging Face cache.
+    List(hub::ListArgs),
 }
 
 /// Precision the weights are held in while running.
@@ -95,10 +100,14 @@ pub fn load_options(dtype: Dtype) -> LoadOptions {
     }
 }
 
-/// Loads a model folder (weights, tokenizer, template, generation config) at `dtype`.
-pub fn load_lm(dir: &std::path::Path, dtype: Dtype) -> Result<LanguageModel> {
-    LanguageModel::load_with(dir, &load_options(dtype)).with_context(|| format!("loading {}", dir.display()))
+/// Loads a model (weights, tokenizer, template, generation config) at `dtype` from a folder or
+/// a hub id.
+pub fn load_lm(model: &std::path::Path, dtype: Dtype) -> Result<LanguageModel> {
+    let dir = hub::locate_model(model)?;
+    LanguageModel::load_with(&dir, &load_options(dtype)).with_context(|| format!("loading {}", dir.display()))
 }
+
+pub use hub::{locate_model, model_name};
 
 /// Where the text comes from: an argument, `-` for stdin, or `--file`.
 pub fn read_text(arg: Option<&str>, file: Option<&PathBuf>) -> Result<String> {
@@ -152,6 +161,8 @@ pub fn main() {
         Command::Bench(args) => bench::bench(args),
         Command::Synth(args) => bench::synth(args),
         Command::Serve(args) => serve::serve(args),
+        Command::Pull(args) => hub::pull(args),
+        Command::List(args) => hub::list(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -20,7 +20,8 @@ use crate::Dtype;
 
 #[derive(Args)]
 pub struct ChatArgs {
-    /// Hugging Face model folder (config.json, *.safetensors, tokenizer.json, …).
+    /// A Hugging Face model folder (config.json, *.safetensors, tokenizer.json, …) or a hub id
+    /// (`Qwen/Qwen3.5-0.8B[@revision]`), downloaded into the Hugging Face cache if need be.
     #[arg(long)]
     model: PathBuf,
     /// System message at the start of the conversation.

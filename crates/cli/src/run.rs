@@ -15,7 +15,8 @@ use crate::{read_text, Dtype};
 
 #[derive(Args)]
 pub struct RunArgs {
-    /// Hugging Face model folder (config.json, *.safetensors, tokenizer.json, …).
+    /// A Hugging Face model folder (config.json, *.safetensors, tokenizer.json, …) or a hub id
+    /// (`Qwen/Qwen3.5-0.8B[@revision]`), downloaded into the Hugging Face cache if need be.
     #[arg(long)]
     model: PathBuf,
     /// The prompt; `-` reads it from stdin. By default it is one user message rendered with the

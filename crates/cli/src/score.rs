@@ -11,7 +11,8 @@ use crate::{read_text, Dtype};
 
 #[derive(Args)]
 pub struct ScoreArgs {
-    /// Hugging Face model folder.
+    /// A Hugging Face model folder (config.json, *.safetensors, tokenizer.json, …) or a hub id
+    /// (`Qwen/Qwen3.5-0.8B[@revision]`), downloaded into the Hugging Face cache if need be.
     #[arg(long)]
     model: PathBuf,
     /// The text to score (`-` for stdin); or use --file.

@@ -32,6 +32,8 @@ pub mod embed;
 mod error;
 mod files;
 pub mod generate;
+#[cfg(feature = "hub")]
+pub mod hub;
 pub mod linear;
 mod lm;
 pub mod model;

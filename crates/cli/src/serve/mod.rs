@@ -72,12 +72,13 @@ use routes::AppState;
 
 #[derive(Args)]
 pub struct ServeArgs {
-    /// Hugging Face model folder of the chat model.
+    /// The chat model: a Hugging Face model folder, or a hub id (`Qwen/Qwen3.5-0.8B[@revision]`)
+    /// resolved through the Hugging Face cache.
     #[arg(long)]
     model: PathBuf,
-    /// Embedding model folder (sentence-transformers layout, e.g. Qwen3-Embedding-0.6B) for
-    /// /v1/embeddings.
-    #[arg(long, value_name = "DIR")]
+    /// Embedding model folder (sentence-transformers layout, e.g. Qwen3-Embedding-0.6B) or hub
+    /// id, for /v1/embeddings.
+    #[arg(long, value_name = "DIR|ID")]
     embedding_model: Option<PathBuf>,
     /// Address to listen on; the default accepts connections from this machine only.
     #[arg(long, default_value = "127.0.0.1")]
@@ -120,7 +121,7 @@ pub struct ServeArgs {
     /// 408, after that.
     #[arg(long, default_value_t = 30.0, value_name = "SECS")]
     read_timeout: f64,
-    /// Name the model is served as (default: the model folder's name).
+    /// Name the model is served as (default: the hub id, or the model folder's name).
     #[arg(long)]
     alias: Option<String>,
     /// Weight precision.
@@ -178,7 +179,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     };
     let model_id = match &args.alias {
         Some(alias) => alias.clone(),
-        None => folder_name(&args.model),
+        None => crate::model_name(&args.model),
     };
     let engine = Engine::start(
         lm.clone(),
@@ -193,10 +194,11 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     )
     .context("starting the engine thread")?;
     let embeddings = match &args.embedding_model {
-        Some(dir) => {
-            let embedder = qwenrt::Embedder::load_with(dir, &crate::load_options(args.dtype))
+        Some(spec) => {
+            let dir = crate::locate_model(spec)?;
+            let embedder = qwenrt::Embedder::load_with(&dir, &crate::load_options(args.dtype))
                 .with_context(|| format!("loading {}", dir.display()))?;
-            let service = EmbeddingService::start(embedder, folder_name(dir), args.queue)
+            let service = EmbeddingService::start(embedder, crate::model_name(spec), args.queue)
                 .context("starting the embedding thread")?;
             Some(service)
         }
@@ -298,10 +300,4 @@ async fn shutdown_signal() {
         _ = interrupt => {}
         _ = terminate => {}
     }
-}
-
-/// The last component of a model folder's path (`Qwen3.5-0.8B`), as the model's name.
-fn folder_name(path: &std::path::Path) -> String {
-    let path = path.canonicalize().unwrap_or_else(|_| path.to_owned());
-    path.file_name().map_or_else(|| "qwenrt".to_owned(), |n| n.to_string_lossy().into_owned())
 }
