@@ -121,3 +121,35 @@ fn hub_errors_say_what_is_wrong() {
     let e = stderr(&qwenrt("http://127.0.0.1:9", &home, &[], &["pull", "test/elsewhere"]));
     assert!(e.contains("cannot reach http://127.0.0.1:9") && e.contains("HF_HUB_OFFLINE=1"), "{e}");
 }
+
+#[test]
+fn two_processes_pulling_one_model_agree() {
+    let hub = StandInHub::start();
+    let folder = common::model_folder();
+    hub.add_repo("test/tiny-vl", vec![Commit::from_dir(&folder, &["main"], "")]);
+    let home = common::temp_dir("cli-hub-home");
+    let pull = || {
+        Command::new(env!("CARGO_BIN_EXE_qwenrt"))
+            .args(["pull", "test/tiny-vl"])
+            .env("HF_HOME", &home)
+            .env("HF_ENDPOINT", &hub.url)
+            .env_remove("HF_HUB_CACHE")
+            .env_remove("HF_TOKEN")
+            .env_remove("HF_HUB_OFFLINE")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (pull(), pull());
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    assert_eq!(stdout(&a), stdout(&b));
+    let snapshot = Path::new(stdout(&a).trim()).to_owned();
+    for file in ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors", "tokenizer.json"] {
+        assert_eq!(
+            std::fs::read(snapshot.join(file)).unwrap(),
+            std::fs::read(folder.join(file)).unwrap(),
+            "{file}"
+        );
+    }
+}

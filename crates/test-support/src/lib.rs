@@ -41,9 +41,15 @@ pub fn generated_qwen3_tokenizer() -> PathBuf {
     path
 }
 
+/// Where the tests' temporary folders go: `target/test-tmp`, which `scripts/test` empties before
+/// a run and removes after a passing one (a run makes a few GB of model copies).
+pub fn temp_root() -> PathBuf {
+    workspace_root().join("target/test-tmp")
+}
+
 /// A fresh, empty temporary folder whose name starts with `qwenrt-test-{tag}`.
 pub fn temp_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
+    let dir = temp_root().join(format!(
         "qwenrt-test-{tag}-{}-{}",
         std::process::id(),
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
