@@ -11,6 +11,10 @@ use qwenrt_test_support::hub::{Commit, StandInHub};
 /// The binary with the hub environment of one test: its own cache and token file, the stand-in
 /// as the endpoint, and no token or offline switch inherited from the caller.
 fn qwenrt(hub: &str, home: &Path, extra_env: &[(&str, &str)], args: &[&str]) -> Output {
+    hub_command(hub, home, extra_env, args).output().unwrap()
+}
+
+fn hub_command(hub: &str, home: &Path, extra_env: &[(&str, &str)], args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_qwenrt"));
     command
         .args(args)
@@ -24,7 +28,7 @@ fn qwenrt(hub: &str, home: &Path, extra_env: &[(&str, &str)], args: &[&str]) -> 
     for (key, value) in extra_env {
         command.env(key, value);
     }
-    command.output().unwrap()
+    command
 }
 
 fn stdout(out: &Output) -> String {
@@ -129,13 +133,7 @@ fn two_processes_pulling_one_model_agree() {
     hub.add_repo("test/tiny-vl", vec![Commit::from_dir(&folder, &["main"], "")]);
     let home = common::temp_dir("cli-hub-home");
     let pull = || {
-        Command::new(env!("CARGO_BIN_EXE_qwenrt"))
-            .args(["pull", "test/tiny-vl"])
-            .env("HF_HOME", &home)
-            .env("HF_ENDPOINT", &hub.url)
-            .env_remove("HF_HUB_CACHE")
-            .env_remove("HF_TOKEN")
-            .env_remove("HF_HUB_OFFLINE")
+        hub_command(&hub.url, &home, &[], &["pull", "test/tiny-vl"])
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()

@@ -15,7 +15,7 @@ use std::time::Duration;
 use numpy::ndarray::Array2;
 use numpy::{IntoPyArray, PyArray1};
 use pyo3::create_exception;
-use pyo3::exceptions::{PyException, PyValueError};
+use pyo3::exceptions::{PyException, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use qwenrt::chat::{ContentPart, Message, MessageContent};
@@ -229,54 +229,57 @@ impl ChatSession {
         Ok(Running { reports: Mutex::new(reports), worker })
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn params(
-        &self,
-        max_tokens: Option<usize>,
-        temperature: Option<f32>,
-        top_p: Option<f32>,
-        top_k: Option<usize>,
-        min_p: Option<f32>,
-        presence_penalty: Option<f32>,
-        repetition_penalty: Option<f32>,
-        seed: Option<u64>,
-        stop: Option<Vec<String>>,
-        enable_thinking: Option<bool>,
-        max_thinking_tokens: Option<usize>,
-    ) -> PyResult<ChatParams> {
+    /// The model's defaults (generation_config.json) with the keyword arguments of `send` or
+    /// `stream` over them.
+    fn params(&self, kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<ChatParams> {
         let mut params = self.lm.default_params();
-        let s = &mut params.sampling;
-        if let Some(v) = temperature {
-            s.temperature = v;
+        for (key, value) in kwargs.into_iter().flatten() {
+            let key: String = key.extract()?;
+            if value.is_none() {
+                continue;
+            }
+            let s = &mut params.sampling;
+            match key.as_str() {
+                "max_tokens" => params.max_tokens = value.extract()?,
+                "temperature" => s.temperature = value.extract()?,
+                "top_p" => s.top_p = value.extract()?,
+                "top_k" => s.top_k = value.extract()?,
+                "min_p" => s.min_p = value.extract()?,
+                "presence_penalty" => s.presence_penalty = value.extract()?,
+                "frequency_penalty" => s.frequency_penalty = value.extract()?,
+                "repetition_penalty" => s.repetition_penalty = value.extract()?,
+                "seed" => s.seed = Some(value.extract()?),
+                "stop" => params.stop = value.extract()?,
+                "enable_thinking" => params.enable_thinking = Some(value.extract()?),
+                "max_thinking_tokens" => params.max_thinking_tokens = Some(value.extract()?),
+                other => {
+                    return Err(PyTypeError::new_err(format!(
+                        "unexpected keyword argument {other:?}; expected one of {}",
+                        TURN_KEYWORDS.join(", ")
+                    )))
+                }
+            }
         }
-        if let Some(v) = top_p {
-            s.top_p = v;
-        }
-        if let Some(v) = top_k {
-            s.top_k = v;
-        }
-        if let Some(v) = min_p {
-            s.min_p = v;
-        }
-        if let Some(v) = presence_penalty {
-            s.presence_penalty = v;
-        }
-        if let Some(v) = repetition_penalty {
-            s.repetition_penalty = v;
-        }
-        s.seed = seed.or(s.seed);
-        if let Some(v) = max_tokens {
-            params.max_tokens = v;
-        }
-        if let Some(v) = stop {
-            params.stop = v;
-        }
-        params.enable_thinking = enable_thinking.or(params.enable_thinking);
-        params.max_thinking_tokens = max_thinking_tokens.or(params.max_thinking_tokens);
         params.validate().map_err(|e| PyValueError::new_err(e.to_string()))?;
         Ok(params)
     }
 }
+
+/// What `send` and `stream` take besides the text (the stubs spell out their types).
+const TURN_KEYWORDS: &[&str] = &[
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "presence_penalty",
+    "frequency_penalty",
+    "repetition_penalty",
+    "seed",
+    "stop",
+    "enable_thinking",
+    "max_thinking_tokens",
+];
 
 /// Joins the turn's thread (without the GIL) and puts the session back.
 fn finish(py: Python<'_>, slot: &Slot, worker: JoinHandle<qwenrt::ChatSession>) -> PyResult<()> {
@@ -319,42 +322,12 @@ impl ChatSession {
     }
 
     /// Sends a user message and returns the assistant's reply (also appended to the
-    /// conversation). Sampling defaults come from the model's generation_config.json.
-    #[pyo3(signature = (
-            text, *, max_tokens = None, temperature = None, top_p = None, top_k = None, min_p = None,
-            presence_penalty = None, repetition_penalty = None, seed = None, stop = None,
-            enable_thinking = None, max_thinking_tokens = None
-        ))]
-    #[allow(clippy::too_many_arguments)]
-    fn send(
-        &self,
-        py: Python<'_>,
-        text: String,
-        max_tokens: Option<usize>,
-        temperature: Option<f32>,
-        top_p: Option<f32>,
-        top_k: Option<usize>,
-        min_p: Option<f32>,
-        presence_penalty: Option<f32>,
-        repetition_penalty: Option<f32>,
-        seed: Option<u64>,
-        stop: Option<Vec<String>>,
-        enable_thinking: Option<bool>,
-        max_thinking_tokens: Option<usize>,
-    ) -> PyResult<Reply> {
-        let params = self.params(
-            max_tokens,
-            temperature,
-            top_p,
-            top_k,
-            min_p,
-            presence_penalty,
-            repetition_penalty,
-            seed,
-            stop,
-            enable_thinking,
-            max_thinking_tokens,
-        )?;
+    /// conversation). Keyword arguments (max_tokens, temperature, top_p, top_k, min_p,
+    /// presence_penalty, frequency_penalty, repetition_penalty, seed, stop, enable_thinking,
+    /// max_thinking_tokens) override the model's generation_config.json.
+    #[pyo3(signature = (text, **kwargs))]
+    fn send(&self, py: Python<'_>, text: String, kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Reply> {
+        let params = self.params(kwargs)?;
         let running = self.start(text, params)?;
         let outcome = loop {
             match next_report(py, &running.reports, &self.cancel) {
@@ -370,42 +343,11 @@ impl ChatSession {
     }
 
     /// Sends a user message and yields the reply as it is written: `Event`s of kind
-    /// "reasoning" and "content", then "done" with the `Reply`. Leaving the loop early
-    /// cancels the turn.
-    #[pyo3(signature = (
-            text, *, max_tokens = None, temperature = None, top_p = None, top_k = None, min_p = None,
-            presence_penalty = None, repetition_penalty = None, seed = None, stop = None,
-            enable_thinking = None, max_thinking_tokens = None
-        ))]
-    #[allow(clippy::too_many_arguments)]
-    fn stream(
-        &self,
-        text: String,
-        max_tokens: Option<usize>,
-        temperature: Option<f32>,
-        top_p: Option<f32>,
-        top_k: Option<usize>,
-        min_p: Option<f32>,
-        presence_penalty: Option<f32>,
-        repetition_penalty: Option<f32>,
-        seed: Option<u64>,
-        stop: Option<Vec<String>>,
-        enable_thinking: Option<bool>,
-        max_thinking_tokens: Option<usize>,
-    ) -> PyResult<Stream> {
-        let params = self.params(
-            max_tokens,
-            temperature,
-            top_p,
-            top_k,
-            min_p,
-            presence_penalty,
-            repetition_penalty,
-            seed,
-            stop,
-            enable_thinking,
-            max_thinking_tokens,
-        )?;
+    /// "reasoning" and "content", then "done" with the `Reply`. Leaving the loop early (or
+    /// `close()`) cancels the turn. Takes the keyword arguments of `send`.
+    #[pyo3(signature = (text, **kwargs))]
+    fn stream(&self, text: String, kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Stream> {
+        let params = self.params(kwargs)?;
         let running = self.start(text, params)?;
         Ok(Stream {
             running: Mutex::new(Some(running)),

@@ -200,5 +200,9 @@ def test_bad_input_is_an_exception(lm):
         qwenrt.LanguageModel("x", dtype="int3")
     with pytest.raises(ValueError):
         lm.chat().send("x", temperature=-1.0)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'temprature'"):
+        lm.chat().send("x", temprature=0.5)
+    with pytest.raises(TypeError):
+        lm.chat().send("x", max_tokens="many")
     with pytest.raises(qwenrt.QwenrtError, match="longer than|context"):
         lm.chat().send("word " * 300_000, max_tokens=1)

@@ -43,8 +43,11 @@ pub fn generated_qwen3_tokenizer() -> PathBuf {
 
 /// Where the tests' temporary folders go: `target/test-tmp`, which `scripts/test` empties before
 /// a run and removes after a passing one (a run makes a few GB of model copies).
+/// The path is canonical, so that tools which resolve `..` (Python's among them) print the same.
 pub fn temp_root() -> PathBuf {
-    workspace_root().join("target/test-tmp")
+    let root = workspace_root().join("target/test-tmp");
+    std::fs::create_dir_all(&root).unwrap();
+    root.canonicalize().unwrap()
 }
 
 /// A fresh, empty temporary folder whose name starts with `qwenrt-test-{tag}`.
