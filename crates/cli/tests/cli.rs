@@ -217,7 +217,7 @@ fn inspect_counts_parameters_by_part() {
 fn bad_input_gives_a_clear_error_and_exit_code() {
     let dir = model_folder();
     let cases: &[(&[&str], &str)] = &[
-        (&["run", "--model", "/nonexistent/model", "hi"], "model folder not found"),
+        (&["run", "--model", "/nonexistent/model", "hi"], "no such model folder, and not a hub id"),
         (&["run", "--model", dir.to_str().unwrap(), "--top-p", "0", "hi"], "top_p must be in (0, 1]"),
         (&["run", "--model", dir.to_str().unwrap(), "--temperature=-1", "hi"], "temperature must be"),
         (&["score", "--model", dir.to_str().unwrap(), "--raw", ""], "the text is empty"),

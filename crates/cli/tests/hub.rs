@@ -103,7 +103,7 @@ fn hub_errors_say_what_is_wrong() {
     let e = stderr(&run(&[], &[&["run", "--model", "test/no-such-model"], RUN].concat()));
     assert!(e.contains("no folder of that name here, and no such repository"), "{e}");
     let e = stderr(&run(&[], &[&["run", "--model", "./no/such/folder"], RUN].concat()));
-    assert!(e.contains("neither a folder nor a hub id"), "{e}");
+    assert!(e.contains("no such model folder, and not a hub id"), "{e}");
     let e = stderr(&run(&[], &["pull", "not an id"]));
     assert!(e.contains("is not a hub id"), "{e}");
     let e = stderr(&run(&[("HF_HUB_OFFLINE", "1")], &["pull", "test/tiny-vl"]));

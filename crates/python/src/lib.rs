@@ -254,7 +254,7 @@ impl ChatSession {
                 "max_thinking_tokens" => params.max_thinking_tokens = Some(value.extract()?),
                 other => {
                     return Err(PyTypeError::new_err(format!(
-                        "unexpected keyword argument {other:?}; expected one of {}",
+                        "unexpected keyword argument '{other}'; expected one of {}",
                         TURN_KEYWORDS.join(", ")
                     )))
                 }

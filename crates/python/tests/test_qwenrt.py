@@ -109,7 +109,7 @@ def test_embedding_errors_are_exceptions(embedder):
         embedder.encode("x", prompt_name="passage")
     with pytest.raises(qwenrt.QwenrtError, match="dimensions must be between 1 and"):
         embedder.encode("x", dimensions=10_000)
-    with pytest.raises(qwenrt.QwenrtError, match="neither a folder nor a hub id"):
+    with pytest.raises(qwenrt.QwenrtError, match="no such model folder, and not a hub id"):
         qwenrt.Embedder("./no/such/folder")
 
 

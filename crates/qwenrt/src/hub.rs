@@ -55,7 +55,9 @@ const RETRIES: usize = 5;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HubError {
-    #[error("`{0}` is neither a folder nor a hub id (owner/name, owner/name@revision, owner/name:QUANT)")]
+    #[error(
+        "`{0}`: no such model folder, and not a hub id (owner/name, owner/name@revision or owner/name:QUANT)"
+    )]
     NotAnId(String),
 
     #[error("{repo}: no such repository on {endpoint} (a private one needs HF_TOKEN)")]
