@@ -3,6 +3,8 @@
 import os
 from typing import Iterator, Literal, Optional, Sequence, Union, overload
 
+from typing_extensions import TypedDict, Unpack
+
 import numpy as np
 import numpy.typing as npt
 
@@ -47,44 +49,28 @@ class Stream(Iterator[Event]):
     def __next__(self) -> Event: ...
     def close(self) -> None: ...
 
+class TurnOptions(TypedDict, total=False):
+    """What `send` and `stream` take besides the text; each overrides generation_config.json."""
+
+    max_tokens: int
+    temperature: float
+    top_p: float
+    top_k: int
+    min_p: float
+    presence_penalty: float
+    frequency_penalty: float
+    repetition_penalty: float
+    seed: int
+    stop: Sequence[str]
+    enable_thinking: bool
+    max_thinking_tokens: int
+
 class ChatSession:
     """A conversation: messages, state and prompt cache. One turn at a time."""
 
     def __init__(self, model: LanguageModel, system: Optional[str] = None) -> None: ...
-    def send(
-        self,
-        text: str,
-        *,
-        max_tokens: Optional[int] = None,
-        temperature: Optional[float] = None,
-        top_p: Optional[float] = None,
-        top_k: Optional[int] = None,
-        min_p: Optional[float] = None,
-        presence_penalty: Optional[float] = None,
-        frequency_penalty: Optional[float] = None,
-        repetition_penalty: Optional[float] = None,
-        seed: Optional[int] = None,
-        stop: Optional[Sequence[str]] = None,
-        enable_thinking: Optional[bool] = None,
-        max_thinking_tokens: Optional[int] = None,
-    ) -> Reply: ...
-    def stream(
-        self,
-        text: str,
-        *,
-        max_tokens: Optional[int] = None,
-        temperature: Optional[float] = None,
-        top_p: Optional[float] = None,
-        top_k: Optional[int] = None,
-        min_p: Optional[float] = None,
-        presence_penalty: Optional[float] = None,
-        frequency_penalty: Optional[float] = None,
-        repetition_penalty: Optional[float] = None,
-        seed: Optional[int] = None,
-        stop: Optional[Sequence[str]] = None,
-        enable_thinking: Optional[bool] = None,
-        max_thinking_tokens: Optional[int] = None,
-    ) -> Stream: ...
+    def send(self, text: str, **options: Unpack[TurnOptions]) -> Reply: ...
+    def stream(self, text: str, **options: Unpack[TurnOptions]) -> Stream: ...
     def cancel(self) -> None: ...
     def reset(self) -> None: ...
     @property
