@@ -317,17 +317,15 @@ impl Hub {
         let size_of = |file: &str| listing.siblings.iter().find(|s| s.rfilename == file).and_then(|s| s.size);
         let snapshot = self.repo_dir(&id.repo).join("snapshots").join(&listing.sha);
 
-        let mut files =
-            match &id.quant {
-                Some(quant) => gguf_files(id, names.iter().copied(), quant)?,
-                None => {
-                    let mut files = self.first_files(id, &listing, &names, &snapshot)?;
-                    files.extend(self.weight_files(id, &names, &mut |file| {
-                        self.fetch(id, &snapshot, file, size_of(file))
-                    })?);
-                    files
-                }
-            };
+        let mut files = match &id.quant {
+            Some(quant) => gguf_files(id, names.iter().copied(), quant)?,
+            None => {
+                let mut fetch = |file: &str| self.fetch(id, &snapshot, file, size_of(file));
+                let mut files = self.first_files(id, &names, &mut fetch)?;
+                files.extend(self.weight_files(id, &names, &mut fetch)?);
+                files
+            }
+        };
         files.sort();
         files.dedup();
 
@@ -345,9 +343,8 @@ impl Hub {
     fn first_files(
         &self,
         id: &HubId,
-        listing: &Listing,
         names: &BTreeSet<&str>,
-        snapshot: &Path,
+        fetch: &mut dyn FnMut(&str) -> Result<PathBuf, HubError>,
     ) -> Result<Vec<String>, HubError> {
         if !names.contains("config.json") {
             let ggufs: Vec<&str> = names.iter().copied().filter(|n| n.ends_with(".gguf")).collect();
@@ -362,11 +359,9 @@ impl Hub {
             };
             return Err(HubError::Repository { repo: id.repo.clone(), message });
         }
-        let mut files: Vec<String> =
-            SMALL_FILES.iter().filter(|f| names.contains(**f)).map(|f| f.to_string()).collect();
+        let mut files = small_files(names);
         if names.contains("modules.json") {
-            let size = listing.siblings.iter().find(|s| s.rfilename == "modules.json").and_then(|s| s.size);
-            let modules = self.fetch(id, snapshot, "modules.json", size)?;
+            let modules = fetch("modules.json")?;
             for dir in module_dirs(&modules) {
                 let config = format!("{dir}/config.json");
                 if names.contains(config.as_str()) {
@@ -526,8 +521,7 @@ impl Hub {
                 if !present.contains("config.json") {
                     return Err(not_cached(format!("snapshot {commit} has no config.json")));
                 }
-                let mut files: Vec<String> =
-                    SMALL_FILES.iter().filter(|f| present.contains(**f)).map(|f| f.to_string()).collect();
+                let mut files = small_files(&present);
                 files.extend(
                     self.weight_files(id, &present, &mut |file| Ok(snapshot.join(file)))
                         .map_err(|e| not_cached(e.to_string()))?,
@@ -722,6 +716,11 @@ fn gguf_stem(name: &str) -> Option<(String, Option<String>)> {
         None => (None, stem),
     };
     Some((base.to_owned(), folder))
+}
+
+/// The files of `SMALL_FILES` that `names` has.
+fn small_files(names: &BTreeSet<&str>) -> Vec<String> {
+    SMALL_FILES.iter().filter(|f| names.contains(**f)).map(|f| f.to_string()).collect()
 }
 
 /// Whether a GGUF file is of quantization `wanted` (lower case): its name ends in it after a
